@@ -1,0 +1,34 @@
+"""sansflow: a byte stream that behaves correctly (half-close, backpressure, clean shutdown,
+errors that never lose data), as a sans-IO state machine with adapters for any event loop.
+
+The core is ``Flow``; ``sansflow.adapters`` carries it over asyncio, trio and blocking sockets,
+and ``sansflow.testing`` joins two flows in memory for tests.
+"""
+
+from ._errors import BusyError, ErrorKind, FlowError, FlowUsageError, error_message
+from ._flow import Buffer, Flow
+from ._results import WOULD_WAIT, Eof, Error, Ok, ReadResult, WouldWait, WriteResult
+from ._state import FlowState, ReceiveState, SendState, Shutdown
+
+__all__ = [
+    "WOULD_WAIT",
+    "Buffer",
+    "BusyError",
+    "Eof",
+    "Error",
+    "ErrorKind",
+    "Flow",
+    "FlowError",
+    "FlowState",
+    "FlowUsageError",
+    "Ok",
+    "ReadResult",
+    "ReceiveState",
+    "SendState",
+    "Shutdown",
+    "WouldWait",
+    "WriteResult",
+    "error_message",
+]
+
+__version__ = "0.1.0"
