@@ -1,0 +1,574 @@
+"""The asyncio peers: ``Protocol``, ``BufferedProtocol`` and Streams, on asyncio's loop or uvloop.
+
+Both ends of every connection use the API under test, each written the way that API is meant to
+be used: protocols honour ``pause_writing``/``resume_writing``, streams ``await drain()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from time import perf_counter, perf_counter_ns
+from typing import Any, TypeVar, cast
+
+from ._common import (
+    BACKLOG,
+    HOST,
+    READ_SIZE,
+    Measurement,
+    Params,
+    Stack,
+    bulk_result,
+    check,
+    connections_result,
+    payload,
+    pingpong_result,
+    small_writes_result,
+)
+
+__all__ = [
+    "buffered_stack",
+    "protocol_stack",
+    "run_in_loop",
+    "streams_stack",
+    "uvloop_protocol_stack",
+    "uvloop_streams_stack",
+]
+
+T = TypeVar("T")
+LoopFactory = Callable[[], asyncio.AbstractEventLoop]
+AsyncScenario = Callable[[Params], Coroutine[Any, Any, Measurement]]
+
+
+def run_in_loop(
+    factory: LoopFactory, main: Callable[[], Coroutine[Any, Any, T]], timeout: float
+) -> T:
+    """``asyncio.run`` with a loop factory and a deadline (``asyncio.Runner`` is 3.11+)."""
+    loop = factory()
+    try:
+        return loop.run_until_complete(asyncio.wait_for(main(), timeout))
+    finally:
+        try:
+            tasks = asyncio.all_tasks(loop)
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            loop.close()
+
+
+def _stack(factory: LoopFactory, scenarios: dict[str, AsyncScenario]) -> Stack:
+    def bind(scenario: AsyncScenario) -> Callable[[Params], Measurement]:
+        return lambda p: run_in_loop(factory, lambda: scenario(p), p.timeout)
+
+    return {name: bind(fn) for name, fn in scenarios.items()}
+
+
+def _port(server: asyncio.AbstractServer) -> int:
+    sockets = cast(asyncio.Server, server).sockets
+    return int(sockets[0].getsockname()[1])
+
+
+# -- Protocol and BufferedProtocol ------------------------------------------------------------
+
+
+class _Endpoint(asyncio.BaseProtocol):
+    """What every protocol below shares: write flow control and the end of the connection."""
+
+    def __init__(self, registry: list[_Endpoint]) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.lost: asyncio.Future[None] = self.loop.create_future()
+        self.received = 0
+        self.resume: asyncio.Future[None] | None = None
+        # Kept so that a failed run can abort what it left open instead of leaking sockets.
+        registry.append(self)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def pause_writing(self) -> None:
+        self.resume = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        resume, self.resume = self.resume, None
+        if resume is not None and not resume.done():
+            resume.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # A writer parked on a full buffer must wake up to notice the connection is gone.
+        self.resume_writing()
+        if not self.lost.done():
+            if exc is None:
+                self.lost.set_result(None)
+            else:
+                self.lost.set_exception(exc)
+
+    def eof_received(self) -> bool | None:
+        # Falsy: the transport closes itself once our own queued data is flushed.
+        return False
+
+
+def _abort_all(registry: list[_Endpoint]) -> None:
+    for endpoint in registry:
+        if endpoint.transport is not None and not endpoint.transport.is_closing():
+            endpoint.transport.abort()
+        if endpoint.lost.done() and not endpoint.lost.cancelled():
+            endpoint.lost.exception()  # mark retrieved: the run already failed or succeeded
+
+
+class _Sink(_Endpoint):
+    def __init__(self, registry: list[_Endpoint], tally: list[int]) -> None:
+        super().__init__(registry)
+        self.tally = tally
+
+    def eof_received(self) -> bool | None:
+        self.tally.append(self.received)
+        return False
+
+
+class _SinkPlain(_Sink, asyncio.Protocol):
+    def data_received(self, data: bytes) -> None:
+        self.received += len(data)
+
+
+class _SinkBuffered(_Sink, asyncio.BufferedProtocol):
+    def __init__(self, registry: list[_Endpoint], tally: list[int]) -> None:
+        super().__init__(registry, tally)
+        self.buffer = memoryview(bytearray(READ_SIZE))
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.received += nbytes
+
+
+class _Echo(_Sink):
+    # An echo server that cannot send stops reading: the peer then feels the backpressure.
+    def pause_writing(self) -> None:
+        assert self.transport is not None
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        assert self.transport is not None
+        self.transport.resume_reading()
+
+
+class _EchoPlain(_Echo, asyncio.Protocol):
+    def data_received(self, data: bytes) -> None:
+        self.received += len(data)
+        assert self.transport is not None
+        self.transport.write(data)
+
+
+class _EchoBuffered(_Echo, asyncio.BufferedProtocol):
+    def __init__(self, registry: list[_Endpoint], tally: list[int]) -> None:
+        super().__init__(registry, tally)
+        self.buffer = memoryview(bytearray(READ_SIZE))
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.received += nbytes
+        assert self.transport is not None
+        # A copy: the transport may keep what it could not send, and the buffer is reused.
+        self.transport.write(bytes(self.buffer[:nbytes]))
+
+
+class _ClientPlain(_Endpoint, asyncio.Protocol):
+    def data_received(self, data: bytes) -> None:
+        self.received += len(data)
+
+
+class _ClientBuffered(_Endpoint, asyncio.BufferedProtocol):
+    def __init__(self, registry: list[_Endpoint]) -> None:
+        super().__init__(registry)
+        self.buffer = memoryview(bytearray(READ_SIZE))
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.received += nbytes
+
+
+class _Ping(_Endpoint):
+    def __init__(self, registry: list[_Endpoint]) -> None:
+        super().__init__(registry)
+        self.acc = bytearray()
+        self.want = 0
+        self.waiter: asyncio.Future[None] | None = None
+
+    def _arrived(self) -> None:
+        if len(self.acc) >= self.want and self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(exc or ConnectionError("connection lost mid round trip"))
+
+
+class _PingPlain(_Ping, asyncio.Protocol):
+    def data_received(self, data: bytes) -> None:
+        self.received += len(data)
+        self.acc += data
+        self._arrived()
+
+
+class _PingBuffered(_Ping, asyncio.BufferedProtocol):
+    def __init__(self, registry: list[_Endpoint]) -> None:
+        super().__init__(registry)
+        self.buffer = memoryview(bytearray(READ_SIZE))
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.received += nbytes
+        self.acc += self.buffer[:nbytes]
+        self._arrived()
+
+
+@dataclass(frozen=True)
+class _Kinds:
+    sink: type[_Sink]
+    echo: type[_Echo]
+    client: type[_Endpoint]
+    ping: type[_Ping]
+
+
+_PLAIN = _Kinds(_SinkPlain, _EchoPlain, _ClientPlain, _PingPlain)
+_BUFFERED = _Kinds(_SinkBuffered, _EchoBuffered, _ClientBuffered, _PingBuffered)
+
+
+async def _connect(
+    factory: Callable[[], _Endpoint], port: int
+) -> tuple[asyncio.Transport, _Endpoint]:
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.create_connection(factory, HOST, port)
+    return transport, protocol
+
+
+async def _server(factory: Callable[[], _Endpoint]) -> asyncio.AbstractServer:
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(factory, HOST, 0, backlog=BACKLOG)
+
+
+async def _close_server(server: asyncio.AbstractServer) -> None:
+    server.close()
+    await server.wait_closed()
+
+
+async def _proto_stream(kinds: _Kinds, chunk: bytes, count: int) -> tuple[float, int]:
+    """Send ``count`` writes of ``chunk``, half-close, wait for the server's close."""
+    registry: list[_Endpoint] = []
+    tally: list[int] = []
+    server = await _server(lambda: kinds.sink(registry, tally))
+    try:
+        transport, client = await _connect(lambda: kinds.client(registry), _port(server))
+        write = transport.write
+        start = perf_counter()
+        for _ in range(count):
+            write(chunk)
+            if client.resume is not None:
+                await client.resume
+        transport.write_eof()
+        await client.lost
+        elapsed = perf_counter() - start
+        check(client.received == 0, "the sink server sent data")
+        check(len(tally) == 1, "the server did not see EOF")
+        return elapsed, tally[0]
+    finally:
+        await _close_server(server)
+        _abort_all(registry)
+
+
+async def _proto_bulk(kinds: _Kinds, p: Params) -> Measurement:
+    elapsed, received = await _proto_stream(
+        kinds, payload(p.bulk_write), p.bulk_bytes // p.bulk_write
+    )
+    return bulk_result(p, elapsed, received)
+
+
+async def _proto_small(kinds: _Kinds, p: Params) -> Measurement:
+    elapsed, received = await _proto_stream(kinds, payload(p.small_size), p.small_writes)
+    return small_writes_result(p, elapsed, received)
+
+
+async def _proto_pingpong(kinds: _Kinds, p: Params) -> Measurement:
+    registry: list[_Endpoint] = []
+    tally: list[int] = []
+    server = await _server(lambda: kinds.echo(registry, tally))
+    try:
+        transport, client = await _connect(lambda: kinds.ping(registry), _port(server))
+        assert isinstance(client, _Ping)
+        loop = asyncio.get_running_loop()
+        message = payload(p.pingpong_size)
+        samples = [0] * p.pingpong_trips
+        start = perf_counter()
+        for i in range(p.pingpong_trips):
+            t0 = perf_counter_ns()
+            client.want = len(message)
+            client.waiter = loop.create_future()
+            transport.write(message)
+            await client.waiter
+            samples[i] = perf_counter_ns() - t0
+            check(client.acc == message, "echo differs from what was sent")
+            client.acc.clear()
+        elapsed = perf_counter() - start
+        transport.write_eof()
+        await client.lost
+        check(len(tally) == 1, "the server did not see EOF")
+        return pingpong_result(p, elapsed, samples, tally[0], client.received)
+    finally:
+        await _close_server(server)
+        _abort_all(registry)
+
+
+async def _proto_connections(kinds: _Kinds, p: Params) -> Measurement:
+    registry: list[_Endpoint] = []
+    tally: list[int] = []
+    server = await _server(lambda: kinds.echo(registry, tally))
+    data = payload(p.connection_bytes)
+    port = _port(server)
+
+    async def one() -> int:
+        transport, client = await _connect(lambda: kinds.client(registry), port)
+        transport.write(data)
+        if client.resume is not None:
+            await client.resume
+        transport.write_eof()
+        await client.lost
+        return client.received
+
+    try:
+        start = perf_counter()
+        received = await asyncio.gather(*(one() for _ in range(p.connections)))
+        elapsed = perf_counter() - start
+        check(len(tally) == p.connections, "a server connection did not see EOF")
+        check(all(r == p.connection_bytes for r in received), "an echo came back short")
+        return connections_result(p, elapsed, sum(tally), sum(received))
+    finally:
+        await _close_server(server)
+        _abort_all(registry)
+
+
+def _bind(kinds: _Kinds) -> dict[str, AsyncScenario]:
+    def with_kinds(
+        fn: Callable[[_Kinds, Params], Awaitable[Measurement]],
+    ) -> AsyncScenario:
+        async def scenario(p: Params) -> Measurement:
+            return await fn(kinds, p)
+
+        return scenario
+
+    return {
+        "bulk": with_kinds(_proto_bulk),
+        "pingpong": with_kinds(_proto_pingpong),
+        "small_writes": with_kinds(_proto_small),
+        "connections": with_kinds(_proto_connections),
+    }
+
+
+# -- Streams ----------------------------------------------------------------------------------
+
+StreamHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class _Writers:
+    """Every ``StreamWriter`` of a run, so that a failed run closes what it opened."""
+
+    def __init__(self) -> None:
+        self.writers: list[asyncio.StreamWriter] = []
+
+    def add(self, writer: asyncio.StreamWriter) -> asyncio.StreamWriter:
+        self.writers.append(writer)
+        return writer
+
+    def abort(self) -> None:
+        for writer in self.writers:
+            if not writer.transport.is_closing():
+                writer.transport.abort()
+
+
+async def _drain_to_eof(reader: asyncio.StreamReader) -> int:
+    received = 0
+    while data := await reader.read(READ_SIZE):
+        received += len(data)
+    return received
+
+
+async def _finish(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    await writer.wait_closed()
+
+
+def _sink_handler(tally: list[int], writers: _Writers) -> StreamHandler:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.add(writer)
+        tally.append(await _drain_to_eof(reader))
+        await _finish(writer)
+
+    return handler
+
+
+def _echo_handler(tally: list[int], writers: _Writers) -> StreamHandler:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.add(writer)
+        received = 0
+        while data := await reader.read(READ_SIZE):
+            received += len(data)
+            writer.write(data)
+            await writer.drain()
+        tally.append(received)
+        await _finish(writer)
+
+    return handler
+
+
+async def _start(handler: StreamHandler) -> asyncio.AbstractServer:
+    return await asyncio.start_server(handler, HOST, 0, backlog=BACKLOG)
+
+
+async def _streams_stream(chunk: bytes, count: int) -> tuple[float, int]:
+    writers = _Writers()
+    tally: list[int] = []
+    server = await _start(_sink_handler(tally, writers))
+    try:
+        reader, writer = await asyncio.open_connection(HOST, _port(server))
+        writers.add(writer)
+        start = perf_counter()
+        for _ in range(count):
+            writer.write(chunk)
+            await writer.drain()
+        writer.write_eof()
+        extra = await _drain_to_eof(reader)
+        elapsed = perf_counter() - start
+        await _finish(writer)
+        check(extra == 0, "the sink server sent data")
+        check(len(tally) == 1, "the server did not see EOF")
+        return elapsed, tally[0]
+    finally:
+        await _close_server(server)
+        writers.abort()
+
+
+async def _streams_bulk(p: Params) -> Measurement:
+    elapsed, received = await _streams_stream(payload(p.bulk_write), p.bulk_bytes // p.bulk_write)
+    return bulk_result(p, elapsed, received)
+
+
+async def _streams_small(p: Params) -> Measurement:
+    elapsed, received = await _streams_stream(payload(p.small_size), p.small_writes)
+    return small_writes_result(p, elapsed, received)
+
+
+async def _streams_pingpong(p: Params) -> Measurement:
+    writers = _Writers()
+    tally: list[int] = []
+    server = await _start(_echo_handler(tally, writers))
+    try:
+        reader, writer = await asyncio.open_connection(HOST, _port(server))
+        writers.add(writer)
+        message = payload(p.pingpong_size)
+        samples = [0] * p.pingpong_trips
+        received = 0
+        start = perf_counter()
+        for i in range(p.pingpong_trips):
+            t0 = perf_counter_ns()
+            writer.write(message)
+            await writer.drain()
+            echo = await reader.read(READ_SIZE)
+            while len(echo) < len(message):
+                more = await reader.read(READ_SIZE)
+                check(bool(more), "EOF mid round trip")
+                echo += more
+            samples[i] = perf_counter_ns() - t0
+            check(echo == message, "echo differs from what was sent")
+            received += len(echo)
+        elapsed = perf_counter() - start
+        writer.write_eof()
+        received += await _drain_to_eof(reader)
+        await _finish(writer)
+        check(len(tally) == 1, "the server did not see EOF")
+        return pingpong_result(p, elapsed, samples, tally[0], received)
+    finally:
+        await _close_server(server)
+        writers.abort()
+
+
+async def _streams_connections(p: Params) -> Measurement:
+    writers = _Writers()
+    tally: list[int] = []
+    server = await _start(_echo_handler(tally, writers))
+    data = payload(p.connection_bytes)
+    port = _port(server)
+
+    async def one() -> int:
+        reader, writer = await asyncio.open_connection(HOST, port)
+        writers.add(writer)
+        writer.write(data)
+        await writer.drain()
+        writer.write_eof()
+        received = await _drain_to_eof(reader)
+        await _finish(writer)
+        return received
+
+    try:
+        start = perf_counter()
+        received = await asyncio.gather(*(one() for _ in range(p.connections)))
+        elapsed = perf_counter() - start
+        check(len(tally) == p.connections, "a server connection did not see EOF")
+        check(all(r == p.connection_bytes for r in received), "an echo came back short")
+        return connections_result(p, elapsed, sum(tally), sum(received))
+    finally:
+        await _close_server(server)
+        writers.abort()
+
+
+_STREAMS: dict[str, AsyncScenario] = {
+    "bulk": _streams_bulk,
+    "pingpong": _streams_pingpong,
+    "small_writes": _streams_small,
+    "connections": _streams_connections,
+}
+
+
+# -- the stacks -------------------------------------------------------------------------------
+
+
+def uvloop_factory() -> LoopFactory:
+    import uvloop
+
+    return cast(LoopFactory, uvloop.new_event_loop)
+
+
+def protocol_stack() -> Stack:
+    return _stack(asyncio.new_event_loop, _bind(_PLAIN))
+
+
+def buffered_stack() -> Stack:
+    return _stack(asyncio.new_event_loop, _bind(_BUFFERED))
+
+
+def streams_stack() -> Stack:
+    return _stack(asyncio.new_event_loop, _STREAMS)
+
+
+def uvloop_protocol_stack() -> Stack:
+    return _stack(uvloop_factory(), _bind(_PLAIN))
+
+
+def uvloop_buffered_stack() -> Stack:
+    return _stack(uvloop_factory(), _bind(_BUFFERED))
+
+
+def uvloop_streams_stack() -> Stack:
+    return _stack(uvloop_factory(), _STREAMS)
