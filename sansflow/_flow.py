@@ -26,6 +26,15 @@ Buffer = bytes | memoryview
 
 _OK = Ok(None)
 _EOF = Eof()
+# Module constants, not ``SendState.OPEN``: an enum attribute lookup costs more than a whole
+# write's other work on CPython 3.11.
+_SEND_OPEN = SendState.OPEN
+_SEND_FAILED = SendState.FAILED
+_SEND_EOF_QUEUED = SendState.EOF_QUEUED
+_RECEIVE_OPEN = ReceiveState.OPEN
+_RECEIVE_FAILED = ReceiveState.FAILED
+_RECEIVE_EOF = ReceiveState.EOF_RECEIVED
+_CLOSED = FlowState.CLOSED
 _WouldWait = Literal[WouldWait.WOULD_WAIT]
 
 
@@ -117,12 +126,12 @@ class Flow(_StateMachine):
     @property
     def read_ready(self) -> bool:
         """``read`` would return a result now: a waiting reader should be woken."""
-        return self._buffered > 0 or self._receive_state is not ReceiveState.OPEN
+        return self._buffered > 0 or self._receive_state is not _RECEIVE_OPEN
 
     @property
     def write_ready(self) -> bool:
         """A writer that got ``WOULD_WAIT`` should try again now."""
-        return self._send_state is not SendState.OPEN or self._queued <= self._low_water
+        return self._send_state is not _SEND_OPEN or self._queued <= self._low_water
 
     def __repr__(self) -> str:
         return (
@@ -140,14 +149,14 @@ class Flow(_StateMachine):
         flow's ``Error`` on this and every later call. ``WOULD_WAIT`` when nothing is buffered
         and the peer may still send.
         """
-        if max_bytes is not None:
-            _check_size("max_bytes", max_bytes, minimum=1)
+        if max_bytes is not None and (type(max_bytes) is not int or max_bytes < 1):
+            _check_size("max_bytes", max_bytes, minimum=1)  # raises
         if self._buffered:
             return Ok(self._take(max_bytes))
         receive = self._receive_state
-        if receive is ReceiveState.OPEN:
+        if receive is _RECEIVE_OPEN:
             return WOULD_WAIT
-        if receive is ReceiveState.FAILED:
+        if receive is _RECEIVE_FAILED:
             assert self._failure is not None  # FAILED is only reached through _fail
             return self._failure
         return _EOF
@@ -164,7 +173,7 @@ class Flow(_StateMachine):
             buffer: Buffer = data
         else:
             buffer, size = _owned(data, "write")
-        if self._send_state is not SendState.OPEN:
+        if self._send_state is not _SEND_OPEN:
             return self._write_refused()
         queued = self._queued
         if queued + size > self._high_water and queued > self._low_water:
@@ -189,7 +198,7 @@ class Flow(_StateMachine):
                 f"writev() takes an iterable of buffers, not {type(buffers).__name__}"
             ) from None
         owned = [_owned(item, "writev") for item in items]
-        if self._send_state is not SendState.OPEN:
+        if self._send_state is not _SEND_OPEN:
             return self._write_refused()
         total = sum(size for _, size in owned)
         queued = self._queued
@@ -228,7 +237,7 @@ class Flow(_StateMachine):
             error = FlowError(ErrorKind.ABORTED)
         elif not isinstance(error, FlowError):
             raise TypeError(f"abort() takes a FlowError or None, not {type(error).__name__}")
-        if self._state is not FlowState.CLOSED:
+        if self._state is not _CLOSED:
             self._drop_send_queue()
             self._fail(error)
 
@@ -247,11 +256,11 @@ class Flow(_StateMachine):
             buffer, _ = _owned(data, "receive_data")
             data = bytes(buffer)
         receive = self._receive_state
-        if receive is ReceiveState.OPEN and self._failure is None:
+        if receive is _RECEIVE_OPEN and self._failure is None:
             if data:
                 self._receive_buffer.append(data)
                 self._buffered += len(data)
-        elif receive is ReceiveState.EOF_RECEIVED and self._failure is None:
+        elif receive is _RECEIVE_EOF and self._failure is None:
             raise FlowUsageError("receive_data() after receive_eof(): the peer's EOF came first")
 
     def receive_eof(self) -> None:
@@ -264,7 +273,7 @@ class Flow(_StateMachine):
         CLOSED. Received data stays readable; the send queue is dropped (it cannot be sent)."""
         if not isinstance(error, FlowError):
             error = FlowError.from_exception(error)
-        if self._state is not FlowState.CLOSED:
+        if self._state is not _CLOSED:
             self._drop_send_queue()
             self._fail(error)
 
@@ -286,7 +295,8 @@ class Flow(_StateMachine):
 
     def sent(self, nbytes: int) -> None:
         """The transport took ``nbytes`` from the front of ``buffers_to_send()``."""
-        _check_size("nbytes", nbytes, minimum=0)
+        if type(nbytes) is not int or nbytes < 0:
+            _check_size("nbytes", nbytes, minimum=0)  # raises
         if nbytes > self._queued:
             raise ValueError(
                 f"sent({nbytes!r}) is more than the {self._queued} bytes queued; "
@@ -302,7 +312,7 @@ class Flow(_StateMachine):
     @property
     def eof_due(self) -> bool:
         """The queue is flushed and our EOF should go out now (then call ``eof_sent``)."""
-        return self._send_state is SendState.EOF_QUEUED and not self._queued
+        return self._send_state is _SEND_EOF_QUEUED and not self._queued
 
     def eof_sent(self) -> None:
         """The transport took our EOF (for TCP: ``shutdown(SHUT_WR)`` returned)."""
@@ -315,7 +325,7 @@ class Flow(_StateMachine):
     # -- internals -----------------------------------------------------------------------
 
     def _write_refused(self) -> Eof | Error:
-        return self._failure if self._send_state is SendState.FAILED else _EOF  # type: ignore[return-value]
+        return self._failure if self._send_state is _SEND_FAILED else _EOF  # type: ignore[return-value]
 
     def _drop_send_queue(self) -> None:
         self._send_queue.clear()
