@@ -294,9 +294,15 @@ class Flow(_StateMachine):
         return buffers
 
     def sent(self, nbytes: int) -> None:
-        """The transport took ``nbytes`` from the front of ``buffers_to_send()``."""
+        """The transport took ``nbytes`` from the front of ``buffers_to_send()``.
+
+        Ignored once the send direction has failed, since the queue is gone: an adapter may
+        learn of a send's size after another thread aborted the flow.
+        """
         if type(nbytes) is not int or nbytes < 0:
             _check_size("nbytes", nbytes, minimum=0)  # raises
+        if self._send_state is _SEND_FAILED:
+            return  # the queue was dropped while the transport was sending: nothing to advance
         if nbytes > self._queued:
             raise ValueError(
                 f"sent({nbytes!r}) is more than the {self._queued} bytes queued; "

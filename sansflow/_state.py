@@ -102,8 +102,10 @@ SEND_TRANSITIONS: dict[SendState, dict[SendEvent, SendState]] = {
         SendEvent.SHUTDOWN: SendState.EOF_SENT,
         SendEvent.FAIL: SendState.EOF_SENT,
     },
+    # EOF_SENT here is an adapter that handed over EOF while another thread aborted: harmless.
     SendState.FAILED: {
         SendEvent.SHUTDOWN: SendState.FAILED,
+        SendEvent.EOF_SENT: SendState.FAILED,
         SendEvent.FAIL: SendState.FAILED,
     },
 }
