@@ -53,9 +53,11 @@ def events(flow: Flow) -> int:
 def run(ends: list[tuple[socket.socket, Flow]], until: Callable[[], bool]) -> None:
     """Drive every (socket, flow) with one selector until ``until()`` is true."""
     with selectors.DefaultSelector() as selector:
-        while not until():
+        while True:
             for sock, flow in ends:
                 step(sock, flow)
+            if until():  # the application's turn; it may queue more output
+                return
             for sock, flow in ends:
                 key = selector.get_map().get(sock)
                 wanted = events(flow)
@@ -65,7 +67,7 @@ def run(ends: list[tuple[socket.socket, Flow]], until: Callable[[], bool]) -> No
                     selector.register(sock, wanted)
                 elif key is not None and key.events != wanted:
                     selector.modify(sock, wanted)
-            if not until():
+            if selector.get_map():
                 selector.select(timeout=5)
 
 
