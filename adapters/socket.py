@@ -1,0 +1,883 @@
+"""The blocking-socket adapter: a ``sansflow.Flow`` over a plain ``socket.socket``, no event loop.
+
+Every method is an ordinary blocking call with the names the async adapters use::
+
+    from sansflow import Eof, Error, Ok, error_message
+    from sansflow.adapters import socket as sf
+
+    flow = sf.connect("127.0.0.1", 8000)
+    flow.write(b"hello")
+    match flow.read():
+        case Ok(data): ...
+        case Eof(): ...
+        case Error(err): print(error_message(err))
+    flow.close()
+
+One reading thread and one writing thread may use a flow at once (a second concurrent reader or
+writer gets ``sansflow.BusyError``); ``close``, ``shutdown``, ``abort`` and ``flush`` may be
+called from any thread. A ``threading.Lock`` guards the core, which is not thread-safe; it is
+never held across a blocking system call.
+
+Who sends, and when
+-------------------
+There is no sending thread per flow: the threads that call the flow do the I/O themselves, and
+``write`` returns once its data is queued (the contract), usually without a system call. Small
+writes are coalesced: whatever is queued when a send happens goes out in one ``sendmsg``. Queued
+data is handed to the kernel by whichever of these comes first:
+
+1. ``write``, at once, when the queue reaches the low-water mark (``max(low_water, 1)``), or when
+   the write finds the queue empty and nothing was sent for ``FLUSH_DELAY`` seconds (a lone
+   write, such as a request, goes out immediately, as with ``sendall``);
+2. ``write``, waiting for room, when the queue is past the high-water mark (backpressure);
+3. ``read``, before it waits for input: a request written in pieces is sent before its reply
+   is awaited, so request/response never deadlocks on coalesced data;
+4. ``close``, ``shutdown(WRITE)`` and ``flush``, which wait until everything is sent;
+5. otherwise, one process-wide flusher thread, at most ``FLUSH_DELAY`` seconds after the write
+   (plus the time it takes to get the GIL), retrying with a growing delay while the kernel's
+   buffer is full. It exists only while some flow has data waiting (it exits after half a second
+   with nothing to do) and never blocks: it sends with ``MSG_DONTWAIT``.
+
+So queued data is never stranded: at any moment it is either being sent by a thread that holds
+the flow's send role, or the flow is on the flusher's schedule; a thread that gives the send role
+up with data still queued puts the flow on the schedule. An ``atexit`` hook hands the kernel what
+is still scheduled when the interpreter exits.
+
+Sends never block inside the kernel: they use ``MSG_DONTWAIT`` and wait for room with ``poll``,
+so that ``abort()`` and ``close(timeout)`` can always wake a waiting writer (a thread blocked
+inside ``sendmsg`` can only be woken by a FIN, which would tell the peer "clean end"). Only
+``write``, ``close``, ``shutdown`` and ``flush`` wait for room; ``read`` and the flusher send
+only what the kernel takes at once, so a reader never blocks on output.
+
+Input is read only by a thread that waits for it: ``read`` (when nothing is buffered) and
+``close`` (until the peer's EOF, and only while the receive buffer is below its limit). One
+``recv_into`` at a time, into a per-thread 64 KiB buffer, copied into the core.
+
+Closing
+-------
+``close(timeout=None)`` flushes, sends EOF (``shutdown(SHUT_WR)``) and waits for the peer's EOF,
+reading input into the flow meanwhile (another thread can still ``read`` it; with the receive
+buffer full and nobody reading, ``close`` waits). Past the deadline the flow is aborted with
+``ErrorKind.TIMED_OUT``. ``abort()`` resets the connection (``SO_LINGER`` 0, then close) and
+wakes waiting threads with the error; a thread blocked in ``recv`` is woken with
+``shutdown(SHUT_RD)``, which sends nothing. The socket is closed as soon as the flow is CLOSED
+and no thread is inside a system call on it.
+
+A reader already waiting when another thread calls ``shutdown(READ)`` returns ``Eof()`` when
+the next input or the peer's EOF arrives: the socket's receive side stays open so that the
+peer's EOF (and the end of ``close()``) can still be seen.
+
+POSIX only (``sendmsg``, ``poll``, ``MSG_DONTWAIT``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import heapq
+import itertools
+import logging
+import math
+import os
+import select
+import socket
+import threading
+from collections.abc import Callable, Iterable
+from time import monotonic
+from types import TracebackType
+
+from sansflow import (
+    WOULD_WAIT,
+    BusyError,
+    ErrorKind,
+    Flow,
+    FlowError,
+    FlowState,
+    Ok,
+    ReadResult,
+    ReceiveState,
+    Shutdown,
+    WouldWait,
+    WriteResult,
+)
+
+from ._common import IOV_MAX, READ_SIZE, AdapterFlow, set_linger_zero
+
+__all__ = ["FLUSH_DELAY", "Server", "SocketFlow", "connect", "serve", "wrap"]
+
+FLUSH_DELAY = 0.0005
+"""Seconds a small write may wait in the queue for more to join it before it is sent."""
+
+_RETRY_MAX = 0.1  # the flusher's longest wait between tries while the kernel buffer is full
+_POLL_SLICE = 0.1  # a writer waiting for room looks at the flow at least this often
+_FLUSHER_LINGER = 0.5  # the flusher thread exits after this long with nothing scheduled
+_SEND_FLAGS = socket.MSG_DONTWAIT | getattr(socket, "MSG_NOSIGNAL", 0)
+# POLLRDHUP fires when our receive side is shut down, which is how abort() wakes a waiting
+# writer at once; without it (not Linux) the writer notices within _POLL_SLICE.
+_POLLRDHUP = getattr(select, "POLLRDHUP", 0)
+_CLOSED = FlowState.CLOSED
+_RECEIVING_STATES = (ReceiveState.OPEN, ReceiveState.DISCARDING)
+# What a send role's turn ended with (``_send_loop``).
+_DONE = 0  # nothing more to do, or the flow failed
+_BLOCKED = 1  # the kernel took some data, then had no room
+_STALLED = 2  # the kernel had no room at all
+_log = logging.getLogger("sansflow")
+_local = threading.local()
+
+BytesLike = bytes | bytearray | memoryview
+
+
+def _read_buffer() -> memoryview:
+    """This thread's receive buffer: the data is copied into the core before it is reused."""
+    try:
+        view: memoryview = _local.view
+    except AttributeError:
+        view = _local.view = memoryview(bytearray(READ_SIZE))
+    return view
+
+
+def _poll(fd: int, events: int, timeout: float | None) -> int:
+    """The events that fired on ``fd`` within ``timeout`` seconds (``None``: no limit)."""
+    poller = select.poll()
+    poller.register(fd, events)
+    ready = poller.poll(None if timeout is None else math.ceil(max(timeout, 0.0) * 1000))
+    return ready[0][1] if ready else 0
+
+
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else deadline - monotonic()
+
+
+def _passed(deadline: float | None) -> bool:
+    return deadline is not None and monotonic() >= deadline
+
+
+class SocketFlow(AdapterFlow):
+    """A flow over a connected, blocking stream socket. Create one with ``connect`` or ``wrap``.
+
+    Methods block the calling thread and return ``Ok``/``Eof``/``Error`` values; an ``OSError``
+    from the socket never escapes them: it ends the flow and shows up as an ``Error`` result
+    that keeps the exception as its ``cause``. The flow owns the socket and closes it once the
+    flow is CLOSED.
+    """
+
+    __slots__ = (
+        "_changed",
+        "_drained_at",
+        "_flush_at",
+        "_lock",
+        "_receiving",
+        "_retry",
+        "_scheduled",
+        "_sending",
+        "_shut_rd",
+        "_sock",
+        "_waiters",
+    )
+
+    def __init__(self, sock: socket.socket, core: Flow) -> None:
+        super().__init__(core)
+        self._sock: socket.socket | None = sock
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._waiters = 0  # threads waiting on _changed: a notify is skipped when there are none
+        self._sending = False  # a thread is handing queued data to the kernel (the send role)
+        self._receiving = False  # a thread is receiving into the core (the receive role)
+        self._scheduled = False  # the flow is on the flusher's schedule
+        self._retry = FLUSH_DELAY  # the flusher's next delay while the kernel buffer is full
+        self._drained_at = -math.inf  # when a send last emptied the queue
+        self._flush_at = max(core.low_water, 1)
+        self._shut_rd = False
+
+    # -- the application side --------------------------------------------------------------
+
+    def read(self, max_bytes: int | None = None) -> ReadResult:
+        """Up to ``max_bytes`` bytes (all that is buffered if ``None``), never an empty ``Ok``.
+
+        Waits until data, the peer's EOF or an error arrives. Buffered data comes first, then
+        ``Eof()`` or the ``Error`` on this and every later call. Before it waits, queued output
+        is handed to the kernel (as much as it takes at once), so a request is sent before its
+        reply is awaited. ``BusyError`` if another thread is reading.
+        """
+        lock = self._lock
+        lock.acquire()
+        try:
+            if self._reading:
+                raise BusyError("another thread is already reading this flow")
+            result = self._core.read(max_bytes)
+            if result is WOULD_WAIT:
+                self._reading = True
+                try:
+                    return self._read_waiting(max_bytes)
+                finally:
+                    self._reading = False
+            if self._waiters:  # a close() may be waiting for room below the receive limit
+                self._changed.notify_all()
+            return result
+        finally:
+            lock.release()
+
+    def write(self, data: BytesLike) -> WriteResult:
+        """Queue ``data``: ``Ok(None)`` once it is queued, ``Eof()`` after ``close``/
+        ``shutdown(WRITE)``, or the flow's ``Error``.
+
+        Waits only while the queue is past the high-water mark. Read-only buffers are queued
+        without a copy, writable ones are copied. When the data reaches the kernel: see the
+        module's docstring (at the latest about ``FLUSH_DELAY`` seconds later, or at once with
+        ``flush()``). ``BusyError`` if another thread is writing; nothing is queued then.
+        """
+        lock = self._lock
+        lock.acquire()
+        try:
+            if self._writing:
+                raise BusyError("another thread is already writing to this flow")
+            core = self._core
+            before = core.queued
+            result = core.write(data)
+            if result is WOULD_WAIT:
+                return self._write_waiting(lambda: core.write(data))
+            if type(result) is Ok:
+                self._queued_more(before)
+            return result
+        finally:
+            lock.release()
+
+    def writev(self, buffers: Iterable[BytesLike]) -> WriteResult:
+        """Queue every buffer, in order, or none of them (same rules as ``write``); they are
+        sent with one vectored ``sendmsg`` where the kernel takes them at once."""
+        if not isinstance(buffers, (list, tuple, bytes, bytearray, memoryview, str)):
+            with contextlib.suppress(TypeError):  # not iterable: the core says so
+                buffers = list(buffers)  # a generator must survive a retry after waiting
+        lock = self._lock
+        lock.acquire()
+        try:
+            if self._writing:
+                raise BusyError("another thread is already writing to this flow")
+            core = self._core
+            before = core.queued
+            result = core.writev(buffers)
+            if result is WOULD_WAIT:
+                return self._write_waiting(lambda: core.writev(buffers))
+            if type(result) is Ok:
+                self._queued_more(before)
+            return result
+        finally:
+            lock.release()
+
+    def flush(self) -> None:
+        """Hand everything queued to the kernel now, waiting for room; return once the queue
+        is empty or the flow failed. Never raises for an I/O failure."""
+        with self._lock:
+            self._send_until(self._flushed, None)
+
+    def close(self, timeout: float | None = None) -> None:
+        """The seed's close: flush, send EOF, wait for the peer's EOF, release the socket.
+
+        Input that arrives meanwhile is buffered and stays readable by another thread; while
+        the receive buffer is at its limit nothing more is read, so ``close`` waits for a
+        reader. After ``timeout`` seconds (``None``: no limit) the flow is aborted with
+        ``ErrorKind.TIMED_OUT`` and ``close`` returns. Idempotent: a second call waits for the
+        same end, or returns at once when CLOSED. Never raises for an I/O failure.
+        """
+        deadline = _deadline(timeout)
+        with self._lock:
+            core = self._core
+            core.close()
+            self._notify()  # a writer waiting for room gets Eof() now
+            while core.state is not _CLOSED:
+                if core.queued or core.eof_due:
+                    if not self._send_until(self._flushed, deadline) and _passed(deadline):
+                        self._abort(_close_timed_out())
+                    continue
+                if self._wants_input() and not self._receiving:
+                    if not self._receive(deadline) and _passed(deadline):
+                        self._abort(_close_timed_out())
+                    continue
+                if _passed(deadline):
+                    self._abort(_close_timed_out())
+                    continue
+                self._wait(deadline)
+            self._release_if_closed()
+
+    def shutdown(self, how: Shutdown) -> None:
+        """``WRITE``: flush, send EOF, return without waiting for the peer. ``READ``: discard
+        buffered and later input; reads return ``Eof()``. ``BOTH``: both. Idempotent; never
+        raises for an I/O failure."""
+        with self._lock:
+            self._core.shutdown(how)
+            self._notify()
+            if how is not Shutdown.READ:
+                self._send_until(self._flushed, None)
+            self._release_if_closed()
+
+    def abort(self) -> None:
+        """Drop the queue and reset the connection (an RST for TCP); waiting readers and
+        writers wake with the ``Error`` (``ErrorKind.ABORTED``). Nothing happens once CLOSED."""
+        with self._lock:
+            self._abort(None)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def _read_waiting(self, max_bytes: int | None) -> ReadResult:
+        core = self._core
+        while True:
+            if (core.queued or core.eof_due) and not self._sending:
+                self._push()
+                result = core.read(max_bytes)  # the send may have failed the flow
+                if result is not WOULD_WAIT:
+                    return result
+            if self._receiving:
+                self._wait(None)  # close() is receiving: it wakes us with what it got
+            else:
+                self._receive(None)
+            result = core.read(max_bytes)
+            if result is not WOULD_WAIT:
+                return result
+
+    def _wants_input(self) -> bool:
+        core = self._core
+        return (core.state is not _CLOSED and core.receive_state in _RECEIVING_STATES
+                and not core.reading_paused)
+
+    def _receive(self, deadline: float | None) -> bool:
+        """One ``recv_into`` fed into the core (the receive role is free; lock held).
+
+        Returns False if nothing arrived before the deadline.
+        """
+        sock = self._sock
+        assert sock is not None  # released only when CLOSED and no thread is in a call
+        view = _read_buffer()
+        received = -1
+        failure: OSError | None = None
+        self._receiving = True
+        self._lock.release()
+        try:
+            if deadline is None:
+                received = sock.recv_into(view)
+            elif _poll(sock.fileno(), select.POLLIN, _remaining(deadline)):
+                received = sock.recv_into(view, 0, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            failure = exc
+        finally:
+            self._lock.acquire()
+            self._receiving = False
+        core = self._core
+        if failure is not None:
+            core.receive_error(failure)
+        elif received > 0:
+            core.receive_data(view[:received])
+        elif received == 0:
+            core.receive_eof()  # ignored if the flow failed meanwhile (shutdown(SHUT_RD))
+        else:
+            return False
+        self._notify()
+        self._release_if_closed()
+        return True
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def _queued_more(self, before: int) -> None:
+        """After a write queued data: send now, or make sure it will be sent (lock held)."""
+        queued = self._core.queued
+        if self._sending:
+            return  # the thread sending loops until the queue is empty or reschedules us
+        if queued >= self._flush_at or (
+            not before and monotonic() - self._drained_at >= FLUSH_DELAY
+        ):
+            self._writing = True  # the lock is released during the send
+            try:
+                self._push()
+            finally:
+                self._writing = False
+        elif not self._scheduled:
+            self._schedule(FLUSH_DELAY)
+
+    def _write_waiting(self, attempt: Callable[[], WriteResult | WouldWait]) -> WriteResult:
+        """The queue is past the high-water mark: send, waiting for room, then queue."""
+        core = self._core
+        self._writing = True
+        try:
+            while True:
+                self._send_until(self._writable, None)
+                before = core.queued
+                result = attempt()
+                if result is not WOULD_WAIT:
+                    if type(result) is Ok:
+                        self._queued_more(before)
+                    return result
+        finally:
+            self._writing = False
+
+    def _flushed(self) -> bool:
+        core = self._core
+        return not core.queued and not core.eof_due
+
+    def _writable(self) -> bool:
+        return self._core.write_ready
+
+    def _push(self) -> None:
+        """Send what the kernel takes now, without waiting (send role free; lock held)."""
+        self._sending = True
+        outcome = _STALLED
+        try:
+            outcome = self._send_loop(self._flushed, False, None)
+        finally:
+            self._end_send(outcome)
+
+    def _send_until(self, done: Callable[[], bool], deadline: float | None) -> bool:
+        """Send, waiting for room, until ``done()`` or the deadline; return ``done()``."""
+        while not done() and self._sock is not None:
+            if self._sending:  # another thread is sending; it wakes us when it stops
+                if not self._wait(deadline):
+                    break
+                continue
+            self._sending = True
+            outcome = _STALLED
+            try:
+                outcome = self._send_loop(done, True, deadline)
+            finally:
+                self._end_send(outcome)
+            if outcome != _DONE:
+                break  # the deadline passed
+        return done()
+
+    def _send_loop(self, done: Callable[[], bool], wait: bool, deadline: float | None) -> int:
+        """The send role's work: queued data, then a due EOF, to the kernel until ``done()``.
+
+        Called and returns with the lock held; releases it around each system call. Returns
+        ``_BLOCKED`` or ``_STALLED`` if it stopped because the kernel had no room (and ``wait``
+        is false, or the deadline passed), else ``_DONE``.
+        """
+        core = self._core
+        lock = self._lock
+        sock = self._sock
+        assert sock is not None
+        events = select.POLLOUT | _POLLRDHUP
+        stuck = _STALLED
+        while not done():
+            buffers = core.buffers_to_send(IOV_MAX)
+            if not buffers and not core.eof_due:
+                return _DONE
+            sent = -1
+            failure: OSError | None = None
+            lock.release()
+            try:
+                if buffers:
+                    sent = sock.sendmsg(buffers, (), _SEND_FLAGS)
+                else:
+                    sock.shutdown(socket.SHUT_WR)
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                failure = exc
+            finally:
+                lock.acquire()
+            if failure is not None:
+                core.receive_error(failure)
+                return _DONE
+            if not buffers:
+                core.eof_sent()
+                continue
+            if sent >= 0:
+                core.sent(sent)  # ignored if another thread aborted the flow meanwhile
+                stuck = _BLOCKED
+                if not core.queued:
+                    self._drained_at = monotonic()
+                continue
+            if not wait or _passed(deadline):
+                return stuck
+            remaining = _remaining(deadline)
+            lock.release()
+            try:
+                fired = _poll(sock.fileno(), events,
+                              _POLL_SLICE if remaining is None else min(remaining, _POLL_SLICE))
+            finally:
+                lock.acquire()
+            if fired & _POLLRDHUP and not fired & select.POLLOUT:
+                events = select.POLLOUT  # the peer's EOF, not our abort: stop asking for it
+        return _DONE
+
+    def _end_send(self, outcome: int) -> None:
+        """Give the send role up; schedule the flusher for anything still queued.
+
+        The flusher tries again soon while the kernel keeps taking data, and backs off (up to
+        ``_RETRY_MAX``) while it takes none, such as when the peer stopped reading.
+        """
+        self._sending = False
+        core = self._core
+        if self._sock is not None and (core.queued or core.eof_due):
+            if outcome == _STALLED:
+                self._retry = min(self._retry * 2, _RETRY_MAX)
+            else:
+                self._retry = FLUSH_DELAY
+            if not self._scheduled:
+                self._schedule(self._retry)
+        else:
+            self._retry = FLUSH_DELAY
+        self._notify()
+        self._release_if_closed()
+
+    def _schedule(self, delay: float) -> None:
+        self._scheduled = True
+        _FLUSHER.schedule(self, delay)
+
+    def _flush_scheduled(self) -> None:
+        """The flusher's turn: send what the kernel takes now, if nobody else is sending."""
+        with self._lock:
+            self._scheduled = False
+            if self._sending or self._sock is None:
+                return  # the sending thread reschedules us if it leaves data behind
+            core = self._core
+            if core.queued or core.eof_due:
+                self._push()
+
+    # -- waiting, ending and releasing --------------------------------------------------------
+
+    def _wait(self, deadline: float | None) -> bool:
+        """Wait for a change (lock held); False if the deadline passed first."""
+        remaining = _remaining(deadline)
+        if remaining is not None and remaining <= 0:
+            return False
+        self._waiters += 1
+        try:
+            return self._changed.wait(remaining)
+        finally:
+            self._waiters -= 1
+
+    def _notify(self) -> None:
+        if self._waiters:
+            self._changed.notify_all()
+
+    def _abort(self, error: FlowError | None) -> None:
+        core = self._core
+        if core.state is not _CLOSED:
+            core.abort(error)
+            if self._sock is not None:
+                set_linger_zero(self._sock)  # close() then sends an RST, not a FIN
+        self._notify()
+        self._release_if_closed()
+
+    def _release_if_closed(self) -> None:
+        """Close the socket once the flow is CLOSED and no thread is in a call on it."""
+        sock = self._sock
+        if sock is None or self._core.state is not _CLOSED:
+            return
+        if self._sending or self._receiving:
+            if not self._shut_rd:
+                # Wakes a thread blocked in recv (and a writer polling with POLLRDHUP)
+                # without sending anything: the RST still comes from the close.
+                self._shut_rd = True
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RD)
+            return
+        self._sock = None
+        sock.close()
+        self._notify()
+
+
+def _close_timed_out() -> FlowError:
+    return FlowError(ErrorKind.TIMED_OUT, detail="close() deadline passed")
+
+
+def _deadline(timeout: float | None) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
+    if not timeout >= 0:  # also refuses NaN
+        raise ValueError(f"timeout must be at least 0 seconds, not {timeout!r}")
+    return monotonic() + timeout
+
+
+# -- the flusher -----------------------------------------------------------------------------
+
+
+class _Flusher:
+    """One daemon thread for the whole process that sends data left queued by small writes.
+
+    Flows are scheduled with a delay; when it has passed, the thread sends whatever the kernel
+    takes at once (``SocketFlow._flush_scheduled``). The thread starts when needed and exits
+    after ``_FLUSHER_LINGER`` seconds with nothing scheduled.
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._heap: list[tuple[float, int, SocketFlow]] = []
+        self._order = itertools.count()  # equal deadlines keep their order; flows never compare
+        self._thread: threading.Thread | None = None
+        self._wakes_at = math.inf  # when the thread will look at the heap again by itself
+
+    def schedule(self, flow: SocketFlow, delay: float) -> None:
+        due = monotonic() + delay
+        with self._lock:
+            heapq.heappush(self._heap, (due, next(self._order), flow))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="sansflow-socket-flusher", daemon=True
+                )
+                self._thread.start()
+            elif due < self._wakes_at:
+                self._changed.notify()
+
+    def _run(self) -> None:
+        idle_since: float | None = None
+        while True:
+            with self._lock:
+                now = monotonic()
+                heap = self._heap
+                if heap and heap[0][0] <= now:
+                    due = []
+                    while heap and heap[0][0] <= now:
+                        due.append(heapq.heappop(heap)[2])
+                    self._wakes_at = -math.inf  # busy: new entries are seen without a notify
+                    idle_since = None
+                elif heap:
+                    self._wakes_at = heap[0][0]
+                    self._changed.wait(heap[0][0] - now)
+                    continue
+                else:
+                    idle_since = now if idle_since is None else idle_since
+                    if now - idle_since >= _FLUSHER_LINGER:
+                        self._thread = None
+                        return
+                    self._wakes_at = math.inf
+                    self._changed.wait(_FLUSHER_LINGER - (now - idle_since))
+                    continue
+            self._flush(due)
+
+    def _flush(self, flows: list[SocketFlow]) -> None:
+        for flow in flows:
+            try:
+                flow._flush_scheduled()
+            except Exception:  # one flow's bug must not stop the others' data
+                _log.exception("sansflow: flushing %r failed", flow)
+
+    def flush_all(self) -> None:
+        """Send what every scheduled flow's kernel buffer takes now (at interpreter exit)."""
+        with self._lock:
+            flows = [entry[2] for entry in self._heap]
+            self._heap.clear()
+        self._flush(flows)
+
+
+_FLUSHER = _Flusher()
+atexit.register(_FLUSHER.flush_all)
+if hasattr(os, "register_at_fork"):
+    # The child has no flusher thread and must not inherit a lock some thread held.
+    os.register_at_fork(after_in_child=_FLUSHER._reset)
+
+
+# -- making flows ----------------------------------------------------------------------------
+
+
+def connect(host: str, port: int, **options: int) -> SocketFlow:
+    """Open a TCP connection to ``host``:``port`` and return its flow.
+
+    ``options`` are the flow's ``high_water``, ``low_water`` and ``receive_limit``; they are
+    checked before connecting. A failure to connect raises the ``OSError`` (no flow exists
+    yet); for a connect timeout, make the socket yourself and ``wrap`` it.
+    """
+    core = Flow(**options)
+    return _adopt(socket.create_connection((host, port)), core)
+
+
+def wrap(sock: socket.socket, **options: int) -> SocketFlow:
+    """The flow over ``sock``, a connected stream socket (TCP, or one end of a
+    ``socket.socketpair()``). The flow takes the socket over: it puts it in blocking mode,
+    sets ``TCP_NODELAY`` (the flow coalesces small writes itself) and closes it once CLOSED.
+    """
+    if not isinstance(sock, socket.socket):
+        raise TypeError(f"wrap() takes a socket.socket, not {type(sock).__name__}")
+    if sock.fileno() < 0:
+        raise ValueError("wrap() takes an open socket; this one is closed")
+    if sock.type != socket.SOCK_STREAM:
+        raise ValueError(f"wrap() takes a stream socket (SOCK_STREAM), not {sock.type!r}")
+    core = Flow(**options)
+    try:
+        sock.getpeername()
+    except OSError as exc:
+        raise ValueError(f"wrap() takes a connected socket: {exc}") from exc
+    return _adopt(sock, core)
+
+
+def _adopt(sock: socket.socket, core: Flow) -> SocketFlow:
+    sock.setblocking(True)
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return SocketFlow(sock, core)
+
+
+# -- serving ---------------------------------------------------------------------------------
+
+
+Handler = Callable[[SocketFlow], object]
+
+
+class Server:
+    """A listening TCP socket and a thread per accepted connection, as a context manager.
+
+    Made by ``serve``; the socket is bound and listening from ``__enter__`` on, and ``port``
+    is the port it got. On exit it stops accepting, closes the listening socket, gives running
+    handlers ``grace`` seconds to finish, aborts the flows of those still running (which wakes
+    them with an ``Error``), and waits for their threads.
+    """
+
+    def __init__(self, handler: Handler, host: str, port: int, *, backlog: int,
+                 grace: float, options: dict[str, int]) -> None:
+        self._handler = handler
+        self._address = (host, port)
+        self._backlog = backlog
+        self._grace = grace
+        self._options = options
+        self._listener: socket.socket | None = None
+        self._wake: tuple[socket.socket, socket.socket] | None = None
+        self._acceptor: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._connections: dict[threading.Thread, SocketFlow | None] = {}
+        self._stopping = False
+        self._numbers = itertools.count(1)
+
+    @property
+    def port(self) -> int:
+        """The port the server listens on (useful after asking for port 0)."""
+        if self._listener is None:
+            raise RuntimeError("the server is not listening; use it in a with statement")
+        return int(self._listener.getsockname()[1])
+
+    def __enter__(self) -> Server:
+        if self._listener is not None or self._stopping:
+            raise RuntimeError("a Server can be entered once")
+        listener = socket.create_server(self._address, backlog=self._backlog)
+        listener.setblocking(False)  # poll says when; a connection reset before accept is skipped
+        try:
+            self._wake = socket.socketpair()
+        except BaseException:
+            listener.close()
+            raise
+        self._listener = listener
+        self._acceptor = threading.Thread(
+            target=self._accept_loop, name=f"sansflow-socket-accept-{self.port}", daemon=True
+        )
+        self._acceptor.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop accepting, then end every connection as described above. Idempotent."""
+        with self._lock:
+            if self._stopping:
+                return
+            self._stopping = True
+        if self._wake is not None:
+            with contextlib.suppress(OSError):
+                self._wake[1].send(b"x")
+        if self._acceptor is not None:
+            self._acceptor.join()
+        for sock in (self._listener, *(self._wake or ())):
+            if sock is not None:
+                sock.close()
+        deadline = monotonic() + self._grace
+        for thread in self._threads():
+            thread.join(max(0.0, deadline - monotonic()))
+        with self._lock:
+            stragglers = [flow for flow in self._connections.values() if flow is not None]
+        for flow in stragglers:
+            flow.abort()
+        deadline = monotonic() + max(self._grace, 1.0)
+        for thread in self._threads():
+            thread.join(max(0.0, deadline - monotonic()))
+        if alive := [thread.name for thread in self._threads()]:
+            _log.warning("sansflow: handler threads still running after abort: %s", alive)
+
+    def _threads(self) -> list[threading.Thread]:
+        with self._lock:
+            return list(self._connections)
+
+    def _accept_loop(self) -> None:
+        listener, wake = self._listener, self._wake
+        assert listener is not None
+        assert wake is not None
+        poller = select.poll()
+        poller.register(listener.fileno(), select.POLLIN)
+        poller.register(wake[0].fileno(), select.POLLIN)
+        while True:
+            poller.poll()
+            if self._stopping:
+                return
+            try:
+                conn, _ = listener.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                continue
+            except OSError:
+                # Out of file descriptors, say: the connection stays queued; try again later.
+                _log.exception("sansflow: accept() failed")
+                with self._lock:
+                    if self._stopping:
+                        return
+                threading.Event().wait(0.1)
+                continue
+            self._start(conn)
+
+    def _start(self, conn: socket.socket) -> None:
+        thread = threading.Thread(target=self._serve_one, args=(conn,), daemon=True,
+                                  name=f"sansflow-socket-handler-{next(self._numbers)}")
+        with self._lock:
+            self._connections[thread] = None
+        thread.start()
+
+    def _serve_one(self, conn: socket.socket) -> None:
+        me = threading.current_thread()
+        try:
+            try:
+                flow = _adopt(conn, Flow(**self._options))
+            except BaseException:
+                conn.close()
+                raise
+            with self._lock:
+                self._connections[me] = flow
+                aborting = self._stopping
+            if aborting:
+                flow.abort()
+            try:
+                self._handler(flow)
+            except BaseException:
+                _log.exception("sansflow: connection handler %r failed", self._handler)
+                flow.abort()
+            else:
+                if flow.state is not _CLOSED:
+                    flow.close(timeout=10)
+        finally:
+            with self._lock:
+                del self._connections[me]
+
+
+def serve(handler: Handler, host: str, port: int, *, backlog: int = 4096,
+          grace: float = 5.0, **options: int) -> Server:
+    """A server running ``handler(flow)`` on its own thread for each accepted connection.
+
+    ::
+
+        with sf.serve(handler, "127.0.0.1", 0) as server:
+            print(server.port)
+
+    When the handler returns, the flow is closed (``close(timeout=10)``) unless it is CLOSED;
+    if it raises, the exception is logged (``logging.getLogger("sansflow")``) and the flow is
+    aborted. ``options`` are each flow's ``high_water``, ``low_water`` and ``receive_limit``
+    (checked here). ``grace`` is how long leaving the ``with`` block lets handlers finish
+    before their flows are aborted.
+    """
+    if not callable(handler):
+        raise TypeError(f"serve() takes a callable handler, not {type(handler).__name__}")
+    Flow(**options)  # refuse bad options now, not in every connection's thread
+    if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not grace >= 0:
+        raise ValueError(f"grace must be a number of seconds, at least 0, not {grace!r}")
+    return Server(handler, host, port, backlog=backlog, grace=grace, options=options)

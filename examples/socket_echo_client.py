@@ -1,0 +1,48 @@
+"""A client for ``socket_echo_server.py``: send words, half-close, print what comes back.
+
+::
+
+    python examples/socket_echo_client.py --port 8007 hello world
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from sansflow.adapters import socket as sf
+
+from sansflow import Eof, Error, Ok, Shutdown, error_message
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Send the words, read the echo up to the server's EOF, close. 0 on success."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8007)
+    parser.add_argument("words", nargs="*", default=["hello"])
+    args = parser.parse_args(argv)
+
+    flow = sf.connect(args.host, args.port)
+    for i, word in enumerate(args.words):  # small writes: the flow coalesces them
+        flow.write(word.encode() if i == 0 else b" " + word.encode())
+    flow.shutdown(Shutdown.WRITE)  # flush, then EOF: the server's handler sees Eof()
+
+    echoed = bytearray()
+    while True:
+        match flow.read():
+            case Ok(data):
+                echoed += data
+            case Eof():
+                break
+            case Error(err):
+                print(f"failed: {error_message(err)}")
+                flow.abort()
+                return 1
+    flow.close(timeout=5)  # our EOF is out and the server's arrived: CLOSED at once
+    print(echoed.decode())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
