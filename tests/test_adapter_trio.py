@@ -1,0 +1,1134 @@
+"""The trio adapter, over trio's memory streams and over loopback TCP.
+
+Each test is a plain function running ``trio.run`` under ``trio.fail_after``, so that nothing
+can hang. Waits are bounded; no test depends on how long something takes.
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib.util
+import os
+import random
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from types import ModuleType
+from typing import Any, cast
+
+import pytest
+import trio
+import trio.testing
+from sansflow.adapters import trio as sf
+
+from sansflow import (
+    BusyError,
+    Eof,
+    Error,
+    ErrorKind,
+    FlowError,
+    FlowState,
+    Ok,
+    ReadResult,
+    SendState,
+    Shutdown,
+    error_message,
+)
+
+HOST = "127.0.0.1"
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+ABORTED = Error(FlowError(ErrorKind.ABORTED))
+KINDS = ["memory", "tcp"]
+
+
+def run(fn: Callable[[], Awaitable[None]], timeout: float = 20.0) -> None:
+    async def bounded() -> None:
+        with trio.fail_after(timeout):
+            await fn()
+
+    trio.run(bounded)
+
+
+# -- transports ---------------------------------------------------------------------------
+
+
+def tcp_sockets(bufsize: int | None = None) -> tuple[socket.socket, socket.socket]:
+    """A connected loopback pair; ``bufsize`` shrinks both kernel buffers before connecting."""
+    with socket.create_server((HOST, 0)) as listener:
+        if bufsize is not None:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, bufsize)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, bufsize)
+        client = socket.socket()
+        if bufsize is not None:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, bufsize)
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, bufsize)
+        client.connect(listener.getsockname())
+        server, _ = listener.accept()
+    for sock in (client, server):
+        sock.setblocking(False)
+    return client, server
+
+
+def socket_stream(sock: socket.socket) -> trio.SocketStream:
+    return trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+
+
+def streams(kind: str, bufsize: int | None = None) -> tuple[trio.abc.HalfCloseableStream,
+                                                             trio.abc.HalfCloseableStream]:
+    if kind == "memory":
+        return trio.testing.memory_stream_pair()
+    if kind == "lockstep":
+        return trio.testing.lockstep_stream_pair()
+    client, server = tcp_sockets(bufsize)
+    return socket_stream(client), socket_stream(server)
+
+
+@asynccontextmanager
+async def flow_pair(kind: str, bufsize: int | None = None,
+                    **options: int) -> AsyncIterator[tuple[sf.TrioFlow, sf.TrioFlow]]:
+    """Two connected flows; whatever a test leaves open is aborted at the end."""
+    a_stream, b_stream = streams(kind, bufsize)
+    a, b = sf.wrap(a_stream, **options), sf.wrap(b_stream, **options)
+    try:
+        yield a, b
+    finally:
+        with trio.CancelScope(shield=True):
+            await a.abort()
+            await b.abort()
+
+
+async def released(flow: sf.TrioFlow) -> bool:
+    """Whether the flow closed its stream."""
+    stream = flow.stream
+    if isinstance(stream, trio.SocketStream):
+        return stream.socket.fileno() == -1
+    # A closed memory stream refuses at once; an open one would wait (bounded by fail_after).
+    assert isinstance(stream, trio.StapledStream)
+    try:
+        await stream.receive_stream.receive_some(1)
+    except trio.ClosedResourceError:
+        return True
+    return False
+
+
+async def read_exactly(flow: sf.TrioFlow, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        result = await flow.read(size - len(data))
+        assert isinstance(result, Ok), result
+        data += result.value
+    return bytes(data)
+
+
+async def read_all(flow: sf.TrioFlow, max_bytes: int | None = None) -> tuple[bytes, ReadResult]:
+    """Everything until Eof or Error, and that final result."""
+    data = bytearray()
+    while True:
+        result = await flow.read(max_bytes)
+        if not isinstance(result, Ok):
+            return bytes(data), result
+        data += result.value
+
+
+def state_of(flow: sf.TrioFlow) -> FlowState:
+    """``flow.state``, out of reach of the type checker's narrowing from an earlier assert."""
+    return flow.state
+
+
+def payload(size: int, seed: int = 0) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+class CountingSocket:
+    """Stands in for a flow's trio socket and records every send: (method, buffers, offered,
+    taken)."""
+
+    def __init__(self, sock: Any) -> None:
+        self.sock = sock
+        self.sends: list[tuple[str, int, int, int]] = []
+
+    async def send(self, data: Any) -> int:
+        taken = int(await self.sock.send(data))
+        self.sends.append(("send", 1, len(data), taken))
+        return taken
+
+    async def sendmsg(self, buffers: list[Any]) -> int:
+        taken = int(await self.sock.sendmsg(buffers))
+        self.sends.append(("sendmsg", len(buffers), sum(len(b) for b in buffers), taken))
+        return taken
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+
+def count_sends(flow: sf.TrioFlow) -> CountingSocket:
+    counter = CountingSocket(cast(Any, flow)._socket)
+    cast(Any, flow)._socket = counter
+    return counter
+
+
+# -- round trips and half-close -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_round_trip(kind: str) -> None:
+    async def main() -> None:
+        async with flow_pair(kind) as (a, b):
+            assert await a.write(b"ping") == Ok(None)
+            assert await read_exactly(b, 4) == b"ping"
+            assert await b.writev([b"po", memoryview(b"n"), bytearray(b"g")]) == Ok(None)
+            assert await read_exactly(a, 4) == b"pong"
+            assert await a.write(b"") == Ok(None)
+            assert await a.writev([]) == Ok(None)
+            assert a.state is b.state is FlowState.OPEN
+            assert a.core.queued == b.core.queued == 0
+
+    run(main)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_half_close_both_ways(kind: str) -> None:
+    async def main() -> None:
+        async with flow_pair(kind) as (a, b):
+            assert await a.write(b"request") == Ok(None)
+            await a.shutdown(Shutdown.WRITE)
+            assert a.state is FlowState.HALF_CLOSED_LOCAL
+            assert a.send_state is SendState.EOF_SENT
+            assert await a.write(b"more") == Eof()
+
+            assert await read_all(b) == (b"request", Eof())
+            assert await b.read() == Eof()  # sticky
+            assert b.state is FlowState.HALF_CLOSED_REMOTE
+            assert await b.write(b"response") == Ok(None)
+            await b.shutdown(Shutdown.WRITE)
+            assert state_of(b) is FlowState.CLOSED
+            assert b.error is None
+            assert await released(b)
+
+            assert await read_all(a) == (b"response", Eof())
+            assert state_of(a) is FlowState.CLOSED
+            assert a.error is None
+            assert await released(a)
+            await a.close()  # idempotent on a CLOSED flow
+            await b.close()
+            assert state_of(a) is state_of(b) is FlowState.CLOSED
+
+    run(main)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_shutdown_read_discards_input(kind: str) -> None:
+    async def main() -> None:
+        async with flow_pair(kind) as (a, b):
+            assert await b.write(b"unwanted") == Ok(None)
+            await read_exactly(a, 1)
+            await a.shutdown(Shutdown.READ)
+            assert a.core.buffered == 0
+            assert await a.read() == Eof()
+            assert await b.write(b"ignored too") == Ok(None)
+            assert await a.write(b"still writing") == Ok(None)
+            assert await read_exactly(b, 13) == b"still writing"
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(b.close)
+                await a.close()  # drains and drops the peer's data until its EOF
+            assert a.state is b.state is FlowState.CLOSED
+            assert a.error is None
+            assert await a.read() == Eof()
+
+    run(main)
+
+
+# -- close --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_close_waits_for_the_peer_and_keeps_input(kind: str) -> None:
+    async def main() -> None:
+        async with flow_pair(kind) as (a, b):
+            closed = trio.Event()
+
+            async def closer() -> None:
+                await a.close()
+                closed.set()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(closer)
+                await trio.testing.wait_all_tasks_blocked()
+                assert not closed.is_set()
+                assert a.state is FlowState.HALF_CLOSED_LOCAL
+                assert await b.read() == Eof()
+                assert await b.write(b"late data") == Ok(None)
+                await trio.testing.wait_all_tasks_blocked()
+                assert not closed.is_set()
+                assert a.core.buffered == 9  # close() received it, for a later read
+                await b.close()
+            assert closed.is_set()
+            assert a.state is b.state is FlowState.CLOSED
+            assert a.error is None
+            assert b.error is None
+            assert await released(a)
+            assert await released(b)
+            assert await read_all(a) == (b"late data", Eof())
+
+    run(main)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_close_while_another_task_reads(kind: str) -> None:
+    async def main() -> None:
+        async with flow_pair(kind) as (a, b):
+            got: list[tuple[bytes, ReadResult]] = []
+
+            async def reader() -> None:
+                got.append(await read_all(a))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(reader)
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(a.close)
+                nursery.start_soon(a.close)  # a second close waits for the same end
+                await trio.testing.wait_all_tasks_blocked()
+                for part in (b"one ", b"two ", b"three"):
+                    assert await b.write(part) == Ok(None)
+                    await trio.testing.wait_all_tasks_blocked()
+                await b.close()
+            assert got == [(b"one two three", Eof())]
+            assert a.state is FlowState.CLOSED
+            assert a.error is None
+
+    run(main)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_close_deadline_aborts_with_timed_out(kind: str) -> None:
+    async def main() -> None:
+        async with flow_pair(kind) as (a, b):
+            assert await b.write(b"unread") == Ok(None)
+            await a.close(timeout=0.05)  # the peer never sends its EOF
+            assert a.state is FlowState.CLOSED
+            error = a.error
+            assert error == FlowError(ErrorKind.TIMED_OUT, detail="close() deadline passed")
+            assert error_message(error) == "timed out: close() deadline passed"
+            assert await released(a)
+            assert await a.read() == Ok(b"unread")  # received before the deadline: kept
+            assert await a.read() == Error(error)
+            assert await a.write(b"x") == Eof()  # our EOF was out: that direction ended cleanly
+            assert await b.read() == Eof()  # our EOF went out before the wait
+
+    run(main)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_cancelled_close_aborts_then_reraises(kind: str) -> None:
+    async def main() -> None:
+        async with flow_pair(kind) as (a, _b):
+            with trio.CancelScope() as scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(a.close)
+                    await trio.testing.wait_all_tasks_blocked()
+                    scope.cancel()
+            assert scope.cancelled_caught
+            assert a.state is FlowState.CLOSED
+            assert a.error == FlowError(ErrorKind.ABORTED)
+            assert await released(a)
+
+    run(main)
+
+
+def test_close_validates_timeout() -> None:
+    async def main() -> None:
+        async with flow_pair("memory") as (a, _b):
+            for bad in ("1", None.__class__, True, [1]):
+                with pytest.raises(TypeError, match="timeout"):
+                    await a.close(timeout=bad)  # type: ignore[arg-type]
+            for worse in (-1, -0.5, float("nan")):
+                with pytest.raises(ValueError, match="timeout"):
+                    await a.close(timeout=worse)
+            assert a.state is FlowState.OPEN
+            assert a.send_state is SendState.OPEN
+
+    run(main)
+
+
+# -- abort and errors ---------------------------------------------------------------------
+
+
+def test_abort_wakes_reader_and_writer_and_resets_the_peer() -> None:
+    async def main() -> None:
+        async with flow_pair("tcp", bufsize=4096) as (a, b):
+            results: dict[str, object] = {}
+            data = payload(4 * 1024 * 1024)
+
+            async def reader() -> None:
+                results["read"] = await a.read()
+
+            async def writer() -> None:
+                results["write"] = await a.write(data)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(reader)
+                nursery.start_soon(writer)
+                await trio.testing.wait_all_tasks_blocked()
+                assert results == {}
+                await a.abort()
+            assert results == {"read": ABORTED, "write": ABORTED}
+            assert a.state is FlowState.CLOSED
+            assert a.core.queued == 0
+            assert await released(a)
+            await a.abort()  # nothing more happens
+            assert a.error == FlowError(ErrorKind.ABORTED)
+
+            received, end = await read_all(b)
+            assert data.startswith(received)
+            assert isinstance(end, Error)
+            assert end.error.kind is ErrorKind.RESET
+            assert error_message(end.error) == "connection reset by peer (ECONNRESET)"
+
+    run(main)
+
+
+@pytest.mark.parametrize("kind", ["memory", "lockstep"])
+def test_abort_wakes_reader_and_writer_on_streams(kind: str) -> None:
+    async def main() -> None:
+        async with flow_pair(kind) as (a, b):
+            results: dict[str, object] = {}
+
+            async def reader() -> None:
+                results["read"] = await a.read()
+
+            async def writer() -> None:
+                # A lockstep stream blocks every send until the peer receives.
+                for _ in range(1 if kind == "lockstep" else 0):
+                    results["write"] = await a.write(b"blocked")
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(reader)
+                nursery.start_soon(writer)
+                await trio.testing.wait_all_tasks_blocked()
+                assert results == {}
+                await a.abort()
+            expected = {"read": ABORTED}
+            if kind == "lockstep":
+                expected["write"] = ABORTED
+            assert results == expected
+            assert await released(a)
+            received, end = await read_all(b)
+            # The lockstep send was under way when the stream closed: trio still delivers it.
+            assert received == (b"blocked" if kind == "lockstep" else b"")
+            assert end == Eof()  # trio's memory streams end cleanly when forcefully closed
+
+    run(main)
+
+
+def test_peer_reset_reads_econnreset() -> None:
+    async def main() -> None:
+        async with flow_pair("tcp") as (a, b):
+            await b.abort()
+            result = await a.read()
+            assert isinstance(result, Error)
+            error = result.error
+            assert error.kind is ErrorKind.RESET
+            assert isinstance(error.cause, ConnectionResetError)
+            assert error.cause.errno == errno.ECONNRESET
+            assert error_message(error) == "connection reset by peer (ECONNRESET)"
+            assert a.state is FlowState.CLOSED
+            assert await released(a)
+            assert await a.read() == result
+            assert await a.write(b"x") == result
+
+    run(main)
+
+
+def test_peer_reset_mid_transfer() -> None:
+    async def main() -> None:
+        async with flow_pair("tcp", bufsize=8192) as (a, b):
+            data = payload(4 * 1024 * 1024)
+            results: list[object] = []
+
+            async def writer() -> None:
+                results.append(await a.write(data))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(writer)
+                assert await read_exactly(b, 64 * 1024) == data[:64 * 1024]
+                await b.abort()
+            [result] = results
+            assert isinstance(result, Error)
+            error = result.error
+            assert error.kind in (ErrorKind.RESET, ErrorKind.BROKEN_PIPE)
+            assert isinstance(error.cause, OSError)
+            assert error.cause.errno in (errno.ECONNRESET, errno.EPIPE)
+            assert error_message(error).endswith(("(ECONNRESET)", "(EPIPE)"))
+            assert a.state is FlowState.CLOSED
+            assert a.core.queued == 0
+            assert await released(a)
+
+    run(main)
+
+
+def test_memory_peer_closed_is_a_transport_error() -> None:
+    async def main() -> None:
+        async with flow_pair("memory") as (a, b):
+            await b.abort()  # closes b's memory stream: a's sends now fail
+            result = await a.write(b"to nobody")
+            assert isinstance(result, Error)
+            assert result.error.kind is ErrorKind.TRANSPORT
+            assert isinstance(result.error.cause, trio.BrokenResourceError)
+            assert a.state is FlowState.CLOSED
+            assert await released(a)
+
+    run(main)
+
+
+# -- backpressure and limits --------------------------------------------------------------
+
+
+def test_peer_never_reads_writer_waits_queue_bounded() -> None:
+    async def main() -> None:
+        async with flow_pair("tcp", bufsize=4096) as (a, b):
+            chunk = 16 * 1024
+            data = payload(2 * 1024 * 1024)
+            written = 0
+            peak = 0
+
+            async def writer() -> None:
+                nonlocal written, peak
+                for start in range(0, len(data), chunk):
+                    assert await a.write(data[start:start + chunk]) == Ok(None)
+                    written += chunk
+                    peak = max(peak, a.core.queued)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(writer)
+                await trio.testing.wait_all_tasks_blocked()
+                assert written < len(data)  # the writer waits for the peer
+                assert a.core.queued <= chunk  # no more than the write in progress
+                assert await read_exactly(b, len(data)) == data
+            assert written == len(data)
+            assert peak == 0  # each write returned once its bytes were all sent
+
+    run(main)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_flood_pauses_receiving_at_the_limit(kind: str) -> None:
+    async def main() -> None:
+        limit = 64 * 1024
+        async with flow_pair(kind, receive_limit=limit) as (a, b):
+            data = payload(1024 * 1024)
+            peak = 0
+
+            async def flood() -> None:
+                assert await b.write(data) == Ok(None)
+                await b.shutdown(Shutdown.WRITE)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(flood)
+                nursery.start_soon(a.close)  # receives while nobody reads
+                await trio.testing.wait_all_tasks_blocked()
+                assert a.core.buffered == limit
+                assert a.core.reading_paused
+                received = bytearray()
+                while True:
+                    peak = max(peak, a.core.buffered)
+                    result = await a.read(10_000)
+                    if not isinstance(result, Ok):
+                        break
+                    received += result.value
+                assert result == Eof()
+                assert bytes(received) == data
+            assert peak == limit
+            assert a.state is FlowState.CLOSED
+            assert a.error is None
+            await b.close()
+            assert b.state is FlowState.CLOSED
+            assert b.error is None
+
+    run(main)
+
+
+def test_tiny_socket_buffers_carry_4_mib_exactly() -> None:
+    async def main() -> None:
+        async with flow_pair("tcp", bufsize=2048) as (a, b):
+            sends = count_sends(a)
+            data = payload(4 * 1024 * 1024, seed=7)
+            rng = random.Random(3)
+
+            async def writer() -> None:
+                view = memoryview(data)
+                while view:
+                    if rng.random() < 0.3:
+                        parts: list[memoryview] = []
+                        offset = 0
+                        for _ in range(rng.randint(2, 9)):
+                            size = rng.randint(1, 3000)
+                            parts.append(view[offset:offset + size])
+                            offset += size
+                        assert await a.writev(parts) == Ok(None)
+                        view = view[offset:]
+                    else:
+                        size = rng.randint(1, 100_000)
+                        piece = view[:size]
+                        chunk = bytearray(piece) if rng.random() < 0.5 else piece
+                        assert await a.write(chunk) == Ok(None)
+                        view = view[size:]
+                await a.close()
+
+            async def reader() -> None:
+                received = bytearray()
+                while True:
+                    result = await b.read(rng.randint(1, 70_000))
+                    if not isinstance(result, Ok):
+                        break
+                    received += result.value
+                assert result == Eof()
+                assert bytes(received) == data
+                await b.close()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(writer)
+                nursery.start_soon(reader)
+            assert a.state is b.state is FlowState.CLOSED
+            assert a.error is None
+            assert b.error is None
+            partial = [s for s in sends.sends if s[3] < s[2]]
+            assert partial, "the kernel never took a send in part"
+            assert sum(s[3] for s in sends.sends) == len(data)
+            assert any(s[0] == "sendmsg" for s in sends.sends)
+
+    run(main, timeout=60)
+
+
+# -- coalescing ---------------------------------------------------------------------------
+
+
+def test_writev_is_one_vectored_send() -> None:
+    async def main() -> None:
+        async with flow_pair("tcp") as (a, b):
+            sends = count_sends(a)
+            parts: list[bytes | memoryview] = [b"a" * 10, b"b" * 20, memoryview(b"c" * 30),
+                                               b"d" * 40]
+            assert await a.writev(parts) == Ok(None)
+            assert sends.sends == [("sendmsg", 4, 100, 100)]
+            for _ in range(3):
+                assert await a.write(b"small") == Ok(None)
+            # one task writing: each write returns once sent, so each is one send
+            assert sends.sends[1:] == [("send", 1, 5, 5)] * 3
+            assert await read_exactly(b, 115) == b"".join(bytes(p) for p in parts) + b"small" * 3
+
+    run(main)
+
+
+def test_leftover_of_a_cancelled_write_goes_out_with_the_next_one() -> None:
+    async def main() -> None:
+        # Room for the leftover and the next write, so that the next write is not held back.
+        async with flow_pair("tcp", bufsize=4096, high_water=1024 * 1024,
+                             low_water=512 * 1024) as (a, b):
+            first = payload(256 * 1024, seed=1)
+            with trio.CancelScope() as scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(a.write, first)
+                    await trio.testing.wait_all_tasks_blocked()
+                    scope.cancel()
+            leftover = a.core.queued
+            assert 0 < leftover < len(first)  # all of it was queued: part sent, rest kept
+            sends = count_sends(a)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read_exactly, b, len(first) + 4)
+                assert await a.write(b"tail") == Ok(None)
+            method, buffers, offered, _taken = sends.sends[0]
+            assert (method, buffers, offered) == ("sendmsg", 2, leftover + 4)
+
+    run(main)
+
+
+# -- busy and cancellation ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_second_reader_is_busy(kind: str) -> None:
+    async def main() -> None:
+        async with flow_pair(kind) as (a, b):
+            got: list[ReadResult] = []
+
+            async def reader() -> None:
+                got.append(await a.read())
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(reader)
+                await trio.testing.wait_all_tasks_blocked()
+                with pytest.raises(BusyError):
+                    await a.read()
+                assert await b.write(b"for the first") == Ok(None)
+            assert got == [Ok(b"for the first")]
+            assert await a.write(b"x") == Ok(None)  # a reader does not make a writer busy
+
+    run(main)
+
+
+def test_second_writer_is_busy() -> None:
+    async def main() -> None:
+        async with flow_pair("tcp", bufsize=4096) as (a, b):
+            data = payload(1024 * 1024)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(a.write, data)
+                await trio.testing.wait_all_tasks_blocked()
+                queued = a.core.queued
+                with pytest.raises(BusyError):
+                    await a.write(b"second")
+                with pytest.raises(BusyError):
+                    await a.writev([b"second"])
+                assert a.core.queued == queued
+                assert await read_exactly(b, len(data)) == data
+
+    run(main)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_cancelled_read_loses_nothing(kind: str) -> None:
+    async def main() -> None:
+        async with flow_pair(kind) as (a, b):
+            with trio.CancelScope() as scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(a.read)
+                    await trio.testing.wait_all_tasks_blocked()
+                    scope.cancel()
+            assert scope.cancelled_caught
+            assert await b.write(b"after the cancel") == Ok(None)
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await a.read()  # cancelled before it takes anything
+            assert await read_exactly(a, 16) == b"after the cancel"
+            assert a.state is FlowState.OPEN
+
+    run(main)
+
+
+def test_cancelled_write_queues_all_or_nothing() -> None:
+    async def main() -> None:
+        async with flow_pair("tcp", bufsize=4096, high_water=64 * 1024,
+                             low_water=16 * 1024) as (a, b):
+            first = payload(256 * 1024, seed=1)
+            second = payload(128 * 1024, seed=2)
+
+            # Cancelled while sending: the whole buffer stays queued.
+            with trio.CancelScope() as scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(a.write, first)
+                    await trio.testing.wait_all_tasks_blocked()
+                    scope.cancel()
+            leftover = a.core.queued
+            assert leftover > a.low_water
+
+            # Cancelled while waiting for room: nothing of it is queued.
+            with trio.CancelScope() as scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(a.write, second)
+                    await trio.testing.wait_all_tasks_blocked()
+                    scope.cancel()
+            assert a.core.queued == leftover
+
+            # Cancelled before it starts: nothing either.
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await a.write(second)
+            assert a.core.queued == leftover
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(a.close)
+                received, end = await read_all(b)
+                await b.close()
+            assert end == Eof()
+            assert received == first
+            assert a.state is FlowState.CLOSED
+            assert a.error is None
+
+    run(main)
+
+
+def test_cancelled_send_all_on_a_stream_aborts_the_flow() -> None:
+    async def main() -> None:
+        async with flow_pair("lockstep") as (a, _b):
+            with trio.CancelScope() as scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(a.write, b"nobody receives this")
+                    await trio.testing.wait_all_tasks_blocked()
+                    scope.cancel()
+            # send_all may have sent part of it: the stream cannot be trusted any more.
+            assert a.state is FlowState.CLOSED
+            assert a.error is not None
+            assert a.error.kind is ErrorKind.TRANSPORT
+            assert "interrupted" in a.error.detail
+            assert await released(a)
+
+    run(main)
+
+
+def test_bad_input_raises_and_changes_nothing() -> None:
+    async def main() -> None:
+        async with flow_pair("memory") as (a, b):
+            for bad in ("text", None, 42, [b"list"]):
+                with pytest.raises(TypeError):
+                    await a.write(bad)  # type: ignore[arg-type]
+            for bad_iterable in (b"bytes", "text", 5, None):
+                with pytest.raises(TypeError):
+                    await a.writev(bad_iterable)  # type: ignore[arg-type]
+            with pytest.raises(TypeError):
+                await a.writev([b"ok", "text"])  # type: ignore[list-item]
+            for size in (0, -1):
+                with pytest.raises(ValueError, match="max_bytes"):
+                    await a.read(size)
+            for not_int in (1.5, "1", True):
+                with pytest.raises(TypeError, match="max_bytes"):
+                    await a.read(not_int)  # type: ignore[arg-type]
+            with pytest.raises(TypeError, match="Shutdown"):
+                await a.shutdown("write")  # type: ignore[arg-type]
+            assert a.state is FlowState.OPEN
+            assert a.core.queued == 0
+            assert await a.write(b"fine") == Ok(None)
+            assert await read_exactly(b, 4) == b"fine"
+
+    run(main)
+
+
+def test_bad_construction() -> None:
+    async def main() -> None:
+        with pytest.raises(TypeError, match="trio stream"):
+            sf.wrap(object())  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="TrioFlow"):
+            sf.FlowStream(object())  # type: ignore[arg-type]
+        left, right = trio.testing.memory_stream_pair()
+        with pytest.raises(ValueError, match="high_water"):
+            sf.wrap(left, high_water=0)
+        with pytest.raises(ValueError, match="low_water"):
+            sf.wrap(left, high_water=10, low_water=100)
+        await left.aclose()
+        await right.aclose()
+        # Options are checked before connecting: nothing listens on this port.
+        with socket.socket() as unused:
+            unused.bind((HOST, 0))
+            port = unused.getsockname()[1]
+        with pytest.raises(ValueError, match="receive_limit"):
+            await sf.connect(HOST, port, receive_limit=0)
+        with pytest.raises(ValueError, match="high_water"):
+            await sf.serve(echo_handler, HOST, 0, high_water=-1)
+
+    run(main)
+
+
+# -- serve, connect, many flows -----------------------------------------------------------
+
+
+async def echo_handler(flow: sf.TrioFlow) -> None:
+    while isinstance(result := await flow.read(), Ok):
+        if not isinstance(await flow.write(result.value), Ok):
+            return
+
+
+async def echo_client(port: int, data: bytes) -> sf.TrioFlow:
+    flow = await sf.connect(HOST, port)
+    assert await flow.write(data) == Ok(None)
+    await flow.shutdown(Shutdown.WRITE)
+    assert await read_all(flow) == (data, Eof())
+    await flow.close()
+    assert flow.state is FlowState.CLOSED
+    assert flow.error is None
+    return flow
+
+
+def test_serve_closes_what_the_handler_leaves_open() -> None:
+    async def main() -> None:
+        server_flows: list[sf.TrioFlow] = []
+
+        async def handler(flow: sf.TrioFlow) -> None:
+            server_flows.append(flow)
+            assert await flow.write(b"hello") == Ok(None)
+
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(sf.serve, handler, HOST, 0)
+            assert isinstance(port, int)
+            client = await sf.connect(HOST, port)
+            assert await read_all(client) == (b"hello", Eof())
+            await client.close()
+            assert client.state is FlowState.CLOSED
+            assert client.error is None
+            await trio.testing.wait_all_tasks_blocked()
+            [server_flow] = server_flows
+            assert server_flow.state is FlowState.CLOSED
+            assert server_flow.error is None
+            assert await released(server_flow)
+            nursery.cancel_scope.cancel()
+
+    run(main)
+
+
+def test_serve_aborts_and_propagates_when_the_handler_raises() -> None:
+    async def main() -> None:
+        server_flows: list[sf.TrioFlow] = []
+
+        async def handler(flow: sf.TrioFlow) -> None:
+            server_flows.append(flow)
+            assert await flow.read() == Ok(b"boom?")
+            raise LookupError("handler failed")
+
+        async def server(task_status: trio.TaskStatus[int]) -> None:
+            with pytest.RaisesGroup(LookupError, flatten_subgroups=True):
+                await sf.serve(handler, HOST, 0, task_status=task_status)
+
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(server)
+            client = await sf.connect(HOST, port)
+            assert await client.write(b"boom?") == Ok(None)
+            result = await client.read()
+            assert isinstance(result, Error)
+            assert result.error.kind is ErrorKind.RESET
+            await client.close()
+        [server_flow] = server_flows
+        assert server_flow.error == FlowError(ErrorKind.ABORTED)
+        assert await released(server_flow)
+
+    run(main)
+
+
+def test_200_concurrent_echo_flows_over_tcp() -> None:
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(sf.serve, echo_handler, HOST, 0)
+            async with trio.open_nursery() as clients:
+                for i in range(200):
+                    clients.start_soon(echo_client, port, payload(8 * 1024 + i, seed=i))
+            nursery.cancel_scope.cancel()
+
+    run(main, timeout=60)
+
+
+def test_200_concurrent_echo_flows_over_memory_streams() -> None:
+    async def main() -> None:
+        async def one(i: int) -> None:
+            data = payload(8 * 1024 + i, seed=i)
+            async def serve_one(flow: sf.TrioFlow) -> None:
+                await echo_handler(flow)
+                await flow.close()  # what serve() does after the handler
+
+            async with flow_pair("memory") as (client, server):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(serve_one, server)
+                    assert await client.write(data) == Ok(None)
+                    await client.shutdown(Shutdown.WRITE)
+                    assert await read_all(client) == (data, Eof())
+                    await client.close()
+                assert client.state is server.state is FlowState.CLOSED
+                assert client.error is None
+                assert server.error is None
+
+        async with trio.open_nursery() as nursery:
+            for i in range(200):
+                nursery.start_soon(one, i)
+
+    run(main, timeout=60)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd")
+def test_no_file_descriptor_leaks() -> None:
+    async def main() -> None:
+        async def aborting(flow: sf.TrioFlow) -> None:
+            await flow.abort()
+
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(sf.serve, echo_handler, HOST, 0)
+            async with trio.open_nursery() as clients:
+                for i in range(20):
+                    clients.start_soon(echo_client, port, payload(1000, seed=i))
+            aborted_port = await nursery.start(sf.serve, aborting, HOST, 0)
+            for _ in range(5):
+                flow = await sf.connect(HOST, aborted_port)
+                await read_all(flow)
+                await flow.close()
+            for _ in range(5):
+                flow = await sf.connect(HOST, port)
+                await flow.close(timeout=0)  # the echo server has not answered yet
+            nursery.cancel_scope.cancel()
+        for kind in ("tcp", "memory"):
+            async with flow_pair(kind) as (a, b):
+                await a.abort()
+                await b.close(timeout=0.01)
+
+    before = len(os.listdir("/proc/self/fd"))
+    run(main, timeout=60)
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+# -- streams that cannot half-close -------------------------------------------------------
+
+
+class NoHalfClose(trio.abc.Stream):
+    """A stream without ``send_eof``, like ``trio.SSLStream``."""
+
+    def __init__(self, inner: trio.abc.HalfCloseableStream) -> None:
+        self.inner = inner
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def test_without_send_eof_closing_after_the_peer_is_clean() -> None:
+    async def main() -> None:
+        left, right = trio.testing.memory_stream_pair()
+        a, b = sf.wrap(NoHalfClose(left)), sf.wrap(right)
+        assert await b.write(b"last words") == Ok(None)
+        await b.shutdown(Shutdown.WRITE)
+        assert await read_all(a) == (b"last words", Eof())
+        assert await a.write(b"reply") == Ok(None)
+        await a.close()
+        assert a.state is FlowState.CLOSED
+        assert a.error is None
+        assert await read_all(b) == (b"reply", Eof())
+        assert b.state is FlowState.CLOSED
+        assert b.error is None
+
+    run(main)
+
+
+def test_without_send_eof_our_eof_closes_both_directions() -> None:
+    async def main() -> None:
+        left, right = trio.testing.memory_stream_pair()
+        a, b = sf.wrap(NoHalfClose(left)), sf.wrap(right)
+        assert await a.write(b"bye") == Ok(None)
+        await a.shutdown(Shutdown.WRITE)
+        assert a.state is FlowState.CLOSED
+        assert a.error is not None
+        assert a.error.kind is ErrorKind.TRANSPORT
+        assert "cannot half-close" in error_message(a.error)
+        assert await a.read() == Error(a.error)
+        assert await read_all(b) == (b"bye", Eof())
+        await b.abort()
+
+    run(main)
+
+
+# -- FlowStream: trio's own conformance suite ---------------------------------------------
+
+
+async def memory_flow_streams() -> tuple[sf.FlowStream, sf.FlowStream]:
+    left, right = trio.testing.memory_stream_pair()
+    return sf.FlowStream(sf.wrap(left)), sf.FlowStream(sf.wrap(right))
+
+
+async def lockstep_flow_streams() -> tuple[sf.FlowStream, sf.FlowStream]:
+    left, right = trio.testing.lockstep_stream_pair()
+    return sf.FlowStream(sf.wrap(left)), sf.FlowStream(sf.wrap(right))
+
+
+async def tcp_flow_streams() -> tuple[sf.FlowStream, sf.FlowStream]:
+    client, server = tcp_sockets()
+    return (sf.FlowStream(sf.wrap(socket_stream(client))),
+            sf.FlowStream(sf.wrap(socket_stream(server))))
+
+
+async def clogged_socket_flow_streams() -> tuple[sf.FlowStream, sf.FlowStream]:
+    """Both directions full. A Unix socket pair, because a full TCP connection does not stay
+    full: the kernel reopens the window a little later, and a small send gets through."""
+    left, right = socket.socketpair()
+    for sock in (left, right):
+        sock.setblocking(False)
+        for size in (65536, 1024, 1):
+            try:
+                while True:
+                    sock.send(b"x" * size)
+            except BlockingIOError:
+                pass
+    return (sf.FlowStream(sf.wrap(socket_stream(left))),
+            sf.FlowStream(sf.wrap(socket_stream(right))))
+
+
+def test_flow_stream_is_a_half_closeable_stream_over_memory() -> None:
+    async def main() -> None:
+        await trio.testing.check_half_closeable_stream(memory_flow_streams,
+                                                       lockstep_flow_streams)
+
+    run(main, timeout=60)
+
+
+def test_flow_stream_is_a_half_closeable_stream_over_tcp() -> None:
+    async def main() -> None:
+        await trio.testing.check_half_closeable_stream(tcp_flow_streams,
+                                                       clogged_socket_flow_streams)
+
+    run(main, timeout=60)
+
+
+def test_flow_stream_maps_flow_errors() -> None:
+    async def main() -> None:
+        client, server = tcp_sockets()
+        a = sf.FlowStream(sf.wrap(socket_stream(client)))
+        b = sf.wrap(socket_stream(server))
+        assert a.flow.state is FlowState.OPEN
+        await b.abort()
+        with pytest.raises(trio.BrokenResourceError) as info:
+            await a.receive_some()
+        assert isinstance(info.value.__cause__, ConnectionResetError)
+        assert "ECONNRESET" in str(info.value)
+        with pytest.raises(trio.BrokenResourceError):
+            await a.send_all(b"x")
+        with pytest.raises(trio.BrokenResourceError):
+            await a.send_eof()
+        await a.aclose()
+        with pytest.raises(trio.ClosedResourceError):
+            await a.receive_some()
+
+    run(main)
+
+
+def test_flow_stream_aclose_resets_when_data_would_be_lost() -> None:
+    async def main() -> None:
+        async with flow_pair("tcp", bufsize=4096) as (a, b):
+            stream = sf.FlowStream(a)
+            with trio.CancelScope() as scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(stream.send_all, payload(256 * 1024))
+                    await trio.testing.wait_all_tasks_blocked()
+                    scope.cancel()
+            assert a.core.queued > 0
+            await stream.aclose()
+            _, end = await read_all(b)
+            assert isinstance(end, Error)
+            assert end.error.kind is ErrorKind.RESET  # not a clean EOF: data is missing
+
+    run(main)
+
+
+# -- the examples -------------------------------------------------------------------------
+
+
+def load_example(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_echo_examples() -> None:
+    server = load_example("trio_echo_server")
+    client = load_example("trio_echo_client")
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(server.main, HOST, 0)
+            assert await client.main(HOST, port) == b"hello from trio"
+            big = payload(300_000)
+            assert await client.main(HOST, port, big) == big
+            nursery.cancel_scope.cancel()
+
+    run(main)
