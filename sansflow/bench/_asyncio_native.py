@@ -37,6 +37,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+_CLEANUP_TIMEOUT = 10.0
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
 AsyncScenario = Callable[[Params], Coroutine[Any, Any, Measurement]]
 
@@ -54,7 +55,11 @@ def run_in_loop(
             for task in tasks:
                 task.cancel()
             if tasks:
-                loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+                # Bounded too: a task that ignores cancellation must not hang the suite.
+                done, _ = loop.run_until_complete(asyncio.wait(tasks, timeout=_CLEANUP_TIMEOUT))
+                for task in done:
+                    if not task.cancelled():
+                        task.exception()  # retrieved: the run's own error is what counts
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.run_until_complete(loop.shutdown_default_executor())
         finally:

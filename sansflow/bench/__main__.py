@@ -1,0 +1,3 @@
+from ._harness import main
+
+raise SystemExit(main())

@@ -1,0 +1,175 @@
+"""The anyio peer on its asyncio backend: ``connect_tcp`` and ``create_tcp_listener`` streams."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from functools import partial
+from time import perf_counter, perf_counter_ns
+from typing import Any
+
+import anyio
+from anyio.abc import SocketAttribute, SocketStream, TaskGroup
+
+from ._common import (
+    BACKLOG,
+    HOST,
+    READ_SIZE,
+    Measurement,
+    Params,
+    Stack,
+    bulk_result,
+    check,
+    connections_result,
+    payload,
+    pingpong_result,
+    small_writes_result,
+)
+
+__all__ = ["stack"]
+
+Handler = Callable[[SocketStream], Awaitable[None]]
+
+
+async def _serve(group: TaskGroup, handler: Handler) -> int:
+    listener = await anyio.create_tcp_listener(local_host=HOST, local_port=0, backlog=BACKLOG)
+
+    async def serve() -> None:
+        # ``serve`` accepts forever and leaves the listener open: closing it is ours to do.
+        async with listener:
+            await listener.serve(handler)
+
+    port = int(listener.extra(SocketAttribute.local_port))
+    group.start_soon(serve)
+    return port
+
+
+async def _receive(stream: SocketStream) -> bytes:
+    try:
+        return await stream.receive(READ_SIZE)
+    except anyio.EndOfStream:
+        return b""
+
+
+async def _drain_to_eof(stream: SocketStream) -> int:
+    received = 0
+    while data := await _receive(stream):
+        received += len(data)
+    return received
+
+
+def _sink(tally: list[int]) -> Handler:
+    async def handler(stream: SocketStream) -> None:
+        async with stream:
+            tally.append(await _drain_to_eof(stream))
+
+    return handler
+
+
+def _echo(tally: list[int]) -> Handler:
+    async def handler(stream: SocketStream) -> None:
+        async with stream:
+            received = 0
+            while data := await _receive(stream):
+                received += len(data)
+                await stream.send(data)
+            tally.append(received)
+
+    return handler
+
+
+def _run(main: Callable[[Params], Awaitable[Measurement]], p: Params) -> Measurement:
+    async def bounded() -> Measurement:
+        with anyio.fail_after(p.timeout):
+            return await main(p)
+
+    result: Any = anyio.run(bounded, backend="asyncio")
+    return result  # type: ignore[no-any-return]
+
+
+async def _stream(chunk: bytes, count: int) -> tuple[float, int]:
+    tally: list[int] = []
+    async with anyio.create_task_group() as group:
+        port = await _serve(group, _sink(tally))
+        async with await anyio.connect_tcp(HOST, port) as stream:
+            start = perf_counter()
+            for _ in range(count):
+                await stream.send(chunk)
+            await stream.send_eof()
+            extra = await _drain_to_eof(stream)
+            elapsed = perf_counter() - start
+        group.cancel_scope.cancel()
+    check(extra == 0, "the sink server sent data")
+    check(len(tally) == 1, "the server did not see EOF")
+    return elapsed, tally[0]
+
+
+async def _bulk(p: Params) -> Measurement:
+    elapsed, received = await _stream(payload(p.bulk_write), p.bulk_bytes // p.bulk_write)
+    return bulk_result(p, elapsed, received)
+
+
+async def _small(p: Params) -> Measurement:
+    elapsed, received = await _stream(payload(p.small_size), p.small_writes)
+    return small_writes_result(p, elapsed, received)
+
+
+async def _pingpong(p: Params) -> Measurement:
+    tally: list[int] = []
+    message = payload(p.pingpong_size)
+    samples = [0] * p.pingpong_trips
+    received = 0
+    async with anyio.create_task_group() as group:
+        port = await _serve(group, _echo(tally))
+        async with await anyio.connect_tcp(HOST, port) as stream:
+            start = perf_counter()
+            for i in range(p.pingpong_trips):
+                t0 = perf_counter_ns()
+                await stream.send(message)
+                echo = await _receive(stream)
+                while len(echo) < len(message):
+                    more = await _receive(stream)
+                    check(bool(more), "EOF mid round trip")
+                    echo += more
+                samples[i] = perf_counter_ns() - t0
+                check(echo == message, "echo differs from what was sent")
+                received += len(echo)
+            elapsed = perf_counter() - start
+            await stream.send_eof()
+            received += await _drain_to_eof(stream)
+        group.cancel_scope.cancel()
+    check(len(tally) == 1, "the server did not see EOF")
+    return pingpong_result(p, elapsed, samples, tally[0], received)
+
+
+async def _connections(p: Params) -> Measurement:
+    tally: list[int] = []
+    data = payload(p.connection_bytes)
+    received: list[int] = []
+
+    async def one(port: int) -> None:
+        async with await anyio.connect_tcp(HOST, port) as stream:
+            await stream.send(data)
+            await stream.send_eof()
+            received.append(await _drain_to_eof(stream))
+
+    async with anyio.create_task_group() as group:
+        port = await _serve(group, _echo(tally))
+        start = perf_counter()
+        async with anyio.create_task_group() as clients:
+            for _ in range(p.connections):
+                clients.start_soon(one, port)
+        elapsed = perf_counter() - start
+        group.cancel_scope.cancel()
+    check(len(tally) == p.connections, "a server connection did not see EOF")
+    check(len(received) == p.connections, "a client did not finish")
+    check(all(r == p.connection_bytes for r in received), "an echo came back short")
+    return connections_result(p, elapsed, sum(tally), sum(received))
+
+
+def stack() -> Stack:
+    return {
+        "bulk": partial(_run, _bulk),
+        "pingpong": partial(_run, _pingpong),
+        "small_writes": partial(_run, _small),
+        "connections": partial(_run, _connections),
+    }

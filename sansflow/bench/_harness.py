@@ -1,0 +1,470 @@
+"""The suite: profiles, interleaved repetitions, one process per run, medians, ratios, output."""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from importlib import metadata
+from pathlib import Path
+from typing import Any, TextIO
+
+from ._common import SCENARIOS, Params
+from ._registry import PAIRS, STACKS, StackSpec, Unavailable, load_stack
+from ._worker import IDLE_SUBJECTS, JobResult, idle_bytes, run_scenario
+
+__all__ = ["PROFILES", "Profile", "format_report", "main", "run_suite"]
+
+SCHEMA = "sansflow.bench/1"
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    params: Params
+    reps: int
+    idle_count: int
+    description: str
+
+
+PROFILES: dict[str, Profile] = {
+    "full": Profile("full", Params(), 5, 10_000, "the figures to publish"),
+    "quick": Profile(
+        "quick",
+        Params(bulk_bytes=32 * MiB, pingpong_trips=2_000, small_writes=20_000,
+               connections=100, timeout=60.0),
+        1, 10_000, "a first look in under a minute",
+    ),
+    "tiny": Profile(
+        "tiny",
+        Params(bulk_bytes=1 * MiB, pingpong_trips=100, small_writes=1_000,
+               connections=10, timeout=30.0),
+        1, 1_000, "for tests: checks that every stack runs and verifies, in seconds",
+    ),
+}
+
+SCENARIO_TITLES = {
+    "bulk": "bulk: {bulk_mib:g} MiB in {bulk_kib:g} KiB writes, half-close, the server reads "
+            "to EOF and closes",
+    "pingpong": "ping-pong: {pingpong_trips:,} round trips of {pingpong_size} bytes on one "
+                "connection",
+    "small_writes": "small writes: {small_writes:,} writes of {small_size} bytes, half-close, "
+                    "wait for the close",
+    "connections": "connections: {connections:,} at once, each sends {conn_kib:g} KiB, "
+                   "half-closes, reads the echo to EOF",
+}
+
+
+# -- running ----------------------------------------------------------------------------------
+
+
+def _source_root() -> Path:
+    # The directory holding the ``sansflow`` package this code was imported from.
+    return Path(__file__).resolve().parents[2]
+
+
+def _run_in_child(job: dict[str, Any], timeout: float) -> dict[str, Any]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(_source_root()), env.get("PYTHONPATH", "")) if p
+    )
+    command = [sys.executable, "-m", "sansflow.bench._worker", json.dumps(job)]
+    try:
+        proc = subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout, env=env, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"the worker process did not finish within {timeout:g} s"}
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        return {"error": f"worker exited with {proc.returncode}: {tail}"}
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
+def _execute(
+    spec: StackSpec, scenario: str, params: Params, isolate: bool
+) -> dict[str, Any]:
+    if isolate:
+        job = {"job": "scenario", "stack": spec.name, "scenario": scenario,
+               "params": params.to_json()}
+        # The child bounds its own run; this bound is for a child that hangs regardless.
+        return _run_in_child(job, params.timeout + 60.0)
+    result: JobResult = run_scenario(spec.name, scenario, params, fresh=False)
+    return dict(result)
+
+
+def _run_record(
+    spec: StackSpec, scenario: str, rep: int, result: dict[str, Any], wall_s: float
+) -> dict[str, Any]:
+    measurement = result.get("measurement")
+    error = result.get("error")
+    if error is None and measurement is not None:
+        if measurement["bytes_verified"] != measurement["bytes_expected"]:
+            error = (f"byte count mismatch: {measurement['bytes_verified']} verified, "
+                     f"{measurement['bytes_expected']} expected")
+    elif error is None:
+        error = "no measurement"
+    return {
+        "stack": spec.name,
+        "scenario": scenario,
+        "rep": rep,
+        "ok": error is None,
+        "error": error,
+        "measurement": measurement,
+        "rss_base_kib": result.get("rss_base_kib"),
+        "rss_peak_kib": result.get("rss_peak_kib"),
+        "wall_s": wall_s,
+    }
+
+
+def _median(values: Iterable[float | int | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return float(statistics.median(present)) if present else None
+
+
+def _summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    good = [r for r in runs if r["ok"]]
+    values = [r["measurement"]["value"] for r in good]
+    measured = [r["measurement"] for r in runs if r["measurement"] is not None]
+    return {
+        "unit": measured[0]["unit"] if measured else None,
+        "median": _median(values),
+        "min": min(values) if values else None,
+        "max": max(values) if values else None,
+        "values": values,
+        "runs": len(runs),
+        "failures": len(runs) - len(good),
+        "errors": sorted({r["error"] for r in runs if r["error"]}),
+        "p50_us": _median(r["measurement"]["p50_us"] for r in good),
+        "p99_us": _median(r["measurement"]["p99_us"] for r in good),
+        "elapsed_s": _median(r["measurement"]["elapsed_s"] for r in good),
+        "rss_base_kib": _median(r["rss_base_kib"] for r in runs),
+        "rss_peak_kib": _median(r["rss_peak_kib"] for r in runs),
+        "bytes_expected": measured[0]["bytes_expected"] if measured else None,
+        "verified": bool(runs) and len(good) == len(runs),
+    }
+
+
+def _ratios(results: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    ratios = []
+    for ours, peer in PAIRS:
+        for scenario in SCENARIOS:
+            a = results.get(ours, {}).get(scenario)
+            b = results.get(peer, {}).get(scenario)
+            if a is None or b is None:
+                continue
+            ratio = (a["median"] / b["median"]
+                     if a["median"] is not None and b["median"] else None)
+            rss = (a["rss_peak_kib"] / b["rss_peak_kib"]
+                   if a["rss_peak_kib"] is not None and b["rss_peak_kib"] else None)
+            ratios.append({"sansflow": ours, "peer": peer, "scenario": scenario,
+                           "ratio": ratio, "rss_ratio": rss})
+    return ratios
+
+
+def _environment() -> dict[str, Any]:
+    versions: dict[str, str | None] = {}
+    for dist in ("sansflow", "trio", "anyio", "uvloop"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    return {
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "versions": versions,
+    }
+
+
+def _log(log: TextIO | None, message: str) -> None:
+    if log is not None:
+        print(message, file=log, flush=True)
+
+
+def run_suite(
+    profile: Profile,
+    stacks: Sequence[StackSpec] = STACKS,
+    scenarios: Sequence[str] = SCENARIOS,
+    *,
+    reps: int | None = None,
+    isolate: bool = True,
+    idle: bool = True,
+    log: TextIO | None = None,
+) -> dict[str, Any]:
+    """Run the suite and return the report (the JSON document); nothing is printed but ``log``.
+
+    Runs are interleaved: each repetition runs every stack once per scenario, and every other
+    repetition reverses the order, so that drift and position weigh on every stack alike.
+    """
+    started = time.monotonic()
+    reps = profile.reps if reps is None else reps
+    params = profile.params
+    stack_rows: list[dict[str, Any]] = []
+    runnable: list[tuple[StackSpec, list[str]]] = []
+    for spec in stacks:
+        try:
+            loaded = load_stack(spec)
+        except Unavailable as exc:
+            reason: str | None = str(exc)
+        except Exception as exc:  # a module half-written elsewhere must not stop the rest
+            reason = f"{type(exc).__name__}: {exc}"
+        else:
+            reason = None
+            runnable.append((spec, [s for s in scenarios if s in loaded]))
+        stack_rows.append({"name": spec.name, "kind": spec.kind,
+                           "description": spec.description,
+                           "available": reason is None, "reason": reason})
+        if reason is not None:
+            _log(log, f"skip {spec.name}: {reason}")
+
+    jobs = [(spec, scenario) for scenario in scenarios for spec, own in runnable
+            if scenario in own]
+    total = len(jobs) * reps
+    runs: list[dict[str, Any]] = []
+    for rep in range(reps):
+        ordered = jobs if rep % 2 == 0 else _reverse_within_scenarios(jobs)
+        for spec, scenario in ordered:
+            t0 = time.monotonic()
+            result = _execute(spec, scenario, params, isolate)
+            record = _run_record(spec, scenario, rep, result, time.monotonic() - t0)
+            runs.append(record)
+            _log(log, f"[{len(runs)}/{total}] {_describe(record)}")
+
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    for spec, own in runnable:
+        for scenario in own:
+            mine = [r for r in runs if r["stack"] == spec.name and r["scenario"] == scenario]
+            if mine:
+                results.setdefault(spec.name, {})[scenario] = _summarise(mine)
+
+    idle_memory: dict[str, Any] = {}
+    if idle:
+        for subject, (description, _maker) in IDLE_SUBJECTS.items():
+            idle_memory[subject] = _idle(subject, description, profile.idle_count, isolate)
+            _log(log, f"idle {subject}: {idle_memory[subject]['bytes_per_flow']}")
+
+    return {
+        "schema": SCHEMA,
+        "profile": profile.name,
+        "params": params.to_json(),
+        "reps": reps,
+        "isolation": "subprocess per run" if isolate else "in-process",
+        "environment": _environment(),
+        "stacks": stack_rows,
+        "scenarios": list(scenarios),
+        "runs": runs,
+        "results": results,
+        "ratios": _ratios(results),
+        "idle_memory": idle_memory,
+        "ok": all(r["ok"] for r in runs),
+        "duration_s": time.monotonic() - started,
+    }
+
+
+def _reverse_within_scenarios(
+    jobs: list[tuple[StackSpec, str]],
+) -> list[tuple[StackSpec, str]]:
+    # Scenarios keep their order (so like runs stay close in time); stacks run backwards.
+    out: list[tuple[StackSpec, str]] = []
+    for scenario in dict.fromkeys(s for _, s in jobs):
+        out.extend(reversed([j for j in jobs if j[1] == scenario]))
+    return out
+
+
+def _idle(subject: str, description: str, count: int, isolate: bool) -> dict[str, Any]:
+    row: dict[str, Any] = {"description": description, "count": count}
+    if isolate:
+        result = _run_in_child({"job": "idle", "subject": subject, "count": count}, 120.0)
+        row["bytes_per_flow"] = result.get("bytes_per_flow")
+        row["error"] = result.get("error")
+        return row
+    try:
+        row["bytes_per_flow"], row["error"] = idle_bytes(subject, count), None
+    except Unavailable as exc:
+        row["bytes_per_flow"], row["error"] = None, f"unavailable: {exc}"
+    return row
+
+
+def _describe(record: dict[str, Any]) -> str:
+    head = f"{record['scenario']:<12} {record['stack']:<24} rep {record['rep'] + 1}"
+    if not record["ok"]:
+        return f"{head}: FAILED {record['error']}"
+    m = record["measurement"]
+    return f"{head}: {_fmt(m['value'])} {m['unit']}"
+
+
+# -- output -----------------------------------------------------------------------------------
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if abs(value) >= 10_000:
+        return f"{value:,.0f}"
+    return f"{value:,.{digits}f}"
+
+
+def _mib(kib: float | None) -> str:
+    return "-" if kib is None else f"{kib / 1024:.1f}"
+
+
+def _title(scenario: str, params: dict[str, Any]) -> str:
+    return SCENARIO_TITLES[scenario].format(
+        bulk_mib=params["bulk_bytes"] / MiB, bulk_kib=params["bulk_write"] / 1024,
+        conn_kib=params["connection_bytes"] / 1024, **params,
+    )
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report as tables for a person to read."""
+    env = report["environment"]
+    lines = [
+        f"sansflow.bench: profile {report['profile']}, {report['reps']} rep(s), "
+        f"{report['isolation']}; Python {env['python']} on {env['platform']}, "
+        f"{env['cpu_count']} CPUs; {report['duration_s']:.0f} s",
+    ]
+    skipped = [s for s in report["stacks"] if not s["available"]]
+    for row in skipped:
+        lines.append(f"  skipped {row['name']}: {row['reason']}")
+    header = (f"  {'stack':<24} {'median':>12} {'unit':<14} {'spread':>7} {'p50 µs':>8} "
+              f"{'p99 µs':>8} {'peak RSS':>9} {'+RSS':>6} {'ok':>5}")
+    for scenario in report["scenarios"]:
+        rows = [(name, per[scenario]) for name, per in report["results"].items()
+                if scenario in per]
+        if not rows:
+            continue
+        lines += ["", _title(scenario, report["params"]), header]
+        for name, s in rows:
+            spread = ("-" if s["median"] is None or not s["median"] or len(s["values"]) < 2
+                      else f"±{50 * (s['max'] - s['min']) / s['median']:.0f}%")
+            grown = (None if s["rss_peak_kib"] is None or s["rss_base_kib"] is None
+                     else s["rss_peak_kib"] - s["rss_base_kib"])
+            lines.append(
+                f"  {name:<24} {_fmt(s['median']):>12} {s['unit'] or '':<14} {spread:>7} "
+                f"{_fmt(s['p50_us']):>8} {_fmt(s['p99_us']):>8} "
+                f"{_mib(s['rss_peak_kib']):>9} {_mib(grown):>6} "
+                f"{s['runs'] - s['failures']:>3}/{s['runs']}"
+            )
+            for error in s["errors"]:
+                lines.append(f"      error: {error}")
+    if report["ratios"]:
+        lines += ["", "ratio sansflow / peer (median rates; above 1: sansflow is faster)"]
+        lines.append(f"  {'sansflow':<24} {'peer':<20} "
+                     + " ".join(f"{s:>12}" for s in report["scenarios"]))
+        pairs = dict.fromkeys((r["sansflow"], r["peer"]) for r in report["ratios"])
+        for ours, peer in pairs:
+            cells = {r["scenario"]: r["ratio"] for r in report["ratios"]
+                     if r["sansflow"] == ours and r["peer"] == peer}
+            lines.append(f"  {ours:<24} {peer:<20} " + " ".join(
+                f"{_fmt(cells.get(s), 2):>12}" for s in report["scenarios"]))
+    if report["idle_memory"]:
+        count = next(iter(report["idle_memory"].values()))["count"]
+        lines += ["", f"bytes per idle flow ({count:,} alive at once, tracemalloc)"]
+        for subject, row in report["idle_memory"].items():
+            value = row["error"] if row["bytes_per_flow"] is None else _fmt(row["bytes_per_flow"])
+            lines.append(f"  {subject:<30} {value:>10}  {row['description']}")
+    lines += ["", "spread: (max - min) / 2 / median. peak RSS: MiB, high-water mark of the "
+              "run's own process (VmHWM); +RSS: how far the scenario raised it."]
+    lines.append("all byte counts verified" if report["ok"] else "SOME RUNS FAILED (see above)")
+    return "\n".join(lines)
+
+
+# -- command line -----------------------------------------------------------------------------
+
+
+def _select(only: Sequence[str]) -> tuple[list[StackSpec], list[str]]:
+    stack_patterns: list[str] = []
+    scenario_patterns: list[str] = []
+    kinds = {spec.kind for spec in STACKS}
+    for token in (t.strip() for item in only for t in item.split(",")):
+        if not token:
+            continue
+        as_scenario = token.replace("-", "_")
+        if any(fnmatch.fnmatchcase(s, as_scenario) for s in SCENARIOS):
+            scenario_patterns.append(as_scenario)
+        elif token in kinds or any(fnmatch.fnmatchcase(s.name, token) for s in STACKS):
+            stack_patterns.append(token)
+        else:
+            raise SystemExit(f"--only: {token!r} names no stack, kind or scenario")
+    stacks = [s for s in STACKS if not stack_patterns or any(
+        s.kind == p or fnmatch.fnmatchcase(s.name, p) for p in stack_patterns)]
+    scenarios = [s for s in SCENARIOS if not scenario_patterns or any(
+        fnmatch.fnmatchcase(s, p) for p in scenario_patterns)]
+    return stacks, scenarios
+
+
+def _with_peers(stacks: list[StackSpec]) -> list[StackSpec]:
+    names = {s.name for s in stacks}
+    for ours, peer in PAIRS:
+        if ours in names or peer in names:
+            names |= {ours, peer}
+    return [s for s in STACKS if s.name in names]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m sansflow.bench",
+        description="sansflow's adapters against native asyncio, uvloop, trio, anyio and "
+                    "blocking sockets, on 127.0.0.1.",
+    )
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_const", dest="profile", const="quick",
+                      help=PROFILES["quick"].description)
+    size.add_argument("--tiny", action="store_const", dest="profile", const="tiny",
+                      help=PROFILES["tiny"].description)
+    parser.set_defaults(profile="full")
+    parser.add_argument("--only", action="append", default=[], metavar="NAMES",
+                        help="comma-separated stack names, kinds (sansflow, native, core) or "
+                             "scenarios, shell patterns allowed; repeatable")
+    parser.add_argument("--with-peers", action="store_true",
+                        help="add the ratio partners of the stacks --only selects")
+    parser.add_argument("--reps", type=int, help="repetitions (default: the profile's)")
+    parser.add_argument("--timeout", type=float, help="seconds allowed for one run")
+    parser.add_argument("--in-process", action="store_true",
+                        help="run everything in this process: faster, but no RSS figures")
+    parser.add_argument("--no-idle", action="store_true", help="skip bytes per idle flow")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="write the report here")
+    parser.add_argument("--list", action="store_true", help="list stacks and pairs, and exit")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.list:
+        for spec in STACKS:
+            print(f"{spec.name:<26} {spec.kind:<9} {spec.description}")
+        print()
+        for ours, peer in PAIRS:
+            print(f"{ours} / {peer}")
+        return 0
+    profile = PROFILES[args.profile]
+    if args.timeout is not None:
+        profile = replace(profile, params=replace(profile.params, timeout=args.timeout))
+    if args.reps is not None and args.reps < 1:
+        raise SystemExit("--reps must be at least 1")
+    stacks, scenarios = _select(args.only)
+    if args.with_peers:
+        stacks = _with_peers(stacks)
+    report = run_suite(
+        profile, stacks, scenarios, reps=args.reps, isolate=not args.in_process,
+        idle=not args.no_idle, log=None if args.quiet else sys.stderr,
+    )
+    print(format_report(report))
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0 if report["ok"] else 1

@@ -1,0 +1,93 @@
+"""Which stacks exist, how to load one, and which sansflow stack is compared with which peer.
+
+Nothing here imports a stack's libraries at import time: the worker loads exactly one stack, so
+that its peak RSS carries no other stack's imports.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Literal
+
+from ._common import SCENARIOS, Stack
+
+__all__ = ["PAIRS", "STACKS", "StackSpec", "Unavailable", "by_name", "load_stack"]
+
+Kind = Literal["sansflow", "native", "core"]
+
+
+class Unavailable(Exception):
+    """The stack cannot run here: a library or a sansflow module is missing."""
+
+
+@dataclass(frozen=True)
+class StackSpec:
+    name: str
+    kind: Kind
+    loader: str
+    """``module:function`` under ``sansflow.bench``; the function returns the ``Stack``."""
+    description: str
+
+
+STACKS: tuple[StackSpec, ...] = (
+    StackSpec("sansflow-asyncio", "sansflow", "_sansflow:asyncio_stack",
+              "sansflow asyncio adapter (asyncio's own loop)"),
+    StackSpec("asyncio-buffered", "native", "_asyncio_native:buffered_stack",
+              "asyncio BufferedProtocol"),
+    StackSpec("asyncio-protocol", "native", "_asyncio_native:protocol_stack", "asyncio Protocol"),
+    StackSpec("asyncio-streams", "native", "_asyncio_native:streams_stack", "asyncio Streams"),
+    StackSpec("anyio-asyncio", "native", "_anyio_native:stack", "anyio streams on asyncio"),
+    StackSpec("sansflow-asyncio-uvloop", "sansflow", "_sansflow:asyncio_uvloop_stack",
+              "sansflow asyncio adapter on uvloop"),
+    StackSpec("uvloop-protocol", "native", "_asyncio_native:uvloop_protocol_stack",
+              "uvloop Protocol"),
+    StackSpec("uvloop-streams", "native", "_asyncio_native:uvloop_streams_stack",
+              "asyncio Streams on uvloop"),
+    StackSpec("sansflow-trio", "sansflow", "_sansflow:trio_stack", "sansflow trio adapter"),
+    StackSpec("trio-socketstream", "native", "_trio_native:stack", "trio SocketStream"),
+    StackSpec("sansflow-socket", "sansflow", "_sansflow:socket_stack",
+              "sansflow blocking-socket adapter"),
+    StackSpec("blocking-sendall", "native", "_blocking_native:sendall_stack",
+              "blocking socket, sendall/recv"),
+    StackSpec("blocking-sendmsg", "native", "_blocking_native:sendmsg_stack",
+              "blocking socket, sendmsg/recv_into"),
+    StackSpec("sansflow-core", "core", "_sansflow:core_stack",
+              "sansflow core alone, in memory (no I/O)"),
+)
+
+PAIRS: tuple[tuple[str, str], ...] = (
+    ("sansflow-asyncio", "asyncio-buffered"),
+    ("sansflow-asyncio", "asyncio-protocol"),
+    ("sansflow-asyncio", "asyncio-streams"),
+    ("sansflow-asyncio", "anyio-asyncio"),
+    ("sansflow-asyncio-uvloop", "uvloop-protocol"),
+    ("sansflow-asyncio-uvloop", "uvloop-streams"),
+    ("sansflow-trio", "trio-socketstream"),
+    ("sansflow-socket", "blocking-sendall"),
+    ("sansflow-socket", "blocking-sendmsg"),
+)
+"""(sansflow stack, peer): the ratio reported is sansflow's median over the peer's."""
+
+
+def by_name(name: str) -> StackSpec:
+    for spec in STACKS:
+        if spec.name == name:
+            return spec
+    raise KeyError(name)
+
+
+def load_stack(spec: StackSpec) -> Stack:
+    """Import the stack's module and build it; ``Unavailable`` says why it cannot run here."""
+    module_name, _, function = spec.loader.partition(":")
+    try:
+        module = importlib.import_module(f"{__package__}.{module_name}")
+        stack: Stack = getattr(module, function)()
+    except Unavailable:
+        raise
+    except ImportError as exc:
+        raise Unavailable(f"{type(exc).__name__}: {exc}") from exc
+    # A stack may leave a scenario out (the in-memory core has no connections to open).
+    if not any(s in stack for s in SCENARIOS):
+        raise Unavailable("no scenario")
+    return stack
