@@ -49,6 +49,10 @@ class Ok(Generic[T_co]):
     def __repr__(self) -> str:
         return f"Ok({self.value!r})"
 
+    def __reduce__(self) -> tuple[type[Ok[Any]], tuple[T_co]]:
+        # copy, deepcopy and pickle would otherwise restore the slot through __setattr__.
+        return (Ok, (self.value,))
+
 
 # The slot's own setter, which ``Ok.__setattr__`` does not stand in front of.
 _set_value: Callable[[Ok[Any], Any], None] = vars(Ok)["value"].__set__
