@@ -415,10 +415,14 @@ class TrioFlow(AdapterFlow):
         await self._release(graceful=False)
 
     async def _abort(self, error: FlowError | None) -> None:
-        self._core.abort(error)
+        core = self._core
+        core.abort(error)
         if self._lot:
             self._lot.unpark_all()
         if self._released:
+            return
+        if core.error is None:  # it had ended cleanly: nothing to reset
+            await self._release(graceful=True)
             return
         sock = self._socket
         if sock is None:
@@ -541,6 +545,8 @@ class FlowStream(trio.abc.HalfCloseableStream):
     not the seed's ``close``), and wakes a blocked ``receive_some`` with
     ``trio.ClosedResourceError``. Every method is a checkpoint.
     """
+
+    __slots__ = ("_closed", "_flow", "_receiving", "_sending")
 
     def __init__(self, flow: TrioFlow) -> None:
         if not isinstance(flow, TrioFlow):

@@ -136,6 +136,10 @@ def state_of(flow: sf.TrioFlow) -> FlowState:
     return flow.state
 
 
+def send_state_of(flow: sf.TrioFlow) -> SendState:
+    return flow.send_state
+
+
 def payload(size: int, seed: int = 0) -> bytes:
     return random.Random(seed).randbytes(size)
 
@@ -270,6 +274,59 @@ def test_close_waits_for_the_peer_and_keeps_input(kind: str) -> None:
             assert await released(a)
             assert await released(b)
             assert await read_all(a) == (b"late data", Eof())
+
+    run(main)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_reader_arriving_while_close_receives_gets_the_data(kind: str) -> None:
+    async def main() -> None:
+        async with flow_pair(kind) as (a, b):
+            got: list[ReadResult] = []
+
+            async def reader() -> None:
+                got.append(await a.read())
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(a.close)  # no reader yet: close() receives
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(reader)  # waits for what close() receives
+                await trio.testing.wait_all_tasks_blocked()
+                assert got == []
+                assert await b.write(b"for the reader") == Ok(None)
+                await trio.testing.wait_all_tasks_blocked()
+                assert got == [Ok(b"for the reader")]
+                await b.close()
+            assert a.state is FlowState.CLOSED
+            assert a.error is None
+
+    run(main)
+
+
+def test_shutdown_write_waits_for_a_write_in_progress() -> None:
+    async def main() -> None:
+        async with flow_pair("tcp", bufsize=4096) as (a, b):
+            data = payload(512 * 1024)
+            done: list[str] = []
+
+            async def writer() -> None:
+                assert await a.write(data) == Ok(None)
+                done.append("write")
+
+            async def shutdown() -> None:
+                await a.shutdown(Shutdown.WRITE)
+                done.append("shutdown")
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(writer)
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(shutdown)
+                await trio.testing.wait_all_tasks_blocked()
+                assert done == []  # the data is not all out: no EOF yet
+                assert a.send_state is SendState.EOF_QUEUED
+                assert await read_all(b) == (data, Eof())  # the EOF follows the data
+            assert sorted(done) == ["shutdown", "write"]
+            assert send_state_of(a) is SendState.EOF_SENT
 
     run(main)
 
@@ -735,24 +792,42 @@ def test_cancelled_write_queues_all_or_nothing() -> None:
                 await a.write(second)
             assert a.core.queued == leftover
 
+            # With the peer reading, a write held back by the leftover goes out after it.
+            third = [payload(100_000, seed=3), payload(50_000, seed=4)]
+
+            async def finish() -> None:
+                assert await a.write(third[0]) == Ok(None)
+                assert await a.writev(third[1:]) == Ok(None)
+                await a.close()
+
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(a.close)
+                nursery.start_soon(finish)
                 received, end = await read_all(b)
                 await b.close()
             assert end == Eof()
-            assert received == first
+            assert received == first + b"".join(third)
             assert a.state is FlowState.CLOSED
             assert a.error is None
 
     run(main)
 
 
-def test_cancelled_send_all_on_a_stream_aborts_the_flow() -> None:
+@pytest.mark.parametrize("operation", ["write", "writev", "shutdown"])
+def test_cancelled_send_all_on_a_stream_aborts_the_flow(operation: str) -> None:
     async def main() -> None:
         async with flow_pair("lockstep") as (a, _b):
+            async def send() -> None:
+                if operation == "write":
+                    await a.write(b"nobody receives this")
+                elif operation == "writev":
+                    await a.writev([b"nobody ", b"receives this"])
+                else:  # data queued (not yet sent) goes out before the EOF
+                    assert a.core.write(b"queued before the EOF") == Ok(None)
+                    await a.shutdown(Shutdown.WRITE)
+
             with trio.CancelScope() as scope:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(a.write, b"nobody receives this")
+                    nursery.start_soon(send)
                     await trio.testing.wait_all_tasks_blocked()
                     scope.cancel()
             # send_all may have sent part of it: the stream cannot be trusted any more.
@@ -1085,6 +1160,22 @@ def test_flow_stream_maps_flow_errors() -> None:
         await a.aclose()
         with pytest.raises(trio.ClosedResourceError):
             await a.receive_some()
+
+    run(main)
+
+
+def test_flow_stream_wait_send_after_eof_returns_at_once() -> None:
+    async def main() -> None:
+        left, right = await memory_flow_streams()
+        await left.send_eof()
+        await left.wait_send_all_might_not_block()  # a send would fail, not block
+        with pytest.raises(trio.ClosedResourceError):
+            await left.send_all(b"late")
+        assert await right.receive_some() == b""
+        await left.aclose()
+        await right.aclose()
+        with pytest.raises(trio.ClosedResourceError):
+            await left.wait_send_all_might_not_block()
 
     run(main)
 
