@@ -26,11 +26,13 @@ writes are coalesced: whatever is queued when a send happens goes out in one ``s
 data is handed to the kernel by whichever of these comes first:
 
 1. ``write``, at once, when the queue reaches the low-water mark (``max(low_water, 1)``), or when
-   the write finds the queue empty and nothing was sent for ``FLUSH_DELAY`` seconds (a lone
-   write, such as a request, goes out immediately, as with ``sendall``);
+   it finds the queue empty and either answers a read (the flow was read from since its last
+   write: request/response traffic goes out at once, as with ``sendall``) or nothing was sent
+   for ``FLUSH_DELAY`` seconds (a lone write);
 2. ``write``, waiting for room, when the queue is past the high-water mark (backpressure);
-3. ``read``, before it waits for input: a request written in pieces is sent before its reply
-   is awaited, so request/response never deadlocks on coalesced data;
+3. ``read``, before it waits for input, sends what the calling thread's writes left queued, on
+   this flow and on any other: a request written in pieces is sent before its reply is awaited,
+   so request/response never deadlocks or lingers on coalesced data;
 4. ``close``, ``shutdown(WRITE)`` and ``flush``, which wait until everything is sent;
 5. otherwise, one process-wide flusher thread, at most ``FLUSH_DELAY`` seconds after the write
    (plus the time it takes to get the GIL), retrying with a growing delay while the kernel's
@@ -120,19 +122,32 @@ _RECEIVING_STATES = (ReceiveState.OPEN, ReceiveState.DISCARDING)
 _DONE = 0  # nothing more to do, or the flow failed
 _BLOCKED = 1  # the kernel took some data, then had no room
 _STALLED = 2  # the kernel had no room at all
+_LEFT_MAX = 32  # how many flows a thread remembers having left data queued on
 _log = logging.getLogger("sansflow")
-_local = threading.local()
 
 BytesLike = bytes | bytearray | memoryview
 
 
-def _read_buffer() -> memoryview:
-    """This thread's receive buffer: the data is copied into the core before it is reused."""
-    try:
-        view: memoryview = _local.view
-    except AttributeError:
-        view = _local.view = memoryview(bytearray(READ_SIZE))
-    return view
+class _ThreadState(threading.local):
+    """What each thread keeps: its receive buffer, and the flows its writes left queued."""
+
+    def __init__(self) -> None:
+        self.view: memoryview | None = None  # data is copied into the core before reuse
+        # Flows whose data this thread left for the flusher: a read about to wait sends them
+        # first, so "write to A, then wait for B's reply" costs no flusher delay.
+        self.left: dict[SocketFlow, None] = {}
+
+
+_here = _ThreadState()
+
+
+def _send_left() -> None:
+    """Send what this thread's writes left queued, on every flow (no flow lock held)."""
+    left = _here.left
+    while left:
+        flow = next(iter(left))
+        del left[flow]
+        flow._send_now()
 
 
 def _poll(fd: int, events: int, timeout: float | None) -> int:
@@ -161,6 +176,7 @@ class SocketFlow(AdapterFlow):
     """
 
     __slots__ = (
+        "_answering",
         "_changed",
         "_drained_at",
         "_flush_at",
@@ -185,6 +201,7 @@ class SocketFlow(AdapterFlow):
         self._scheduled = False  # the flow is on the flusher's schedule
         self._retry = FLUSH_DELAY  # the flusher's next delay while the kernel buffer is full
         self._drained_at = -math.inf  # when a send last emptied the queue
+        self._answering = False  # a read came after the last write: the next write answers it
         self._flush_at = max(core.low_water, 1)
         self._shut_rd = False
 
@@ -203,6 +220,7 @@ class SocketFlow(AdapterFlow):
         try:
             if self._reading:
                 raise BusyError("another thread is already reading this flow")
+            self._answering = True
             result = self._core.read(max_bytes)
             if result is WOULD_WAIT:
                 self._reading = True
@@ -267,7 +285,7 @@ class SocketFlow(AdapterFlow):
         """Hand everything queued to the kernel now, waiting for room; return once the queue
         is empty or the flow failed. Never raises for an I/O failure."""
         with self._lock:
-            self._send_until(self._flushed, None)
+            self._send_until(False, None)
 
     def close(self, timeout: float | None = None) -> None:
         """The seed's close: flush, send EOF, wait for the peer's EOF, release the socket.
@@ -285,7 +303,7 @@ class SocketFlow(AdapterFlow):
             self._notify()  # a writer waiting for room gets Eof() now
             while core.state is not _CLOSED:
                 if core.queued or core.eof_due:
-                    if not self._send_until(self._flushed, deadline) and _passed(deadline):
+                    if not self._send_until(False, deadline) and _passed(deadline):
                         self._abort(_close_timed_out())
                     continue
                 if self._wants_input() and not self._receiving:
@@ -306,7 +324,7 @@ class SocketFlow(AdapterFlow):
             self._core.shutdown(how)
             self._notify()
             if how is not Shutdown.READ:
-                self._send_until(self._flushed, None)
+                self._send_until(False, None)
             self._release_if_closed()
 
     def abort(self) -> None:
@@ -319,6 +337,15 @@ class SocketFlow(AdapterFlow):
 
     def _read_waiting(self, max_bytes: int | None) -> ReadResult:
         core = self._core
+        if _here.left:  # only this thread adds to it: looking once is enough
+            self._lock.release()
+            try:
+                _send_left()
+            finally:
+                self._lock.acquire()
+            result = core.read(max_bytes)  # things may have changed meanwhile
+            if result is not WOULD_WAIT:
+                return result
         while True:
             if (core.queued or core.eof_due) and not self._sending:
                 self._push()
@@ -345,7 +372,9 @@ class SocketFlow(AdapterFlow):
         """
         sock = self._sock
         assert sock is not None  # released only when CLOSED and no thread is in a call
-        view = _read_buffer()
+        view = _here.view
+        if view is None:
+            view = _here.view = memoryview(bytearray(READ_SIZE))
         received = -1
         failure: OSError | None = None
         self._receiving = True
@@ -366,32 +395,41 @@ class SocketFlow(AdapterFlow):
         if failure is not None:
             core.receive_error(failure)
         elif received > 0:
-            core.receive_data(view[:received])
+            core.receive_data(view[:received].tobytes())
         elif received == 0:
             core.receive_eof()  # ignored if the flow failed meanwhile (shutdown(SHUT_RD))
         else:
             return False
-        self._notify()
-        self._release_if_closed()
+        if self._waiters:
+            self._changed.notify_all()
+        if core.state is _CLOSED:
+            self._release_if_closed()
         return True
 
     # -- writing ----------------------------------------------------------------------------
 
     def _queued_more(self, before: int) -> None:
         """After a write queued data: send now, or make sure it will be sent (lock held)."""
-        queued = self._core.queued
+        answering = self._answering
+        self._answering = False
         if self._sending:
             return  # the thread sending loops until the queue is empty or reschedules us
-        if queued >= self._flush_at or (
-            not before and monotonic() - self._drained_at >= FLUSH_DELAY
-        ):
+        if self._core.queued >= self._flush_at or (not before and (
+            answering or monotonic() - self._drained_at >= FLUSH_DELAY
+        )):
             self._writing = True  # the lock is released during the send
             try:
                 self._push()
             finally:
                 self._writing = False
-        elif not self._scheduled:
-            self._schedule(FLUSH_DELAY)
+        else:
+            if not self._scheduled:
+                self._schedule(FLUSH_DELAY)
+            if not before:  # later writes find the flow already remembered
+                left = _here.left
+                if len(left) >= _LEFT_MAX:
+                    del left[next(iter(left))]  # the flusher still has it
+                left[self] = None
 
     def _write_waiting(self, attempt: Callable[[], WriteResult | WouldWait]) -> WriteResult:
         """The queue is past the high-water mark: send, waiting for room, then queue."""
@@ -399,7 +437,7 @@ class SocketFlow(AdapterFlow):
         self._writing = True
         try:
             while True:
-                self._send_until(self._writable, None)
+                self._send_until(True, None)
                 before = core.queued
                 result = attempt()
                 if result is not WOULD_WAIT:
@@ -421,12 +459,14 @@ class SocketFlow(AdapterFlow):
         self._sending = True
         outcome = _STALLED
         try:
-            outcome = self._send_loop(self._flushed, False, None)
+            outcome = self._send_loop(False, False, None)
         finally:
             self._end_send(outcome)
 
-    def _send_until(self, done: Callable[[], bool], deadline: float | None) -> bool:
-        """Send, waiting for room, until ``done()`` or the deadline; return ``done()``."""
+    def _send_until(self, writable: bool, deadline: float | None) -> bool:
+        """Send, waiting for room, until the flow is writable again (``writable``) or
+        everything is sent, or the deadline passes; return whether that was reached."""
+        done = self._writable if writable else self._flushed
         while not done() and self._sock is not None:
             if self._sending:  # another thread is sending; it wakes us when it stops
                 if not self._wait(deadline):
@@ -435,15 +475,16 @@ class SocketFlow(AdapterFlow):
             self._sending = True
             outcome = _STALLED
             try:
-                outcome = self._send_loop(done, True, deadline)
+                outcome = self._send_loop(writable, True, deadline)
             finally:
                 self._end_send(outcome)
             if outcome != _DONE:
                 break  # the deadline passed
         return done()
 
-    def _send_loop(self, done: Callable[[], bool], wait: bool, deadline: float | None) -> int:
-        """The send role's work: queued data, then a due EOF, to the kernel until ``done()``.
+    def _send_loop(self, writable: bool, wait: bool, deadline: float | None) -> int:
+        """The send role's work: queued data, then a due EOF, to the kernel, until all is
+        sent (or, if ``writable``, until the queue is down to the low-water mark).
 
         Called and returns with the lock held; releases it around each system call. Returns
         ``_BLOCKED`` or ``_STALLED`` if it stopped because the kernel had no room (and ``wait``
@@ -455,36 +496,36 @@ class SocketFlow(AdapterFlow):
         assert sock is not None
         events = select.POLLOUT | _POLLRDHUP
         stuck = _STALLED
-        while not done():
+        while not (writable and core.write_ready):
             buffers = core.buffers_to_send(IOV_MAX)
-            if not buffers and not core.eof_due:
-                return _DONE
-            sent = -1
-            failure: OSError | None = None
-            lock.release()
-            try:
-                if buffers:
+            if buffers:
+                failure: OSError | None = None
+                lock.release()
+                try:
                     sent = sock.sendmsg(buffers, (), _SEND_FLAGS)
-                else:
-                    sock.shutdown(socket.SHUT_WR)
-            except BlockingIOError:
-                pass
-            except OSError as exc:
-                failure = exc
-            finally:
-                lock.acquire()
-            if failure is not None:
-                core.receive_error(failure)
-                return _DONE
-            if not buffers:
-                core.eof_sent()
-                continue
-            if sent >= 0:
-                core.sent(sent)  # ignored if another thread aborted the flow meanwhile
-                stuck = _BLOCKED
-                if not core.queued:
+                except BlockingIOError:
+                    sent = -1
+                except OSError as exc:
+                    failure = exc
+                finally:
+                    lock.acquire()
+                if failure is not None:
+                    core.receive_error(failure)
+                    return _DONE
+                if sent >= 0:
+                    core.sent(sent)  # ignored if another thread aborted the flow meanwhile
+                    stuck = _BLOCKED
+                    if core.queued:
+                        continue
                     self._drained_at = monotonic()
+                    if not core.eof_due:
+                        return _DONE
+                    continue
+            elif core.eof_due:
+                self._send_eof(sock)
                 continue
+            else:
+                return _DONE
             if not wait or _passed(deadline):
                 return stuck
             remaining = _remaining(deadline)
@@ -498,6 +539,20 @@ class SocketFlow(AdapterFlow):
                 events = select.POLLOUT  # the peer's EOF, not our abort: stop asking for it
         return _DONE
 
+    def _send_eof(self, sock: socket.socket) -> None:
+        failure: OSError | None = None
+        self._lock.release()
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            failure = exc
+        finally:
+            self._lock.acquire()
+        if failure is not None:
+            self._core.receive_error(failure)
+        else:
+            self._core.eof_sent()  # ignored if another thread aborted the flow meanwhile
+
     def _end_send(self, outcome: int) -> None:
         """Give the send role up; schedule the flusher for anything still queued.
 
@@ -506,17 +561,19 @@ class SocketFlow(AdapterFlow):
         """
         self._sending = False
         core = self._core
-        if self._sock is not None and (core.queued or core.eof_due):
+        if not core.queued and not core.eof_due:
+            self._retry = FLUSH_DELAY
+        elif self._sock is not None:
             if outcome == _STALLED:
                 self._retry = min(self._retry * 2, _RETRY_MAX)
             else:
                 self._retry = FLUSH_DELAY
             if not self._scheduled:
                 self._schedule(self._retry)
-        else:
-            self._retry = FLUSH_DELAY
-        self._notify()
-        self._release_if_closed()
+        if self._waiters:
+            self._changed.notify_all()
+        if core.state is _CLOSED:
+            self._release_if_closed()
 
     def _schedule(self, delay: float) -> None:
         self._scheduled = True
@@ -526,11 +583,18 @@ class SocketFlow(AdapterFlow):
         """The flusher's turn: send what the kernel takes now, if nobody else is sending."""
         with self._lock:
             self._scheduled = False
-            if self._sending or self._sock is None:
-                return  # the sending thread reschedules us if it leaves data behind
-            core = self._core
-            if core.queued or core.eof_due:
-                self._push()
+            self._send_if_idle()
+
+    def _send_now(self) -> None:
+        with self._lock:
+            self._send_if_idle()
+
+    def _send_if_idle(self) -> None:
+        if self._sending or self._sock is None:
+            return  # the sending thread reschedules us if it leaves data behind
+        core = self._core
+        if core.queued or core.eof_due:
+            self._push()
 
     # -- waiting, ending and releasing --------------------------------------------------------
 
