@@ -25,15 +25,20 @@ On a ``trio.SocketStream`` the adapter sends through the socket itself: ``send``
 buffer, ``sendmsg`` for several (so a ``writev`` is one vectored system call), and a send that
 the kernel takes in part continues from the exact byte where it stopped. A send cancelled
 there has either happened or not, so a cancelled ``write`` leaves its whole buffer queued (for
-the next write or ``close()`` to flush). On any other stream the adapter calls ``send_all``
-with the queued buffers joined, and since a cancelled ``send_all`` leaves the stream in an
-unknown state, cancelling a ``write`` (or ``shutdown``) while it is inside ``send_all`` aborts
-the flow.
+the next write or ``close()`` to flush). A write returns once its bytes are with the
+transport, so one task's successive writes go out one system call each, as with trio's own
+``send_all``; whatever is queued when a send starts (the buffers of a ``writev``, the leftover
+of a cancelled write with the next write) goes out in one.
+
+On any other stream the adapter calls ``send_all`` with the queued buffers joined (only when
+there are several). A cancelled ``send_all`` leaves the stream in an unknown state, so
+cancelling a ``write`` (or ``shutdown``) while it is inside ``send_all`` aborts the flow.
 
 A stream without ``send_eof`` (a ``trio.SSLStream``, say) cannot half-close: our EOF then
 closes the whole stream (``aclose``, which for TLS sends ``close_notify``). If the peer's EOF
 had already arrived, the flow ends cleanly; otherwise it ends with a ``TRANSPORT`` error, since
-nothing more can be received. ``close()`` works; ``shutdown(WRITE)`` ends both directions.
+nothing more can be received. So ``close()`` ends cleanly only after the peer's EOF has been
+read, and ``shutdown(WRITE)`` ends both directions.
 """
 
 from __future__ import annotations
