@@ -695,6 +695,43 @@ def test_a_write_left_queued_is_delivered_while_the_writer_sleeps(
         assert a.core.queued == 0
 
 
+def test_a_thread_waiting_on_one_flow_first_sends_what_it_left_on_another(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # With the flusher a minute away, only read()'s sending of this thread's leftovers
+    # can deliver the request in time.
+    monkeypatch.setattr(sf, "FLUSH_DELAY", 60.0)
+    with flow_pair() as (to_relay, at_relay), flow_pair() as (from_relay, relay_out):
+        def relay() -> None:
+            assert relay_out.write(read_exactly(at_relay, 7)) == Ok(None)
+
+        def ask() -> bytes:  # one thread writes to one flow, then waits on the other
+            for piece in (b"req", b"ue", b"st"):  # the first goes at once, the rest wait
+                assert to_relay.write(piece) == Ok(None)
+            assert to_relay.core.queued == 4
+            return read_exactly(from_relay, 7)
+
+        relaying = Background(relay)
+        assert Background(ask).join(timeout=10) == b"request"
+        relaying.join()
+
+
+def test_a_write_answering_a_read_is_sent_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sf, "FLUSH_DELAY", 60.0)
+    with flow_pair() as (a, b):
+        assert a.write(b"question") == Ok(None)
+        assert read_exactly(b, 8) == b"question"
+        assert b.write(b"answer") == Ok(None)  # then b's thread does nothing more
+        assert b.core.queued == 0
+        assert Background(lambda: read_exactly(a, 6)).join(timeout=10) == b"answer"
+        assert a.write(b"more") == Ok(None)  # a read came after: answering again
+        assert a.core.queued == 0
+        assert b.write(b"x") == Ok(None)  # b wrote last: not an answer, and not idle
+        assert b.write(b"y") == Ok(None)
+        assert b.core.queued == 2
+        b.flush()
+        assert read_exactly(a, 2) == b"xy"
+
+
 def test_the_flusher_retries_while_the_kernel_buffer_is_full() -> None:
     a_sock, b_sock = tcp_sockets(sndbuf=4096, rcvbuf=4096)
     # High water above everything written: write() never waits, so it never sends blocking.
