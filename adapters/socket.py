@@ -220,8 +220,8 @@ class SocketFlow(AdapterFlow):
         try:
             if self._reading:
                 raise BusyError("another thread is already reading this flow")
-            self._answering = True
             result = self._core.read(max_bytes)
+            self._answering = True  # the next write is likely a reply: send it at once
             if result is WOULD_WAIT:
                 self._reading = True
                 try:
