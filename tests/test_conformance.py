@@ -1,0 +1,509 @@
+"""The conformance kit, run on every adapter and on pairs of different adapters.
+
+First the kit itself: it passes on the in-memory reference adapter under both anyio backends,
+and each check fails on an adapter broken in the way that check is about. Then every adapter,
+over loopback TCP and over ``socket.socketpair()``, and adapters talking to each other.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from functools import partial
+from types import ModuleType
+from typing import Any
+
+import anyio
+import pytest
+
+from sansflow import WOULD_WAIT, Eof, Error, ErrorKind, FlowState, Ok, ReadResult, Shutdown
+from sansflow.testing import conformance as kit
+from sansflow.testing._memory import MemoryFlow, memory_flow_pair
+from sansflow.testing._pair import FlowPair
+
+Pair = tuple[kit.AsyncFlowLike, kit.AsyncFlowLike]
+PairFactory = Callable[[], Awaitable[Pair]]
+
+BACKENDS = ["asyncio", "trio"]
+CHECK_TIMEOUT = 20.0
+
+
+def run(check: kit.Check, make_pair: PairFactory, backend: str,
+        options: dict[str, Any] | None = None, timeout: float = CHECK_TIMEOUT) -> None:
+    anyio.run(partial(kit.run_check, check, make_pair, timeout=timeout),
+              backend=backend, backend_options=options)
+
+
+def by_name(checks: Iterable[kit.Check]) -> list[Any]:
+    return [pytest.param(check, id=check.name) for check in checks]
+
+
+# -- the kit on the in-memory adapter --------------------------------------------------------
+
+
+@pytest.mark.parametrize("check", by_name(kit.CHECKS))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_memory_pair_passes(backend: str, check: kit.Check) -> None:
+    run(check, memory_flow_pair, backend)
+
+
+def test_check_flow_pair_runs_every_check() -> None:
+    ran: list[int] = []
+
+    async def counting() -> Pair:
+        ran.append(1)
+        return await memory_flow_pair()
+
+    anyio.run(kit.check_flow_pair, counting, backend="asyncio")
+    assert len(ran) == len(kit.CHECKS)
+    ran.clear()
+    anyio.run(partial(kit.check_flow_pair, counting, supports_cancellation=False,
+                      checks=["round_trip", kit.get_check("cancelled_read")]), backend="trio")
+    assert len(ran) == 1
+
+
+def test_checks_have_unique_names_and_a_contract_row() -> None:
+    names = [check.name for check in kit.CHECKS]
+    assert len(set(names)) == len(names)
+    assert all(check.contract for check in kit.CHECKS)
+    assert kit.get_check("round_trip") is kit.CHECKS[0]
+    with pytest.raises(KeyError, match="no conformance check named 'nope'"):
+        kit.get_check("nope")
+
+
+def test_importing_sansflow_testing_does_not_import_anyio() -> None:
+    code = ("import sys, sansflow.testing; "
+            "print(sorted(m for m in ('anyio', 'hypothesis', 'trio') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
+
+
+# -- the kit finds broken adapters -----------------------------------------------------------
+#
+# Each broken flow below breaks one promise of the contract; the check about that promise must
+# fail on it, naming the contract row.
+
+
+class LosesDataOnCancelledRead(MemoryFlow):
+    async def read(self, max_bytes: int | None = None) -> ReadResult:
+        while (result := self._core.read(max_bytes)) is WOULD_WAIT:
+            await self._link.changed()
+        self._link.pump()
+        await anyio.sleep(0)  # a checkpoint after taking the data: cancelling here loses it
+        return result
+
+
+class QueuesPartOfAWrite(MemoryFlow):
+    async def write(self, data: bytes | bytearray | memoryview) -> Any:
+        data = bytes(data)
+        half = len(data) // 2
+        if half and self._core.queued > self._core.low_water:
+            while self._core.write(data[:half]) is WOULD_WAIT:
+                await self._link.changed()
+            self._link.pump()
+            data = data[half:]
+        return await super().write(data)
+
+
+class ClosesWithoutWaiting(MemoryFlow):
+    async def close(self, timeout: float | None = None) -> None:
+        self._core.close()
+        self._link.pump()
+
+
+class HasNoBusyGuard(MemoryFlow):
+    async def read(self, max_bytes: int | None = None) -> ReadResult:
+        while (result := self._core.read(max_bytes)) is WOULD_WAIT:
+            await self._link.changed()
+        self._link.pump()
+        return result
+
+
+class HasNoWriteBusyGuard(MemoryFlow):
+    async def write(self, data: bytes | bytearray | memoryview) -> Any:
+        while (result := self._core.write(data)) is WOULD_WAIT:
+            await self._link.changed()
+        self._link.pump()
+        return result
+
+
+class SharesWritableBuffers(MemoryFlow):
+    async def write(self, data: bytes | bytearray | memoryview) -> Any:
+        if not isinstance(data, bytes):
+            data = memoryview(data).toreadonly()  # the core then keeps it without a copy
+        return await super().write(data)
+
+
+class LosesGeneratorOnRetry(MemoryFlow):
+    async def writev(self, buffers: Iterable[bytes | bytearray | memoryview]) -> Any:
+        while (result := self._core.writev(buffers)) is WOULD_WAIT:
+            await self._link.changed()
+        self._link.pump()
+        return result
+
+
+class IgnoresShutdownWrite(MemoryFlow):
+    async def shutdown(self, how: Shutdown) -> None:
+        if how is not Shutdown.WRITE:
+            await super().shutdown(how)
+
+
+class AbortsWithWrongKindAtDeadline(MemoryFlow):
+    async def close(self, timeout: float | None = None) -> None:
+        with anyio.move_on_after(timeout):
+            await super().close()
+        self._abort(None)
+
+
+class DoesNotAbortCancelledClose(MemoryFlow):
+    async def close(self, timeout: float | None = None) -> None:
+        self._core.close()
+        self._link.pump()
+        while self._core.state is not FlowState.CLOSED:
+            await self._link.changed()
+
+
+class ReportsErrorsAsEof(MemoryFlow):
+    async def read(self, max_bytes: int | None = None) -> ReadResult:
+        result = await super().read(max_bytes)
+        return Eof() if isinstance(result, Error) else result
+
+
+class AcceptsZeroMaxBytes(MemoryFlow):
+    async def read(self, max_bytes: int | None = None) -> ReadResult:
+        if max_bytes == 0:
+            return Eof()
+        return await super().read(max_bytes)
+
+
+class AbortDoesNotWake(MemoryFlow):
+    async def abort(self) -> None:
+        self._core.abort()
+
+
+class ReportsAnotherHighWater(MemoryFlow):
+    @property
+    def high_water(self) -> int:
+        return 1024
+
+
+def broken_pair(cls: type[MemoryFlow], *, high_water: int = 64 * 1024) -> PairFactory:
+    async def make() -> Pair:
+        a, b = await memory_flow_pair(high_water=high_water)
+        broken = cls(a.core, a._link)
+        return broken, b
+
+    return make
+
+
+BROKEN = [
+    (LosesDataOnCancelledRead, "cancelled_read", "a cancelled read lost or repeated data"),
+    (QueuesPartOfAWrite, "cancelled_write", "a write was queued in part"),
+    (ClosesWithoutWaiting, "close_waits_for_peer", "should still be waiting"),
+    (HasNoBusyGuard, "busy_read", "expected one BusyError"),
+    (HasNoWriteBusyGuard, "busy_write", "expected one BusyError"),
+    (SharesWritableBuffers, "writable_buffer_reuse", "b received: expected"),
+    (LosesGeneratorOnRetry, "large_backlog", "not the 4194304 a wrote"),
+    (IgnoresShutdownWrite, "state_half_closed_local", "HALF_CLOSED_LOCAL"),
+    (AbortsWithWrongKindAtDeadline, "close_deadline", "expected kind TIMED_OUT"),
+    (DoesNotAbortCancelledClose, "cancelled_close", "a.state: expected FlowState.CLOSED"),
+    (ReportsErrorsAsEof, "error_is_sticky",
+     "expected Error(error=FlowError(ErrorKind.ABORTED)), got Eof()"),
+    (AcceptsZeroMaxBytes, "bad_arguments", "a.read(0) returned Eof()"),
+    (AbortDoesNotWake, "abort_wakes_waiters", "after abort() took more than 0.2 s"),
+    (ReportsAnotherHighWater, "water_marks", "above high_water (1024)"),
+]
+
+
+@pytest.mark.parametrize(("cls", "name", "message"), BROKEN,
+                         ids=[cls.__name__ for cls, _, _ in BROKEN])
+def test_kit_finds_a_broken_adapter(cls: type[MemoryFlow], name: str, message: str,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # What a working adapter does at once need not be waited for long here.
+    monkeypatch.setattr(kit, "_BUSY_WAIT", 0.2)
+    monkeypatch.setattr(kit, "_WAKE_WAIT", 0.2)
+    check = kit.get_check(name)
+    with pytest.raises(kit.ConformanceError) as caught:
+        run(check, broken_pair(cls), "asyncio", timeout=1.5)
+    text = str(caught.value)
+    assert text.startswith(f"{name} failed (contract: {check.contract}): ")
+    assert message in text
+    assert caught.value.failures[0][0] is check
+
+
+def test_check_flow_pair_reports_every_failure() -> None:
+    with pytest.raises(kit.ConformanceError) as caught:
+        anyio.run(partial(kit.check_flow_pair, broken_pair(ClosesWithoutWaiting),
+                          checks=["round_trip", "close_waits_for_peer", "state_closed"]),
+                  backend="asyncio")
+    names = [check.name for check, _ in caught.value.failures]
+    assert names == ["close_waits_for_peer", "state_closed"]
+    assert len(str(caught.value).splitlines()) == 2
+
+
+# -- the bridge: the in-memory pair living in another thread's event loop ----------------------
+
+
+@pytest.mark.parametrize("check", by_name(c for c in kit.CHECKS if not c.needs_cancellation))
+@pytest.mark.parametrize(("backend", "loop_kind"),
+                         [("asyncio", "trio"), ("trio", "asyncio")])
+def test_bridged_memory_pair_passes(backend: str, loop_kind: str, check: kit.Check) -> None:
+    start = kit.trio_loop_thread if loop_kind == "trio" else kit.asyncio_loop_thread
+    with start() as loop:
+        async def make() -> Pair:
+            a, b = loop.call(memory_flow_pair)
+            return kit.bridged(a, loop), kit.bridged(b, loop)
+
+        run(check, make, backend)
+
+
+# -- every adapter -----------------------------------------------------------------------------
+
+
+def adapter(name: str) -> ModuleType:
+    module: ModuleType = pytest.importorskip(f"sansflow.adapters.{name}")
+    return module
+
+
+def tcp_sockets() -> tuple[socket.socket, socket.socket]:
+    """A connected loopback TCP pair (client, server), made with the standard library."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(10)
+        client = socket.create_connection(listener.getsockname()[:2], timeout=10)
+        server, _ = listener.accept()
+    for sock in (client, server):
+        sock.setblocking(True)
+        sock.settimeout(None)
+    return client, server
+
+
+def raw_pair(transport: str) -> tuple[socket.socket, socket.socket]:
+    return tcp_sockets() if transport == "tcp" else socket.socketpair()
+
+
+def trio_wrap(sf: ModuleType, sock: socket.socket) -> Any:
+    import trio
+
+    return sf.wrap(trio.SocketStream(trio.socket.from_stdlib_socket(sock)))
+
+
+@dataclass
+class Setup:
+    """How to make a pair for one run: the caller's backend, and the two ends."""
+
+    name: str
+    backend: str
+    make: Callable[[ExitStack], PairFactory]
+    options: dict[str, Any] = field(default_factory=dict)
+    cancellation: bool = True
+
+
+def asyncio_pair(transport: str) -> Callable[[ExitStack], PairFactory]:
+    def setup(stack: ExitStack) -> PairFactory:
+        sf = adapter("asyncio")
+
+        async def make() -> Pair:
+            if transport == "tcp":
+                with socket.create_server(("127.0.0.1", 0)) as listener:
+                    listener.settimeout(10)
+                    a = await sf.connect("127.0.0.1", listener.getsockname()[1])
+                    server, _ = listener.accept()
+                return a, await sf.wrap(server)
+            left, right = socket.socketpair()
+            return await sf.wrap(left), await sf.wrap(right)
+
+        return make
+
+    return setup
+
+
+def trio_pair(transport: str) -> Callable[[ExitStack], PairFactory]:
+    def setup(stack: ExitStack) -> PairFactory:
+        sf = adapter("trio")
+
+        async def make() -> Pair:
+            if transport == "tcp":
+                with socket.create_server(("127.0.0.1", 0)) as listener:
+                    listener.settimeout(10)
+                    a = await sf.connect("127.0.0.1", listener.getsockname()[1])
+                    server, _ = listener.accept()
+                return a, trio_wrap(sf, server)
+            left, right = socket.socketpair()
+            return trio_wrap(sf, left), trio_wrap(sf, right)
+
+        return make
+
+    return setup
+
+
+def socket_pair(transport: str) -> Callable[[ExitStack], PairFactory]:
+    def setup(stack: ExitStack) -> PairFactory:
+        sf = adapter("socket")
+
+        async def make() -> Pair:
+            if transport == "tcp":
+                with socket.create_server(("127.0.0.1", 0)) as listener:
+                    listener.settimeout(10)
+                    a = sf.connect("127.0.0.1", listener.getsockname()[1])
+                    server, _ = listener.accept()
+                return kit.threaded(a), kit.threaded(sf.wrap(server))
+            left, right = socket.socketpair()
+            return kit.threaded(sf.wrap(left)), kit.threaded(sf.wrap(right))
+
+        return make
+
+    return setup
+
+
+def native(kind: str, sock: socket.socket) -> Callable[[], Awaitable[kit.AsyncFlowLike]]:
+    """The end of a cross pair that lives in the caller's loop (or threads, for ``socket``)."""
+
+    async def make() -> kit.AsyncFlowLike:
+        sf = adapter(kind)
+        if kind == "asyncio":
+            flow: kit.AsyncFlowLike = await sf.wrap(sock)
+        elif kind == "trio":
+            flow = trio_wrap(sf, sock)
+        else:
+            flow = kit.threaded(sf.wrap(sock))
+        return flow
+
+    return make
+
+
+def cross(first: str, second: str, *, swap: bool = False) -> Callable[[ExitStack], PairFactory]:
+    """``first`` (client, in the caller's loop) against ``second`` (server); ``second`` runs
+    in a loop thread of its own when it is an event-loop adapter."""
+
+    def setup(stack: ExitStack) -> PairFactory:
+        adapter(first)
+        other = adapter(second)
+        loop = None
+        if second == "trio":
+            loop = stack.enter_context(kit.trio_loop_thread())
+        elif second == "asyncio" and first != "socket":
+            loop = stack.enter_context(kit.asyncio_loop_thread())
+
+        async def make() -> Pair:
+            client, server = tcp_sockets()
+            a = await native(first, client)()
+            if loop is None:
+                b = await native(second, server)()
+            elif second == "trio":
+                b = kit.bridged(loop.call(_async(trio_wrap), other, server), loop)
+            else:
+                b = kit.bridged(loop.call(other.wrap, server), loop)
+            return (b, a) if swap else (a, b)
+
+        return make
+
+    return setup
+
+
+def _async(function: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+    async def call(*args: Any) -> Any:
+        return function(*args)
+
+    return call
+
+
+UVLOOP = {"use_uvloop": True}
+
+SETUPS = [
+    Setup("asyncio-tcp", "asyncio", asyncio_pair("tcp")),
+    Setup("asyncio-socketpair", "asyncio", asyncio_pair("socketpair")),
+    Setup("uvloop-tcp", "asyncio", asyncio_pair("tcp"), UVLOOP),
+    Setup("uvloop-socketpair", "asyncio", asyncio_pair("socketpair"), UVLOOP),
+    Setup("trio-tcp", "trio", trio_pair("tcp")),
+    Setup("trio-socketpair", "trio", trio_pair("socketpair")),
+    Setup("socket-tcp", "asyncio", socket_pair("tcp"), cancellation=False),
+    Setup("socket-socketpair", "trio", socket_pair("socketpair"), cancellation=False),
+    # Cross-adapter pairs, each end checked as ``a``. Cancellation is checked only where
+    # ``a`` lives in the caller's own loop.
+    Setup("asyncio-client-trio-server", "asyncio", cross("asyncio", "trio")),
+    Setup("trio-server-asyncio-client", "asyncio", cross("asyncio", "trio", swap=True),
+          cancellation=False),
+    Setup("socket-client-asyncio-server", "asyncio", cross("socket", "asyncio"),
+          cancellation=False),
+    Setup("asyncio-server-socket-client", "asyncio", cross("socket", "asyncio", swap=True)),
+    Setup("trio-client-socket-server", "trio", cross("trio", "socket")),
+    Setup("socket-server-trio-client", "trio", cross("trio", "socket", swap=True),
+          cancellation=False),
+]
+
+# (setup, check) -> why it is expected to fail; each entry is an adapter bug to fix.
+KNOWN_FAILURES: dict[tuple[str, str], str] = {}
+
+
+def adapter_runs() -> Iterator[Any]:
+    for setup in SETUPS:
+        for check in kit.CHECKS:
+            if check.needs_cancellation and not setup.cancellation:
+                continue
+            marks = []
+            reason = KNOWN_FAILURES.get((setup.name, check.name))
+            if reason:
+                marks.append(pytest.mark.xfail(reason=reason, strict=True))
+            yield pytest.param(setup, check, id=f"{setup.name}-{check.name}", marks=marks)
+
+
+@pytest.mark.parametrize(("setup", "check"), list(adapter_runs()))
+def test_adapter_passes(setup: Setup, check: kit.Check) -> None:
+    with ExitStack() as stack:
+        make = setup.make(stack)
+        run(check, make, setup.backend, setup.options)
+
+
+# -- the pieces the kit is made of -------------------------------------------------------------
+
+
+def test_memory_pair_reports_its_options() -> None:
+    async def main() -> None:
+        a, b = await memory_flow_pair(high_water=100, low_water=10, receive_limit=50)
+        assert (a.high_water, a.low_water, a.receive_limit) == (100, 10, 50)
+        assert (a.state, a.error) == (FlowState.OPEN, None)
+        assert repr(a).startswith("<MemoryFlow <Flow OPEN")
+        await a.abort()
+        assert b.error is not None
+        assert b.error.kind is ErrorKind.RESET
+
+    anyio.run(main, backend="asyncio")
+
+
+def test_threaded_forwards_to_the_blocking_flow() -> None:
+    class Blocking:
+        """A blocking flow over one side of a FlowPair whose other side echoes at once."""
+
+        def __init__(self) -> None:
+            self.pair = FlowPair()
+            self.core = self.pair.a
+            self.state = self.core.state
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.core, name)
+
+        def read(self, max_bytes: int | None = None) -> Any:
+            self.pair.pump()
+            return self.core.read(max_bytes)
+
+        def write(self, data: bytes) -> Any:
+            result = self.core.write(data)
+            self.pair.pump()
+            echo = self.pair.b.read()
+            self.pair.b.write(echo.value)  # type: ignore[union-attr]
+            return result
+
+    async def main() -> None:
+        flow = kit.threaded(Blocking())  # type: ignore[arg-type]
+        assert await flow.write(b"echo") == Ok(None)
+        assert await flow.read() == Ok(b"echo")
+        assert flow.high_water == 64 * 1024
+        assert repr(flow).startswith("threaded(")
+
+    anyio.run(main, backend="trio")
+
