@@ -102,8 +102,8 @@ class TrioFlow(AdapterFlow):
     task, alongside a reader and a writer.
     """
 
-    __slots__ = ("_flushing", "_lot", "_receiving", "_released", "_send_unknown", "_socket",
-                 "_stream")
+    __slots__ = ("_flushing", "_lot", "_parked", "_receiving", "_released", "_send_unknown",
+                 "_socket", "_stream")
 
     def __init__(self, stream: trio.abc.Stream, core: Flow) -> None:
         super().__init__(core)
@@ -111,7 +111,8 @@ class TrioFlow(AdapterFlow):
         # A SocketStream's socket is used directly: exact partial sends, vectored sendmsg.
         sock = stream.socket if isinstance(stream, trio.SocketStream) else None
         self._socket = sock if sock is not None and hasattr(sock, "sendmsg") else None
-        self._lot = trio.lowlevel.ParkingLot()  # tasks waiting for the other direction's holder
+        self._lot = trio.lowlevel.ParkingLot()  # tasks waiting for a direction's holder
+        self._parked = 0  # tasks in _lot (or just woken from it): checked on every hot path
         self._receiving = False  # a task is inside stream.receive_some
         self._flushing = False  # a task is sending the core's queue (or its EOF)
         self._released = False  # the stream is closed (or being closed)
@@ -140,7 +141,7 @@ class TrioFlow(AdapterFlow):
                 return result
             while True:  # every pass below blocks or does I/O, so each is a checkpoint
                 if self._receiving:  # close() is receiving: it feeds the core for us
-                    await self._lot.park()
+                    await self._park()
                 else:
                     await self._receive()
                 result = core.read(max_bytes)
@@ -148,7 +149,7 @@ class TrioFlow(AdapterFlow):
                     return result
         finally:
             self._reading = False
-            if self._lot:  # a close() waiting for this reader to go before it receives
+            if self._parked:  # a close() waiting for this reader to go before it receives
                 self._lot.unpark_all()
 
     async def write(self, data: bytes | bytearray | memoryview) -> WriteResult:
@@ -164,9 +165,13 @@ class TrioFlow(AdapterFlow):
             core = self._core
             result = core.write(data)
             while result is WOULD_WAIT:  # queue left over from a cancelled write
-                await self._make_room()
+                await self._flush()
                 result = core.write(data)
-            return await self._send_queued(result)
+            if type(result) is Ok and core.queued:
+                await self._flush()
+                return self._write_result(result)
+            await _cancel_shielded_checkpoint()
+            return result
         except BaseException:
             if self._send_unknown:
                 await self._abort(_SEND_INTERRUPTED)
@@ -186,9 +191,13 @@ class TrioFlow(AdapterFlow):
             core = self._core
             result = core.writev(buffers)
             while result is WOULD_WAIT:
-                await self._make_room()
+                await self._flush()
                 result = core.writev(buffers)
-            return await self._send_queued(result)
+            if type(result) is Ok and core.queued:
+                await self._flush()
+                return self._write_result(result)
+            await _cancel_shielded_checkpoint()
+            return result
         except BaseException:
             if self._send_unknown:
                 await self._abort(_SEND_INTERRUPTED)
@@ -210,8 +219,7 @@ class TrioFlow(AdapterFlow):
         core = self._core
         if core.state is not FlowState.CLOSED:
             core.close()
-            if self._lot:  # a writer waiting for room now gets Eof
-                self._lot.unpark_all()
+            self._wake()  # a writer waiting for room now gets Eof
             deadline = math.inf if timeout is None else trio.current_time() + timeout
             try:
                 with trio.CancelScope(deadline=deadline) as scope:
@@ -236,15 +244,11 @@ class TrioFlow(AdapterFlow):
         await _checkpoint_if_cancelled()
         core = self._core
         core.shutdown(how)
-        if self._lot:
-            self._lot.unpark_all()
+        self._wake()
         if how is not Shutdown.READ:
             try:
                 while core.send_state is SendState.EOF_QUEUED:
-                    if self._flushing:
-                        await self._lot.park()
-                    else:
-                        await self._flush()
+                    await self._flush()
             except BaseException:
                 if self._send_unknown:
                     await self._abort(_SEND_INTERRUPTED)
@@ -272,10 +276,14 @@ class TrioFlow(AdapterFlow):
         core = self._core
         self._receiving = True
         try:
+            size = min(READ_SIZE, core.receive_limit - core.buffered)
+            sock = self._socket
+            data: bytes | bytearray
             try:
-                data = await self._stream.receive_some(
-                    min(READ_SIZE, core.receive_limit - core.buffered)
-                )
+                if sock is not None:
+                    data = await sock.recv(size)
+                else:
+                    data = await self._stream.receive_some(size)
             except _TRANSPORT_ERRORS as exc:
                 await self._failed(exc)
                 return
@@ -287,40 +295,40 @@ class TrioFlow(AdapterFlow):
                     await self._release(graceful=core.error is None)
         finally:
             self._receiving = False
-            if self._lot:
+            if self._parked:
                 self._lot.unpark_all()
 
-    async def _make_room(self) -> None:
-        if self._flushing:
-            await self._lot.park()
-        else:
-            await self._flush()
-
-    async def _send_queued(self, result: WriteResult) -> WriteResult:
-        """The write's result once what it queued is sent (or the flow failed)."""
+    def _write_result(self, result: Ok[None]) -> WriteResult:
+        """A write's result once its flush is over: the error if the flow failed meanwhile."""
         core = self._core
-        if type(result) is not Ok or not core.queued:  # Eof/Error, or an empty write
-            await _cancel_shielded_checkpoint()
-            return result
-        while core.queued and core.send_state is SendState.OPEN:
-            await self._make_room()
         if core.send_state is SendState.FAILED:
             assert core.error is not None  # FAILED always carries its error
             return Error(core.error)
         return result
 
     async def _flush(self) -> None:
-        """Send the core's queue, then its EOF if due, until there is nothing left to send."""
+        """Send the core's queue, then its EOF if due, until there is nothing left to send;
+        if another task is sending, wait for it to finish instead."""
+        while self._flushing:
+            await self._park()
         core = self._core
         self._flushing = True
         try:
             if self._send_unknown:
                 await self._abort(_SEND_INTERRUPTED)
                 return
+            sock = self._socket
             while True:
                 if core.queued:
                     try:
-                        sent = await self._send(core)
+                        if sock is not None:
+                            buffers = core.buffers_to_send(IOV_MAX)
+                            if len(buffers) == 1:
+                                sent = await sock.send(buffers[0])
+                            else:
+                                sent = await sock.sendmsg(buffers)
+                        else:
+                            sent = await self._send_all(core)
                     except _TRANSPORT_ERRORS as exc:
                         await self._failed(exc)
                         return
@@ -342,17 +350,11 @@ class TrioFlow(AdapterFlow):
                     return
         finally:
             self._flushing = False
-            if self._lot:
+            if self._parked:
                 self._lot.unpark_all()
 
-    async def _send(self, core: Flow) -> int:
-        """One send of the queued buffers; returns how many bytes the transport took."""
-        sock = self._socket
-        if sock is not None:
-            buffers = core.buffers_to_send(IOV_MAX)
-            if len(buffers) == 1:
-                return await sock.send(buffers[0])
-            return await sock.sendmsg(buffers)
+    async def _send_all(self, core: Flow) -> int:
+        """Everything queued, through a stream's ``send_all``; returns the bytes sent."""
         buffers = core.buffers_to_send()
         data = buffers[0] if len(buffers) == 1 else b"".join(buffers)
         try:
@@ -381,10 +383,10 @@ class TrioFlow(AdapterFlow):
         core = self._core
         while core.state is not FlowState.CLOSED:
             if core.send_state is SendState.EOF_QUEUED:
-                await self._make_room()
+                await self._flush()
             elif self._reading or self._receiving or core.reading_paused:
                 # A reader receives for us; or the buffer is full until the application reads.
-                await self._lot.park()
+                await self._park()
             else:
                 await self._receive()
 
@@ -393,7 +395,7 @@ class TrioFlow(AdapterFlow):
         take a send. Returns at once if sending would fail rather than block."""
         await _checkpoint_if_cancelled()
         while self._flushing:
-            await self._lot.park()
+            await self._park()
         if self._released or self._core.send_state is not SendState.OPEN:
             await _cancel_shielded_checkpoint()
             return
@@ -405,6 +407,18 @@ class TrioFlow(AdapterFlow):
         except _TRANSPORT_ERRORS:
             pass  # a send would fail at once; that is not blocking
 
+    async def _park(self) -> None:
+        """Wait until another task lets go of a direction or the flow's state changes."""
+        self._parked += 1
+        try:
+            await self._lot.park()
+        finally:
+            self._parked -= 1
+
+    def _wake(self) -> None:
+        if self._parked:
+            self._lot.unpark_all()
+
     # -- ending --------------------------------------------------------------------------
 
     async def _failed(self, exc: BaseException) -> None:
@@ -415,15 +429,13 @@ class TrioFlow(AdapterFlow):
             core.receive_error(
                 cause if isinstance(exc, trio.BrokenResourceError) and cause is not None else exc
             )
-        if self._lot:
-            self._lot.unpark_all()
+        self._wake()
         await self._release(graceful=False)
 
     async def _abort(self, error: FlowError | None) -> None:
         core = self._core
         core.abort(error)
-        if self._lot:
-            self._lot.unpark_all()
+        self._wake()
         if self._released:
             return
         if core.error is None:  # it had ended cleanly: nothing to reset
@@ -462,8 +474,7 @@ class TrioFlow(AdapterFlow):
         graceful = not core.queued and not self._send_unknown
         if graceful:
             core.abort()
-            if self._lot:
-                self._lot.unpark_all()
+            self._wake()
             await self._release(graceful=True)
         else:
             await self._abort(None)
