@@ -2,6 +2,11 @@
 
 Both ends of every connection use the API under test, each written the way that API is meant to
 be used: protocols honour ``pause_writing``/``resume_writing``, streams ``await drain()``.
+
+Read size: ``BufferedProtocol`` hands the transport a 64 KiB buffer and Streams call
+``read(65536)``, like every other stack. A plain ``Protocol`` has no read size in its API: the
+transport picks it (256 KiB per ``recv`` on asyncio's selector loop, uvloop's own buffer), and
+it is left at that default rather than patched through a private attribute.
 """
 
 from __future__ import annotations

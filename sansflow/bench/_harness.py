@@ -42,7 +42,7 @@ PROFILES: dict[str, Profile] = {
         "quick",
         Params(bulk_bytes=32 * MiB, pingpong_trips=2_000, small_writes=20_000,
                connections=100, timeout=60.0),
-        1, 10_000, "a first look in under a minute",
+        3, 10_000, "a first look in under a minute",
     ),
     "tiny": Profile(
         "tiny",
