@@ -80,10 +80,18 @@ def run_scenario(stack_name: str, scenario: str, params: Params, *, fresh: bool)
         measurement: Measurement | None = fn(params)
         error = None
     except Exception as exc:
-        measurement, error = None, f"{type(exc).__name__}: {exc}"
+        measurement, error = None, _describe_failure(exc, params)
     peak = peak_rss_kib() if fresh else None
     return {"measurement": measurement, "error": error, "rss_base_kib": base,
             "rss_peak_kib": peak}
+
+
+def _describe_failure(exc: Exception, params: Params) -> str:
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    # asyncio's and trio's deadline errors carry no message of their own.
+    if isinstance(exc, TimeoutError) or type(exc).__name__ == "TooSlowError":
+        text += f" (deadline {params.timeout:g} s)"
+    return text
 
 
 # -- bytes per idle flow ----------------------------------------------------------------------
