@@ -7,6 +7,7 @@ over loopback TCP and over ``socket.socketpair()``, and adapters talking to each
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -507,3 +509,37 @@ def test_threaded_forwards_to_the_blocking_flow() -> None:
 
     anyio.run(main, backend="trio")
 
+
+
+# -- docs/conformance.md -----------------------------------------------------------------------
+
+DOC = (Path(__file__).resolve().parent.parent / "docs" / "conformance.md").read_text()
+
+
+def doc_block(name: str) -> str:
+    match = re.search(rf"<!-- {name} -->\n```python\n(.*?)```\n<!-- end {name} -->", DOC,
+                      re.DOTALL)
+    assert match is not None, f"docs/conformance.md has no {name}"
+    return match.group(1)
+
+
+def test_doc_lists_every_check() -> None:
+    rows = "".join(
+        f"| `{c.name}` | {c.contract} | {'yes' if c.needs_cancellation else ''} |\n"
+        for c in kit.CHECKS
+    )
+    table = "| check | contract row it covers | cancels |\n| --- | --- | --- |\n" + rows
+    assert f"<!-- checks -->\n{table}<!-- end checks -->" in DOC
+
+
+def test_doc_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    adapter("asyncio")
+    namespace: dict[str, Any] = {"__name__": "__main__"}
+    exec(compile(doc_block("conformance example"), "conformance example", "exec"), namespace)
+    assert capsys.readouterr().out == "the adapter keeps the contract\n"
+
+
+def test_doc_bridge_example_runs() -> None:
+    adapter("asyncio")
+    adapter("trio")
+    exec(compile(doc_block("bridge example"), "bridge example", "exec"), {})
