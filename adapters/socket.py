@@ -638,6 +638,8 @@ class SocketFlow(AdapterFlow):
         self._sock = None
         sock.close()
         self._notify()
+        if self._scheduled:
+            _FLUSHER.wake()  # its entry is moot now
 
 
 def _close_timed_out() -> FlowError:
@@ -688,12 +690,19 @@ class _Flusher:
             elif due < self._wakes_at:
                 self._changed.notify()
 
+    def wake(self) -> None:
+        """Have the thread look at its schedule again."""
+        with self._lock:
+            self._changed.notify()
+
     def _run(self) -> None:
         idle_since: float | None = None
         while True:
             with self._lock:
                 now = monotonic()
                 heap = self._heap
+                while heap and heap[0][2]._sock is None:
+                    heapq.heappop(heap)  # a released flow: nothing to send, no need to wait
                 if heap and heap[0][0] <= now:
                     due = []
                     while heap and heap[0][0] <= now:

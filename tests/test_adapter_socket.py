@@ -692,7 +692,7 @@ def test_a_write_left_queued_is_delivered_while_the_writer_sleeps(
             assert queued == 2
         receiving = Background(lambda: read_exactly(b, 3))
         assert receiving.join() == b"xyz"  # nobody but the flusher sent "yz"
-        assert a.core.queued == 0
+        wait_until(lambda: a.core.queued == 0, "the flusher to count its send")
 
 
 def test_a_thread_waiting_on_one_flow_first_sends_what_it_left_on_another(
