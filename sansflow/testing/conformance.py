@@ -14,6 +14,7 @@ needs anyio (the ``test`` extra); ``sansflow.testing`` itself does not import it
 
 from __future__ import annotations
 
+import errno
 import random
 import struct
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
@@ -529,7 +530,19 @@ def _expect_peer_end(end: Eof | Error, who: str) -> None:
         _expect(end.error.kind is ErrorKind.RESET,
                 f"{who} expected Eof() or a reset error, got {end!r} "
                 f"({error_message(end.error)})")
-        _expect_one_line(end.error, who)
+        _expect_os_error(end.error, who)
+
+
+def _expect_os_error(error: FlowError, who: str) -> None:
+    """A failure the OS reported keeps its ``OSError`` as cause; the message names it."""
+    cause = error.cause
+    _expect(isinstance(cause, OSError),
+            f"{who}.error {error!r} does not keep the OSError that caused it")
+    assert isinstance(cause, OSError)
+    _expect_one_line(error, who)
+    name = errno.errorcode.get(cause.errno or 0)
+    _expect(name is None or f"({name})" in error_message(error),
+            f"error_message({who}.error) does not name {name}: {error_message(error)!r}")
 
 
 class _Pending(Generic[T]):
@@ -915,14 +928,27 @@ async def _state_closed(ctx: CheckContext) -> None:
         _expect_equal(await flow.write(b"late"), _EOF, f"{who}.write() after abort()")
 
 
-@_check("States: Eof is sticky, once read() returned Eof() every later read returns Eof()")
+@_check("States: the peer's EOF wakes a waiting read, and Eof is sticky: once read() "
+        "returned Eof() every later read returns Eof()")
 async def _eof_is_sticky(ctx: CheckContext) -> None:
     a, b = ctx.a, ctx.b
-    _expect_equal(await b.write(b"last"), _OK, "b.write(b'last')")
-    await b.shutdown(Shutdown.WRITE)
-    ctx.step = "a reads to Eof"
-    data, end = await _read_to_end(a, "a")
-    _expect_equal((data, end), (b"last", _EOF), "a: data, then")
+    async with anyio.create_task_group() as group:
+        ctx.step = "a.read() waits, b writes"
+        reading = _start(group, lambda: _read(a, "a", 4))
+        await _expect_still_waiting(reading, "a.read() with nothing sent")
+        _expect_equal(await b.write(b"last"), _OK, "b.write(b'last')")
+        first = await reading.wait()
+    _expect(isinstance(first, Ok) and b"last".startswith(first.value),
+            f"the waiting a.read() returned {first!r}, expected Ok(b'last')")
+    assert isinstance(first, Ok)
+    if len(first.value) < 4:
+        await _read_exactly(a, 4 - len(first.value), "a")
+    async with anyio.create_task_group() as group:
+        ctx.step = "a.read() waits, b shuts down its side"
+        reading = _start(group, lambda: _read(a, "a"))
+        await _expect_still_waiting(reading, "a.read() with nothing more sent")
+        await b.shutdown(Shutdown.WRITE)
+        _expect_equal(await reading.wait(), _EOF, "the waiting a.read() after b's EOF")
     await _expect_read(a, _EOF, "a", times=3)
     _expect_equal(await a.read(1), _EOF, "a.read(1) after Eof")
     ctx.step = "a.close()"
@@ -1149,6 +1175,39 @@ async def _abort_wakes_waiters(ctx: CheckContext) -> None:
             f"({filler.accepted} bytes accepted)")
     _expect_peer_end(end, "b")
     await _expect_read(b, end, "b", times=2)
+
+
+@_check("Errors: the peer's reset wakes a waiting reader and writer with the error (RESET "
+        "or BROKEN_PIPE, its OSError kept as cause and named by error_message), or Eof() for "
+        "the reader where the transport has no reset")
+async def _peer_reset_wakes_waiters(ctx: CheckContext) -> None:
+    a, b = ctx.a, ctx.b
+    filler = _Filler(a, 16 * 1024)
+    async with anyio.create_task_group() as group:
+        ctx.step = "a reads and writes until both wait"
+        reading = _start(group, lambda: _read(a, "a"))
+        group.start_soon(filler.run)
+        await filler.until_blocked()
+        _expect(not reading.done.is_set(), "a.read() returned although b sent nothing")
+        ctx.step = "b.abort() with a's reader and writer waiting"
+        await b.abort()
+        with _within(_WAKE_WAIT, "waking a's waiting read and write after the peer's reset"):
+            read_result = await reading.wait()
+            while filler.end is None:
+                await anyio.sleep(_POLL)
+    error = a.error
+    _expect(isinstance(error, FlowError)
+            and error.kind in (ErrorKind.RESET, ErrorKind.BROKEN_PIPE),
+            f"a.error after the peer's reset: {error!r}, expected kind RESET or BROKEN_PIPE")
+    assert error is not None
+    _expect_os_error(error, "a")
+    _expect_state(a, "a", FlowState.CLOSED)
+    _expect_equal(filler.end, Error(error), "the waiting a.write() after the peer's reset")
+    _expect(read_result in (_EOF, Error(error)),
+            f"the waiting a.read() after the peer's reset returned {read_result!r}, "
+            f"expected Eof() or {Error(error)!r}")
+    await _expect_read(a, read_result, "a", times=2)
+    _expect_equal(await a.write(b"x"), Error(error), "a.write() after the peer's reset")
 
 
 @_check("Results: two tasks reading at once -> BusyError for one, the other read "
