@@ -82,6 +82,7 @@ import math
 import os
 import select
 import socket
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from time import monotonic
@@ -766,6 +767,12 @@ def wrap(sock: socket.socket, **options: int) -> SocketFlow:
     """
     if not isinstance(sock, socket.socket):
         raise TypeError(f"wrap() takes a socket.socket, not {type(sock).__name__}")
+    ssl = sys.modules.get("ssl")
+    if ssl is not None and isinstance(sock, ssl.SSLSocket):
+        raise TypeError(
+            "wrap() cannot carry an ssl.SSLSocket: it sends with sendmsg and MSG_DONTWAIT, "
+            "which TLS sockets do not offer; wrap the plain socket and run TLS above the flow"
+        )
     if sock.fileno() < 0:
         raise ValueError("wrap() takes an open socket; this one is closed")
     if sock.type != socket.SOCK_STREAM:

@@ -14,6 +14,7 @@ import os
 import queue
 import random
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -401,6 +402,23 @@ def test_close_deadline_aborts_with_timed_out_and_resets_the_peer() -> None:
             for _ in range(100):
                 peer.sendall(b"anyone?")
                 time.sleep(0.01)
+
+
+def test_close_deadline_holds_while_the_queue_cannot_drain() -> None:
+    with flow_and_peer() as (a, peer):
+        filler = Filler(a)
+        filler.until_blocked()
+        a.close(timeout=0.3)  # the peer reads nothing: neither the queue nor EOF can go out
+        filler.worker.join()
+        assert filler.end == Eof()  # close() came first: the waiting write was refused
+        assert a.state is FlowState.CLOSED
+        assert a.error is not None
+        assert a.error.kind is ErrorKind.TIMED_OUT
+        assert a.core.queued == 0
+        wait_until(lambda: a._sock is None, "the socket to be released")
+        with pytest.raises(ConnectionResetError):  # noqa: PT012
+            while peer.recv(1 << 20):  # what the kernel had taken, then the RST
+                pass
 
 
 def test_close_with_timeout_zero_completes_when_the_peer_is_done() -> None:
@@ -830,6 +848,12 @@ def test_wrap_refuses_what_is_not_a_connected_stream_socket() -> None:
     closed.close()
     with pytest.raises(ValueError, match="closed"):
         sf.wrap(closed)
+    context = ssl.create_default_context()
+    with socket.socket() as plain:
+        tls = context.wrap_socket(plain, do_handshake_on_connect=False,
+                                  server_hostname="localhost")
+        with tls, pytest.raises(TypeError, match="SSLSocket"):
+            sf.wrap(tls)
     left, right = socket.socketpair()
     with left, right:
         with pytest.raises(ValueError, match="high_water"):
