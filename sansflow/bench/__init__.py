@@ -6,9 +6,16 @@ verified; medians of interleaved repetitions, the ratio sansflow / peer per pair
 run and bytes per idle flow.
 """
 
-from ._common import SCENARIOS, Measurement, Params
-from ._harness import PROFILES, Profile, main, run_suite
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from ._common import PROFILES, SCENARIOS, Measurement, Params, Profile
 from ._registry import PAIRS, STACKS, StackSpec
+
+if TYPE_CHECKING:
+    from ._harness import run_suite
 
 __all__ = [
     "PAIRS",
@@ -22,3 +29,20 @@ __all__ = [
     "main",
     "run_suite",
 ]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m sansflow.bench``: run the suite, print the tables, return the exit status."""
+    # The harness is imported on use: each run's worker process imports this package too, and
+    # should carry as little as possible into its peak RSS and its start-up time.
+    from ._harness import main as harness_main
+
+    return harness_main(argv)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "run_suite":
+        from ._harness import run_suite
+
+        return run_suite
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

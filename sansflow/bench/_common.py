@@ -9,10 +9,12 @@ from typing import Any, TypedDict
 
 __all__ = [
     "HOST",
+    "PROFILES",
     "READ_SIZE",
     "SCENARIOS",
     "Measurement",
     "Params",
+    "Profile",
     "ScenarioFn",
     "Stack",
     "VerificationError",
@@ -158,3 +160,34 @@ def payload(size: int, seed: int = 0) -> bytes:
     """Bytes that are not all alike, so that a misplaced chunk cannot compare equal."""
     pattern = bytes((seed + i) % 251 for i in range(251))
     return (pattern * (size // len(pattern) + 1))[:size]
+
+
+_MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A size of the whole suite: the scenario sizes, repetitions and idle-flow count."""
+
+    name: str
+    params: Params
+    reps: int
+    idle_count: int
+    description: str
+
+
+PROFILES: dict[str, Profile] = {
+    "full": Profile("full", Params(), 5, 10_000, "the figures to publish"),
+    "quick": Profile(
+        "quick",
+        Params(bulk_bytes=32 * _MiB, pingpong_trips=2_000, small_writes=20_000,
+               connections=100, timeout=60.0),
+        3, 10_000, "a first look in under a minute",
+    ),
+    "tiny": Profile(
+        "tiny",
+        Params(bulk_bytes=1 * _MiB, pingpong_trips=100, small_writes=1_000,
+               connections=10, timeout=30.0),
+        1, 1_000, "for tests: checks that every stack runs and verifies, in seconds",
+    ),
+}

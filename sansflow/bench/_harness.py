@@ -12,12 +12,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TextIO
 
-from ._common import SCENARIOS, Params
+from ._common import PROFILES, SCENARIOS, Params, Profile
 from ._registry import PAIRS, STACKS, StackSpec, Unavailable, load_stack
 from ._worker import IDLE_SUBJECTS, JobResult, idle_bytes, run_scenario
 
@@ -26,31 +26,6 @@ __all__ = ["PROFILES", "Profile", "format_report", "main", "run_suite"]
 SCHEMA = "sansflow.bench/1"
 MiB = 1024 * 1024
 
-
-@dataclass(frozen=True)
-class Profile:
-    name: str
-    params: Params
-    reps: int
-    idle_count: int
-    description: str
-
-
-PROFILES: dict[str, Profile] = {
-    "full": Profile("full", Params(), 5, 10_000, "the figures to publish"),
-    "quick": Profile(
-        "quick",
-        Params(bulk_bytes=32 * MiB, pingpong_trips=2_000, small_writes=20_000,
-               connections=100, timeout=60.0),
-        3, 10_000, "a first look in under a minute",
-    ),
-    "tiny": Profile(
-        "tiny",
-        Params(bulk_bytes=1 * MiB, pingpong_trips=100, small_writes=1_000,
-               connections=10, timeout=30.0),
-        1, 1_000, "for tests: checks that every stack runs and verifies, in seconds",
-    ),
-}
 
 SCENARIO_TITLES = {
     "bulk": "bulk: {bulk_mib:g} MiB in {bulk_kib:g} KiB writes, half-close, the server reads "
