@@ -180,7 +180,7 @@ PROFILES: dict[str, Profile] = {
     "full": Profile("full", Params(), 5, 10_000, "the figures to publish"),
     "quick": Profile(
         "quick",
-        Params(bulk_bytes=32 * _MiB, pingpong_trips=2_000, small_writes=20_000,
+        Params(bulk_bytes=64 * _MiB, pingpong_trips=2_000, small_writes=20_000,
                connections=100, timeout=60.0),
         3, 10_000, "a first look in under a minute",
     ),
