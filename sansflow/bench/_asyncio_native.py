@@ -576,9 +576,5 @@ def uvloop_protocol_stack() -> Stack:
     return _stack(uvloop_factory(), _bind(_PLAIN))
 
 
-def uvloop_buffered_stack() -> Stack:
-    return _stack(uvloop_factory(), _bind(_BUFFERED))
-
-
 def uvloop_streams_stack() -> Stack:
     return _stack(uvloop_factory(), _STREAMS)
