@@ -10,9 +10,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from sansflow.adapters import socket as sf
-
 from sansflow import Eof, Error, Ok, Shutdown, error_message
+from sansflow.adapters import socket as sf
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,9 +14,8 @@ import contextlib
 import threading
 from collections.abc import Callable, Sequence
 
-from sansflow.adapters import socket as sf
-
 from sansflow import Eof, Error, Ok, error_message
+from sansflow.adapters import socket as sf
 
 
 def handle(flow: sf.SocketFlow) -> None:

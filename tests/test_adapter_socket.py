@@ -27,8 +27,6 @@ from typing import Generic, TypeVar
 
 import anyio
 import pytest
-from sansflow.adapters import socket as sf
-from sansflow.adapters._common import READ_SIZE
 
 from sansflow import (
     BusyError,
@@ -43,6 +41,8 @@ from sansflow import (
     Shutdown,
     error_message,
 )
+from sansflow.adapters import socket as sf
+from sansflow.adapters._common import READ_SIZE
 from sansflow.testing.conformance import AsyncFlowLike, check_flow_pair, threaded
 
 HOST = "127.0.0.1"
