@@ -524,7 +524,9 @@ def test_transport_closed_under_the_flow(loop_kind: str) -> None:
 
 def test_peer_that_never_reads_holds_the_writer(loop_kind: str, transport: str) -> None:
     async def main() -> None:
-        async with flow_and_socket(transport, bufsize=4096) as (flow, _peer):
+        # Water marks unlike asyncio's defaults, so that the transport's limits must follow.
+        async with flow_and_socket(transport, bufsize=4096, high_water=20_000,
+                                   low_water=5_000) as (flow, _peer):
             chunk = payload(10_000)
             high = flow.high_water
             largest = 0
