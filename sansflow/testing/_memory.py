@@ -138,6 +138,11 @@ class MemoryFlow:
 
     async def close(self, timeout: float | None = None) -> None:
         """Flush, send EOF, wait for the peer's EOF; abort at the deadline or if cancelled."""
+        if timeout is not None and (isinstance(timeout, bool)
+                                    or not isinstance(timeout, (int, float))):
+            raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
+        if timeout is not None and not timeout >= 0:  # also refuses NaN
+            raise ValueError(f"timeout must be at least 0 seconds, not {timeout!r}")
         self._core.close()
         self._link.pump()
         try:

@@ -405,6 +405,7 @@ _QUIET = 0.1  # a write making no progress this long is taken to be waiting
 _SETTLE = 0.05  # how long a check lets something that must not happen have a chance to
 _BUSY_WAIT = 2.0  # how long the second of two concurrent calls may take to be refused
 _WAKE_WAIT = 5.0  # how long a waiting call may take to wake up after abort()
+_CLOSE_WAIT = 10.0  # how long a close() that has nothing left to wait for may take
 _MAX_UNBLOCKED = 64 * 1024 * 1024  # more than any socket buffers take without a reader
 _RECEIVE_SLACK = 1024 * 1024  # one transport read may land above the receive limit
 _OK = Ok(None)
@@ -885,7 +886,7 @@ async def _state_half_closed_remote(ctx: CheckContext) -> None:
     _expect_equal(await _read_exactly(b, 23, "b"), b"still open and writable", "b received")
     _expect_state(a, "a", FlowState.HALF_CLOSED_REMOTE)
     ctx.step = "a.close() after b's EOF"
-    with _within(10, "a.close() after the peer's EOF"):
+    with _within(_CLOSE_WAIT, "a.close() after the peer's EOF"):
         await a.close()
     _expect_state(a, "a", FlowState.CLOSED)
     _expect_equal(a.error, None, "a.error")
@@ -1030,7 +1031,7 @@ async def _writes_after_peer_eof(ctx: CheckContext) -> None:
     _expect_equal(end, _EOF, "b.read() after a's shutdown(WRITE)")
     _expect_state(a, "a", FlowState.CLOSED)
     _expect_equal(a.error, None, "a.error")
-    with _within(10, "a.close() once CLOSED"):
+    with _within(_CLOSE_WAIT, "a.close() once CLOSED"):
         await a.close()
 
 
@@ -1129,7 +1130,7 @@ async def _close_deadline(ctx: CheckContext) -> None:
     sent = b"last words"
     _expect_equal(await a.write(sent), _OK, "a.write()")
     ctx.step = "a.close(timeout=0.2) while b never closes"
-    with _within(10, "a.close(timeout=0.2) against a peer that never closes"):
+    with _within(_CLOSE_WAIT, "a.close(timeout=0.2) against a peer that never closes"):
         await a.close(timeout=0.2)
     _expect_state(a, "a", FlowState.CLOSED)
     error = a.error
@@ -1142,6 +1143,71 @@ async def _close_deadline(ctx: CheckContext) -> None:
     data, end = await _read_to_end(b, "b")
     _expect(sent.startswith(data), f"b received {data!r}, not a prefix of {sent!r}")
     _expect_peer_end(end, "b")
+
+
+@_check("Closing: close(timeout) against a peer that never reads returns at the deadline "
+        "even though the queue cannot be flushed: CLOSED, error TIMED_OUT")
+async def _close_deadline_while_flushing(ctx: CheckContext) -> None:
+    a, b = ctx.a, ctx.b
+    filler = _Filler(a, 16 * 1024)
+    async with anyio.create_task_group() as group:
+        ctx.step = "a writes until a write waits (b not reading)"
+        group.start_soon(filler.run)
+        await filler.until_blocked()
+        ctx.step = "a.close(timeout=0.2) with a write waiting and b never reading"
+        with _within(_CLOSE_WAIT, "a.close(timeout=0.2) with a queue that cannot drain"):
+            await a.close(timeout=0.2)
+        with _within(_WAKE_WAIT, "waking the waiting a.write() when close() ended"):
+            while filler.end is None:
+                await anyio.sleep(_POLL)
+    _expect_state(a, "a", FlowState.CLOSED)
+    error = a.error
+    _expect(isinstance(error, FlowError) and error.kind is ErrorKind.TIMED_OUT,
+            f"a.error after close() timed out: {error!r}, expected kind TIMED_OUT")
+    assert error is not None
+    _expect(filler.end in (_EOF, Error(error)),
+            f"the waiting a.write() returned {filler.end!r} when close() began and timed out")
+    await _expect_read(a, Error(error), "a", times=2)
+    ctx.step = "b reads after a's close deadline"
+    data, end = await _read_to_end(b, "b")
+    _expect(_stream(0, filler.accepted).startswith(data),
+            f"b received {len(data)} bytes that are not a prefix of what a wrote")
+    _expect_peer_end(end, "b")
+
+
+@_check("Closing: abort() ends a pending close(): it returns, the flow is CLOSED with the "
+        "ABORTED error")
+async def _abort_ends_close(ctx: CheckContext) -> None:
+    a = ctx.a
+    async with anyio.create_task_group() as group:
+        ctx.step = "a.close() while b never closes"
+        closing = _start(group, a.close)
+        await _expect_still_waiting(closing, "a.close() (the peer has not closed)")
+        ctx.step = "a.abort() with a.close() pending"
+        await a.abort()
+        with _within(_WAKE_WAIT, "a.close() returning after abort()"):
+            await closing.wait()
+    _expect_state(a, "a", FlowState.CLOSED)
+    error = a.error
+    _expect(isinstance(error, FlowError) and error.kind is ErrorKind.ABORTED,
+            f"a.error after abort(): {error!r}, expected kind ErrorKind.ABORTED")
+
+
+@_check("Writing and backpressure: more buffers than a vectored send takes at once "
+        "(IOV_MAX, 1024 on Linux) all arrive, in order")
+async def _many_buffers(ctx: CheckContext) -> None:
+    a, b = ctx.a, ctx.b
+    pieces = [_stream(i * 7, 7) for i in range(3000)]
+    small = pieces[:1100]  # queued faster than sent, they too exceed one vectored send
+    expected = b"".join(pieces) + b"".join(small)
+    async with anyio.create_task_group() as group:
+        ctx.step = "a.writev() of 3000 buffers, then 1100 small writes, b reading"
+        received = _start(group, lambda: _read_exactly(b, len(expected), "b"))
+        _expect_equal(await a.writev(pieces), _OK, "a.writev(3000 buffers)")
+        for piece in small:
+            _expect_equal(await a.write(piece), _OK, "a.write(7 bytes)")
+        data = await received.wait()
+    _expect(data == expected, "b received a corrupted copy of 4100 small buffers")
 
 
 @_check("Closing: abort() wakes a waiting reader and a waiting writer with the same Error "
@@ -1455,6 +1521,11 @@ async def _bad_arguments(ctx: CheckContext) -> None:
         ("a.read(-1)", lambda: a.read(-1), ValueError),
         ("a.read('1')", lambda: a.read("1"), TypeError),  # type: ignore[arg-type]
         ("a.read(1.5)", lambda: a.read(1.5), TypeError),  # type: ignore[arg-type]
+        ("a.read(True)", lambda: a.read(True), TypeError),
+        ("a.close(timeout='1')",
+         lambda: a.close(timeout="1"), TypeError),  # type: ignore[arg-type]
+        ("a.close(timeout=-1)", lambda: a.close(timeout=-1), ValueError),
+        ("a.close(timeout=nan)", lambda: a.close(timeout=float("nan")), ValueError),
         ("a.shutdown('write')",
          lambda: a.shutdown("write"), TypeError),  # type: ignore[arg-type]
         ("a.shutdown(None)", lambda: a.shutdown(None), TypeError),  # type: ignore[arg-type]
@@ -1502,7 +1573,7 @@ async def _shutdown_read(ctx: CheckContext) -> None:
     await _expect_read(a, _EOF, "a")
     ctx.step = "b.shutdown(WRITE), then a.close() sees b's EOF"
     await b.shutdown(Shutdown.WRITE)
-    with _within(10, "a.close() after the peer's EOF, reading shut down"):
+    with _within(_CLOSE_WAIT, "a.close() after the peer's EOF, reading shut down"):
         await a.close()
     _expect_state(a, "a", FlowState.CLOSED)
     _expect_equal(a.error, None, "a.error")
@@ -1522,9 +1593,9 @@ async def _shutdown_both(ctx: CheckContext) -> None:
     data, end = await _read_to_end(b, "b")
     _expect_equal((data, end), (b"before", _EOF), "b: data, then")
     ctx.step = "b.close(), then a.close()"
-    with _within(10, "b.close() after the peer's EOF"):
+    with _within(_CLOSE_WAIT, "b.close() after the peer's EOF"):
         await b.close()
-    with _within(10, "a.close() after the peer closed"):
+    with _within(_CLOSE_WAIT, "a.close() after the peer closed"):
         await a.close()
     for who, flow in (("a", a), ("b", b)):
         _expect_state(flow, who, FlowState.CLOSED)
