@@ -9,7 +9,9 @@ over right after the write, so a flow that kept a writable buffer instead of cop
 corrupts the stream), vectored writes, reads of random sizes, ``close``, every ``shutdown``,
 ``abort``, transport errors and resets, partial sends, deliveries in random chunks through a
 wire of small capacity. Water marks and receive limits are drawn small so that backpressure
-and paused reading happen all the time. Every call is checked against the reference model
+and paused reading happen all the time; closing, faults and the final ``finish`` are each held
+back until a step drawn at the start, so that most runs carry data for a while before the
+flows end (a subclass's rules are not held back). Every call is checked against the model
 (see ``sansflow.testing.ReferenceModel``), and after every step: no byte lost, duplicated or
 reordered, the wire carries exactly the bytes sent and not yet delivered, memory stays within
 its bounds, and states only move towards CLOSED. The ``finish`` rule closes both ends and
@@ -28,6 +30,8 @@ check what arrives in ``on_received`` (called with every chunk a read returned) 
 
 
     class LineMachine(FlowStateMachine):
+        writes_to_a = False  # "a" sends lines only: the built-in writers keep to "b"
+
         def __init__(self) -> None:
             super().__init__()
             self.sent: list[bytes] = []
@@ -51,9 +55,10 @@ check what arrives in ``on_received`` (called with every chunk a read returned) 
     TestLines = LineMachine.TestCase
 
 Side ``"a"`` is ``self.pair.a`` and ``"b"`` is ``self.pair.b``; ``self.flow(side)`` and
-``self.model(side)`` give each end's flow and model. The built-in rules also write to "a",
-so a protocol that owns a direction should take it over with ``writes_to_a = False`` (or
-``writes_to_b``); the built-in writers then leave that side alone.
+``self.model(side)`` give each end's flow and model. The built-in rules write random bytes
+to both sides unless told otherwise: a protocol that owns a direction sets ``writes_to_a =
+False`` (or ``writes_to_b``), and every other rule (reads, closes, faults, the wire) still
+runs on both sides.
 """
 
 from __future__ import annotations
@@ -242,7 +247,9 @@ class FlowStateMachine(RuleBasedStateMachine):
 
     Attributes a subclass may use: ``pair``, ``flow(side)``, ``model(side)``,
     ``peer(side)``, ``steps`` (steps run so far), ``faulted`` (an abort, error or reset
-    happened). Helpers: ``app_write``, ``app_read``, ``app_drain``, ``settle``. Hooks:
+    happened), ``finished`` (the ``finish`` rule ran). Helpers: ``app_write``, ``app_read``,
+    ``app_drain``, ``settle``; the checks ``flows_match_models``, ``streams_intact`` and
+    ``memory_bounded`` (run after every step by ``flow_invariants``). Hooks:
     ``on_received(side, data)``, ``on_read_end(side, result)``. Options: override
     ``options_strategy`` / ``capacity_strategy``, or set ``writes_to_a`` / ``writes_to_b``
     to ``False`` to keep the built-in writers off a side.
@@ -259,6 +266,7 @@ class FlowStateMachine(RuleBasedStateMachine):
         self.faulted = False
         self.one_sided_fault = False  # a failure the pair does not pass on to the peer
         self.finished = False
+        self.closes_from = 0
         self.faults_from = 0
         self.finish_from = 0
         self._ended: dict[str, bool] = dict.fromkeys(SIDES, False)
@@ -327,8 +335,9 @@ class FlowStateMachine(RuleBasedStateMachine):
         options = [data.draw(self.options_strategy(), label=f"{side} options")
                    for side in SIDES]
         capacity = data.draw(self.capacity_strategy(), label="wire capacity")
-        # Faults and the final close come after a drawn number of steps, so that most runs
-        # get somewhere before the flows end.
+        # Closing, faults and the final close each start after a drawn number of steps, so
+        # that most runs get somewhere before the flows end.
+        self.closes_from = data.draw(st.integers(0, 100), label="closes from step")
         self.faults_from = data.draw(st.integers(0, 100), label="faults from step")
         self.finish_from = data.draw(st.integers(0, 100), label="finish from step")
         self.pair = FlowPair(CheckedFlow(**options[0]), CheckedFlow(**options[1]),
@@ -363,10 +372,15 @@ class FlowStateMachine(RuleBasedStateMachine):
     def drain(self, side: str) -> None:
         self.app_drain(side)
 
+    def _closes_allowed(self) -> bool:
+        return self.steps >= self.closes_from
+
+    @precondition(_closes_allowed)
     @rule(side=_sides)
     def close(self, side: str) -> None:
         self.flow(side).close()
 
+    @precondition(_closes_allowed)
     @rule(side=_sides, how=st.sampled_from(Shutdown))
     def shutdown(self, side: str, how: Shutdown) -> None:
         self.flow(side).shutdown(how)
@@ -406,6 +420,12 @@ class FlowStateMachine(RuleBasedStateMachine):
     def deliver(self, side: str, max_bytes: int | None) -> None:
         self.pair.deliver(self.flow(side), max_bytes)
 
+    @rule(side=_sides, max_bytes=send_sizes(), chunk=chunk_sizes())
+    def carry(self, side: str, max_bytes: int | None, chunk: int | None) -> None:
+        """One send from ``side``, then one delivery to its peer: a step of the pipe."""
+        self.pair.transmit(self.flow(side), max_bytes)
+        self.pair.deliver(self.flow(self.peer(side)), chunk)
+
     @rule(chunk=chunk_sizes())
     def pump(self, chunk: int | None) -> None:
         self.pair.pump(chunk)
@@ -434,16 +454,18 @@ class FlowStateMachine(RuleBasedStateMachine):
     # -- invariants ----------------------------------------------------------------------
 
     @invariant()
-    def count_steps(self) -> None:
-        # Not a check: invariants run after every step, which makes them the step counter.
+    def flow_invariants(self) -> None:
+        """After every step: the flows match their models, the stream is intact, memory is
+        bounded. (It also counts the steps, which decide when faults may start.)"""
         self.steps += 1
+        self.flows_match_models()
+        self.streams_intact()
+        self.memory_bounded()
 
-    @invariant()
     def flows_match_models(self) -> None:
         for side in SIDES:
             self.model(side).check(self.flow(side))
 
-    @invariant()
     def streams_intact(self) -> None:
         failed = any(self.flow(side).error is not None for side in SIDES)
         for side in SIDES:
@@ -466,7 +488,6 @@ class FlowStateMachine(RuleBasedStateMachine):
             if wire.eof_delivered and not (receiver.eof_in or receiver.error is not None):
                 raise ModelMismatch(f"wire from {side} delivered EOF that was not received")
 
-    @invariant()
     def memory_bounded(self) -> None:
         for side in SIDES:
             flow, model = self.flow(side), self.model(side)
