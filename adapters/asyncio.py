@@ -62,6 +62,13 @@ logger = logging.getLogger("sansflow")
 Handler = Callable[["AsyncioFlow"], Awaitable[object]]
 
 _SERVER_CLOSE_TIMEOUT = 10.0
+
+# Receive buffers shared by every flow in the process. The transport holds one only from
+# get_buffer() to buffer_updated(), and the core copies the bytes out, so a handful serve any
+# number of flows (asyncio's selector loop and uvloop hold one at a time; the proactor one per
+# pending read) and an idle flow holds none. list.pop and list.append are atomic.
+_FREE_BUFFERS: list[memoryview] = []
+_MAX_FREE_BUFFERS = 16
 _RECEIVING = (ReceiveState.OPEN, ReceiveState.DISCARDING)
 
 
@@ -73,12 +80,12 @@ class _Driver(asyncio.BufferedProtocol):
     """
 
     __slots__ = (
-        "_buffer",
         "_call_soon",
         "_core",
         "_flush_pending",
         "_flushed_waiter",
         "_in_flush",
+        "_lent",
         "_loop",
         "_lost",
         "_on_made",
@@ -97,7 +104,7 @@ class _Driver(asyncio.BufferedProtocol):
         self._call_soon = loop.call_soon
         self._on_made = on_made
         self._transport: asyncio.Transport | None = None
-        self._buffer = memoryview(bytearray(READ_SIZE))
+        self._lent: memoryview | None = None  # the receive buffer the transport holds
         self._read_waiter: asyncio.Future[None] | None = None
         self._write_waiter: asyncio.Future[None] | None = None
         self._flushed_waiter: asyncio.Future[None] | None = None
@@ -123,11 +130,24 @@ class _Driver(asyncio.BufferedProtocol):
             self._on_made()
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self._buffer
+        buffer = self._lent
+        if buffer is None:
+            try:
+                buffer = _FREE_BUFFERS.pop()
+            except IndexError:
+                buffer = memoryview(bytearray(READ_SIZE))
+            self._lent = buffer
+        return buffer
 
     def buffer_updated(self, nbytes: int) -> None:
         core = self._core
-        core.receive_data(self._buffer[:nbytes].tobytes())
+        buffer = self._lent
+        assert buffer is not None  # the transport got it from get_buffer
+        core.receive_data(buffer[:nbytes].tobytes())
+        # The core keeps a copy: the buffer can serve the next read, of any flow.
+        self._lent = None
+        if len(_FREE_BUFFERS) < _MAX_FREE_BUFFERS:
+            _FREE_BUFFERS.append(buffer)
         if core.reading_paused and not self._read_paused:
             self._pause_reading()
         waiter = self._read_waiter
@@ -137,6 +157,11 @@ class _Driver(asyncio.BufferedProtocol):
                 waiter.set_result(None)
 
     def eof_received(self) -> bool:
+        buffer = self._lent
+        if buffer is not None:  # lent for the read that found EOF, and unused
+            self._lent = None
+            if len(_FREE_BUFFERS) < _MAX_FREE_BUFFERS:
+                _FREE_BUFFERS.append(buffer)
         core = self._core
         if core.receive_state in _RECEIVING:
             core.receive_eof()
@@ -144,6 +169,9 @@ class _Driver(asyncio.BufferedProtocol):
         return True  # keep the transport open: our own direction may still be sending
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        # A lent buffer is dropped, not reused: a loop with overlapped I/O (the proactor)
+        # may still be writing into it while a cancelled read completes.
+        self._lent = None
         self._transport = None
         self._released = True
         core = self._core
@@ -347,6 +375,10 @@ class AsyncioFlow(AdapterFlow):
         self._reading = True
         core = self._core
         driver = self._driver
+        if driver._flush_pending:
+            # Send what this task wrote before it sleeps (a request, then a wait for the
+            # reply), not one loop iteration later.
+            driver._update()
         try:
             while True:
                 await driver._wait_readable()
