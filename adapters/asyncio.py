@@ -232,6 +232,13 @@ class _Driver(asyncio.BufferedProtocol):
                     transport.write(buffers[0])
                 else:
                     transport.writelines(buffers)
+                    if (not self._write_paused
+                            and transport.get_write_buffer_size() > core.high_water):
+                        # CPython 3.12.0-3.12.8 and 3.13.0-3.13.1 forget to pause the
+                        # protocol in writelines() (gh-127655); setting the limits again
+                        # makes the transport check, through its public API.
+                        transport.set_write_buffer_limits(high=core.high_water,
+                                                          low=core.low_water)
                 # asyncio's transport keeps what the socket did not take: all of it is sent.
                 core.sent(nbytes)
             if core.eof_due:
