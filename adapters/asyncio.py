@@ -12,9 +12,12 @@ Where the bytes sit:
   acknowledges it all. The transport's own buffer is bounded by the flow's water marks
   (``set_write_buffer_limits``): while asyncio says "pause writing", the data stays in the
   core, so the core's high-water mark holds writers back.
-- Receiving: the transport reads into one reusable 64 KiB buffer (``BufferedProtocol``) and
-  the core keeps a copy. When the core's receive buffer reaches its limit, reading from the
-  transport pauses until the application reads.
+- Closing: ``write_eof`` makes the transport shut down once its buffer is flushed; only then
+  does the core count our EOF as sent, so ``close`` ends cleanly only when every byte left
+  the process.
+- Receiving: the transport reads into a 64 KiB buffer lent from a small shared pool
+  (``BufferedProtocol``) and the core keeps a copy. When the core's receive buffer reaches
+  its limit, reading from the transport pauses until the application reads.
 
 Usage::
 
@@ -82,6 +85,7 @@ class _Driver(asyncio.BufferedProtocol):
     __slots__ = (
         "_call_soon",
         "_core",
+        "_eof_written",
         "_flush_pending",
         "_flushed_waiter",
         "_in_flush",
@@ -111,6 +115,7 @@ class _Driver(asyncio.BufferedProtocol):
         # Done once the transport is gone (connection_lost): the end that close() waits for.
         self._lost: asyncio.Future[None] = loop.create_future()
         self._flush_pending = False
+        self._eof_written = False  # write_eof() called; the EOF is sent once the buffer drains
         self._in_flush = False
         self._write_paused = False
         self._read_paused = False
@@ -242,15 +247,28 @@ class _Driver(asyncio.BufferedProtocol):
                 # asyncio's transport keeps what the socket did not take: all of it is sent.
                 core.sent(nbytes)
             if core.eof_due:
-                try:
-                    # The transport sends its buffered data first, then shuts down.
-                    transport.write_eof()
-                except OSError as exc:
-                    core.receive_error(exc)
-                else:
-                    core.eof_sent()
+                self._send_eof(transport)
         finally:
             self._in_flush = False
+
+    def _send_eof(self, transport: asyncio.Transport) -> None:
+        """Our EOF is sent once the transport has shut down (for TCP, ``shutdown(SHUT_WR)``),
+        which it does after flushing its buffer: only then is the EOF ``eof_sent()``, so
+        that data stuck in the transport cannot end in a clean-looking CLOSED."""
+        if not self._eof_written:
+            try:
+                transport.write_eof()
+            except OSError as exc:
+                self._core.receive_error(exc)
+                return
+            self._eof_written = True
+            if transport.get_write_buffer_size():
+                # With both limits at zero the transport pauses us now and resumes us exactly
+                # when its buffer is empty, which lands here again.
+                transport.set_write_buffer_limits(high=0, low=0)
+                return
+        if not transport.get_write_buffer_size():
+            self._core.eof_sent()
 
     def _pause_reading(self) -> None:
         transport = self._transport

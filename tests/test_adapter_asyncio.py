@@ -394,6 +394,48 @@ def test_close_deadline_aborts_with_timed_out(loop_kind: str) -> None:
     run(loop_kind, main)
 
 
+def test_eof_is_sent_only_once_the_transport_has_flushed(loop_kind: str,
+                                                          transport: str) -> None:
+    async def main() -> None:
+        # A high water far above the data: all of it goes into the transport at once.
+        async with flow_and_socket(transport, bufsize=4096, high_water=1 << 20,
+                                   low_water=1 << 18) as (flow, peer):
+            data = payload(300_000, seed=6)
+            assert await flow.write(data) == Ok(None)
+            shutting = asyncio.ensure_future(flow.shutdown(Shutdown.WRITE))
+            await until(lambda: flow.core.queued == 0, "the queue is handed over")
+            await settle()
+            transport_side = flow.transport
+            assert transport_side is not None
+            assert transport_side.get_write_buffer_size() > 0
+            assert not shutting.done()
+            assert flow.send_state is SendState.EOF_QUEUED
+            assert await sock_recv_all(peer) == data
+            await asyncio.wait_for(shutting, 10)
+            assert flow.core.send_state is SendState.EOF_SENT
+            peer.shutdown(socket.SHUT_WR)
+            await flow.close(timeout=10)
+            assert (flow.state, flow.error) == (FlowState.CLOSED, None)
+
+    run(loop_kind, main)
+
+
+def test_close_deadline_with_data_stuck_in_the_transport_is_an_error(loop_kind: str) -> None:
+    async def main() -> None:
+        async with flow_and_socket(bufsize=4096, high_water=1 << 20,
+                                   low_water=1 << 18) as (flow, peer):
+            assert await flow.write(payload(300_000, seed=7)) == Ok(None)
+            peer.shutdown(socket.SHUT_WR)  # the peer is done sending, and never reads
+            await flow.close(timeout=0.2)
+            assert flow.state is FlowState.CLOSED
+            assert flow.error is not None
+            assert flow.error.kind is ErrorKind.TIMED_OUT  # not a clean close: bytes were lost
+            with pytest.raises(ConnectionResetError):
+                await sock_recv_all(peer)
+
+    run(loop_kind, main)
+
+
 def test_close_deadline_zero_and_bad_timeouts(loop_kind: str) -> None:
     async def main() -> None:
         async with flow_pair() as (a, _):
