@@ -14,8 +14,11 @@ import importlib.util
 import logging
 import os
 import random
+import signal
 import socket
 import struct
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from types import ModuleType
@@ -1025,11 +1028,18 @@ def test_leaving_serve_ends_running_handlers(loop_kind: str) -> None:
     run(loop_kind, main)
 
 
-def test_server_properties_outside_the_block() -> None:
+def test_server_properties_outside_the_block(loop_kind: str) -> None:
     server = sf.serve(echo, HOST, 0)
     assert server.sockets == ()
     with pytest.raises(RuntimeError, match="not listening"):
         _ = server.port
+
+    async def main() -> None:
+        async with server:
+            with pytest.raises(RuntimeError, match="already running"):
+                await server.__aenter__()
+
+    run(loop_kind, main)
 
 
 def test_wrap_owns_the_socket(loop_kind: str) -> None:
@@ -1103,3 +1113,28 @@ def test_example_argument_parsing(examples: tuple[ModuleType, ModuleType]) -> No
     assert (args.host, args.port, args.uvloop) == ("127.0.0.1", 0, True)
     args = client.parse_args(["hi", "--port", "9"])
     assert (args.message, args.port, args.uvloop) == ("hi", 9, False)
+
+
+@pytest.mark.parametrize("loop_flag", [[], ["--uvloop"]] if uvloop is not None else [[]])
+def test_echo_examples_run_as_scripts(loop_flag: list[str]) -> None:
+    server = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "asyncio_echo_server.py"), "--port", "0", *loop_flag],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        assert line.startswith("echo server listening on 127.0.0.1:"), line
+        port = line.rsplit(":", 1)[1].strip()
+        client = subprocess.run(
+            [sys.executable, str(EXAMPLES / "asyncio_echo_client.py"), "--port", port,
+             "echo me", *loop_flag],
+            capture_output=True, text=True, timeout=30, check=True)
+        assert client.stdout == "echo me\n"
+        server.send_signal(signal.SIGINT)
+        assert server.wait(timeout=30) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+        if server.stdout is not None:
+            server.stdout.close()
