@@ -184,8 +184,10 @@ class BridgedFlow:
     def core(self) -> Flow:
         return self._flow.core
 
-    async def _call(self, function: Callable[..., Awaitable[T]], *args: Any) -> T:
-        return await anyio.to_thread.run_sync(self._loop.call, function, *args)
+    async def _call(self, function: Callable[..., Awaitable[T]], *args: Any,
+                    abandon: bool = False) -> T:
+        return await anyio.to_thread.run_sync(self._loop.call, function, *args,
+                                              abandon_on_cancel=abandon)
 
     async def read(self, max_bytes: int | None = None) -> ReadResult:
         return await self._call(self._flow.read, max_bytes)
@@ -203,7 +205,8 @@ class BridgedFlow:
         await self._call(self._flow.shutdown, how)
 
     async def abort(self) -> None:
-        await self._call(self._flow.abort)
+        # Abandoned if cancelled: an abort that hangs must not hang whoever gave up on it.
+        await self._call(self._flow.abort, abandon=True)
 
     def __repr__(self) -> str:
         return f"bridged({self._flow!r})"
