@@ -428,7 +428,7 @@ async def check_flow_pair(make_pair: PairFactory, *, supports_cancellation: bool
 # -- tools the checks share -----------------------------------------------------------------
 
 _POLL = 0.005  # how often a check looks at a flow's state while it waits
-_QUIET = 0.1  # a write making no progress this long is taken to be waiting
+_QUIET = 0.05  # a write making no progress this long is taken to be waiting
 _SETTLE = 0.05  # how long a check lets something that must not happen have a chance to
 _BUSY_WAIT = 2.0  # how long the second of two concurrent calls may take to be refused
 _WAKE_WAIT = 5.0  # how long a waiting call may take to wake up after abort()
