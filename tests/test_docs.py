@@ -38,3 +38,11 @@ def test_contract_shows_the_code_table(
     match = re.search(rf"<!-- table: {name} -->\n(.*?)<!-- end table -->", CONTRACT, re.DOTALL)
     assert match is not None, f"docs/contract.md has no {name} table"
     assert match.group(1) == render(table, events)
+
+
+def test_testing_guide_example_runs() -> None:
+    guide = (Path(__file__).resolve().parent.parent / "docs" / "testing.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", guide, re.DOTALL)
+    assert blocks
+    for block in blocks:
+        exec(compile(block, "docs/testing.md", "exec"), {})
