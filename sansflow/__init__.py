@@ -5,6 +5,7 @@ The core is ``Flow``; ``sansflow.adapters`` carries it over asyncio, trio and bl
 and ``sansflow.testing`` joins two flows in memory for tests.
 """
 
+from ._adapter import AdapterFlow
 from ._errors import BusyError, ErrorKind, FlowError, FlowUsageError, error_message
 from ._flow import Buffer, Flow
 from ._results import WOULD_WAIT, Eof, Error, Ok, ReadResult, WouldWait, WriteResult
@@ -12,6 +13,7 @@ from ._state import FlowState, ReceiveState, SendState, Shutdown
 
 __all__ = [
     "WOULD_WAIT",
+    "AdapterFlow",
     "Buffer",
     "BusyError",
     "Eof",

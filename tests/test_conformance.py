@@ -579,7 +579,7 @@ def test_memory_pair_reports_its_options() -> None:
         a, b = await memory_flow_pair(high_water=100, low_water=10, receive_limit=50)
         assert (a.high_water, a.low_water, a.receive_limit) == (100, 10, 50)
         assert (a.state, a.error) == (FlowState.OPEN, None)
-        assert repr(a).startswith("<MemoryFlow <Flow OPEN")
+        assert repr(a).startswith("<sansflow.testing._memory.MemoryFlow <Flow OPEN")
         await a.abort()
         assert b.error is not None
         assert b.error.kind is ErrorKind.RESET

@@ -11,10 +11,11 @@ from collections.abc import Iterable
 
 import anyio
 
-from .._errors import BusyError, ErrorKind, FlowError
+from .._adapter import AdapterFlow, check_timeout
+from .._errors import ErrorKind, FlowError
 from .._flow import Flow
 from .._results import WOULD_WAIT, ReadResult, WriteResult
-from .._state import FlowState, ReceiveState, SendState, Shutdown
+from .._state import FlowState, Shutdown
 from ._pair import FlowPair
 
 __all__ = ["MemoryFlow", "memory_flow_pair"]
@@ -41,65 +42,24 @@ class _Link:
         await self._changed.wait()
 
 
-class MemoryFlow:
+class MemoryFlow(AdapterFlow):
     """One end of ``memory_flow_pair``, with the async adapter API.
 
     One reader and one writer at a time; a second concurrent reader (or writer) gets
     ``BusyError`` before anything else happens.
     """
 
-    __slots__ = ("_core", "_link", "_reading", "_writing")
+    __slots__ = ("_link",)
 
     def __init__(self, core: Flow, link: _Link) -> None:
-        self._core = core
+        super().__init__(core)
         self._link = link
-        self._reading = False
-        self._writing = False
-
-    # -- the state view ------------------------------------------------------------------
-
-    @property
-    def core(self) -> Flow:
-        return self._core
-
-    @property
-    def state(self) -> FlowState:
-        return self._core.state
-
-    @property
-    def send_state(self) -> SendState:
-        return self._core.send_state
-
-    @property
-    def receive_state(self) -> ReceiveState:
-        return self._core.receive_state
-
-    @property
-    def error(self) -> FlowError | None:
-        return self._core.error
-
-    @property
-    def high_water(self) -> int:
-        return self._core.high_water
-
-    @property
-    def low_water(self) -> int:
-        return self._core.low_water
-
-    @property
-    def receive_limit(self) -> int:
-        return self._core.receive_limit
-
-    def __repr__(self) -> str:
-        return f"<MemoryFlow {self._core!r}>"
 
     # -- the application side ------------------------------------------------------------
 
     async def read(self, max_bytes: int | None = None) -> ReadResult:
         """Buffered data, else wait for some; then ``Eof()`` or the ``Error``, sticky."""
-        if self._reading:
-            raise BusyError("another task is already reading this flow")
-        self._reading = True
+        self._claim_read()
         try:
             while (result := self._core.read(max_bytes)) is WOULD_WAIT:
                 await self._link.changed()
@@ -110,9 +70,7 @@ class MemoryFlow:
 
     async def write(self, data: _BytesLike) -> WriteResult:
         """Queue ``data`` (all of it, or none if cancelled), waiting below high water."""
-        if self._writing:
-            raise BusyError("another task is already writing to this flow")
-        self._writing = True
+        self._claim_write()
         try:
             while (result := self._core.write(data)) is WOULD_WAIT:
                 await self._link.changed()
@@ -123,9 +81,7 @@ class MemoryFlow:
 
     async def writev(self, buffers: Iterable[_BytesLike]) -> WriteResult:
         """Queue every buffer in order, or none of them."""
-        if self._writing:
-            raise BusyError("another task is already writing to this flow")
-        self._writing = True
+        self._claim_write()
         try:
             # The core consumes the iterable on each try; a generator must survive a wait.
             items = _materialized(buffers)
@@ -138,11 +94,7 @@ class MemoryFlow:
 
     async def close(self, timeout: float | None = None) -> None:
         """Flush, send EOF, wait for the peer's EOF; abort at the deadline or if cancelled."""
-        if timeout is not None and (isinstance(timeout, bool)
-                                    or not isinstance(timeout, (int, float))):
-            raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
-        if timeout is not None and not timeout >= 0:  # also refuses NaN
-            raise ValueError(f"timeout must be at least 0 seconds, not {timeout!r}")
+        check_timeout(timeout)
         self._core.close()
         self._link.pump()
         try:
