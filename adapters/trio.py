@@ -1,4 +1,4 @@
-"""The trio adapter: a ``sansflow.Flow`` carried over any trio stream, with no background task.
+"""The trio adapter: a ``sansflow.Flow`` carried over any trio stream.
 
 Usage::
 
@@ -13,26 +13,38 @@ Usage::
         case Error(err): print(error_message(err))
     await flow.close()
 
-How bytes move: there is no pump task. The task that reads receives from the stream when the
-core has nothing buffered; the task that writes queues its data in the core and then sends
-everything queued before returning; ``close()`` flushes, sends EOF, and receives until the
-peer's EOF whenever no reader is doing so (what it receives stays readable). Two flags, one
-per direction, make sure only one task touches each direction of the stream at a time; a task
-that finds the direction taken parks until the holder lets go, so trio's own conflict
-detection never fires.
+How bytes move:
 
-On a ``trio.SocketStream`` the adapter sends through the socket itself: ``send`` for one
-buffer, ``sendmsg`` for several (so a ``writev`` is one vectored system call), and a send that
-the kernel takes in part continues from the exact byte where it stopped. A send cancelled
-there has either happened or not, so a cancelled ``write`` leaves its whole buffer queued (for
-the next write or ``close()`` to flush). A write returns once its bytes are with the
-transport, so one task's successive writes go out one system call each, as with trio's own
-``send_all``; whatever is queued when a send starts (the buffers of a ``writev``, the leftover
-of a cancelled write with the next write) goes out in one.
+- Sending: ``write`` appends to the core's send queue and returns; it waits only when the
+  core says so (the queue is above its low-water mark and the write would pass the
+  high-water mark), until a send drains the queue to low water. A flow's *sender*, a trio
+  system task (``trio.lowlevel.spawn_system_task``, since ``wrap`` and ``connect`` have no
+  nursery to offer), sends whatever is queued when it gets to run in one vectored call, then
+  our EOF once the queue is empty. The sender starts with the first write that queues data
+  (an idle or read-only flow has none), sleeps while there is nothing to send, and ends
+  once the send direction is finished (EOF sent, failure, abort), so no task outlives a
+  CLOSED flow. If the run's main task ends first, the sender is cancelled and aborts the
+  flow: the connection is never left open.
+- Receiving: the task that reads receives from the stream when the core has nothing
+  buffered; ``close()`` receives until the peer's EOF whenever no reader is doing so (what it
+  receives stays readable). A flag makes sure only one task receives at a time; a task that
+  finds it taken parks until the holder lets go, so trio's conflict detection never fires.
+- ``close()`` and ``shutdown(WRITE)`` wait until the sender has flushed the queue and sent
+  our EOF. A failure while sending ends the flow with that error; readers, writers and
+  closers waiting wake up with it.
 
-On any other stream the adapter calls ``send_all`` with the queued buffers joined (only when
-there are several). A cancelled ``send_all`` leaves the stream in an unknown state, so
-cancelling a ``write`` (or ``shutdown``) while it is inside ``send_all`` aborts the flow.
+On a ``trio.SocketStream`` the sender uses the socket itself: ``send`` for one buffer,
+``sendmsg`` for several (at most ``IOV_MAX``), so small writes queued meanwhile go out in one
+system call, and a send the kernel takes in part continues from the exact byte where it
+stopped; our EOF is ``shutdown(SHUT_WR)``. On any other stream it calls ``send_all`` with the
+queued buffers joined (only when there are several), then ``send_eof``.
+
+A ``write`` that queues its data returns without letting other tasks run (it is still a
+cancellation point: a cancelled scope stops it before it queues anything); the sender runs
+as soon as the writer waits for anything, so a task writing in a loop hands the sender a
+whole batch at a time. Cancelling a ``write`` leaves its whole buffer queued (it returned) or
+none of it (it was waiting for room). Cancelling ``shutdown(WRITE)`` only stops the wait: the
+EOF stays queued and the sender still sends it after the data.
 
 A stream without ``send_eof`` (a ``trio.SSLStream``, say) cannot half-close: our EOF then
 closes the whole stream (``aclose``, which for TLS sends ``close_notify``). If the peer's EOF
@@ -51,6 +63,7 @@ from contextlib import suppress
 from typing import Any, NoReturn
 
 import trio
+from trio.lowlevel import Abort, RaiseCancelT, Task
 
 from sansflow import (
     WOULD_WAIT,
@@ -62,8 +75,10 @@ from sansflow import (
     FlowState,
     Ok,
     ReadResult,
+    ReceiveState,
     SendState,
     Shutdown,
+    WouldWait,
     WriteResult,
     error_message,
 )
@@ -78,32 +93,39 @@ _RECEIVE_LIMIT = 256 * 1024
 _CLOSE_TIMEOUT = 10.0  # what serve() gives a flow that its handler left open
 
 # What a stream (or a trio socket, used directly) raises when the transport fails or was
-# closed under us; anything else is a bug and propagates.
+# closed under us. Anything else from a stream ends the flow too (the sender must not
+# crash), as a TRANSPORT error that keeps the exception as its cause.
 _TRANSPORT_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+_RECEIVING = (ReceiveState.OPEN, ReceiveState.DISCARDING)
+_SEND_OPEN = SendState.OPEN
+_EOF_QUEUED = SendState.EOF_QUEUED
+_CLOSED = FlowState.CLOSED
 
-_SEND_INTERRUPTED = FlowError(
-    ErrorKind.TRANSPORT,
-    detail="a send was interrupted part-way; the stream's state is unknown",
-)
 _NO_HALF_CLOSE = FlowError(
     ErrorKind.TRANSPORT,
     detail="the stream cannot half-close (no send_eof): sending EOF closed both directions",
 )
+_SENDER_NAME = "sansflow.adapters.trio sender"
 
 _checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled
 _cancel_shielded_checkpoint = trio.lowlevel.cancel_shielded_checkpoint
+_wait_task_rescheduled = trio.lowlevel.wait_task_rescheduled
+_reschedule = trio.lowlevel.reschedule
+_current_task = trio.lowlevel.current_task
 
 
 class TrioFlow(AdapterFlow):
-    """A flow over a trio stream. Every method is async and a trio checkpoint.
+    """A flow over a trio stream. Every method is async.
 
     One task may read and another write at the same time; a second concurrent reader (or
     writer) gets ``sansflow.BusyError``. ``close``, ``shutdown`` and ``abort`` may run from any
-    task, alongside a reader and a writer.
+    task, alongside a reader and a writer. ``read``, ``close``, ``shutdown`` and ``abort`` are
+    trio checkpoints; ``write`` and ``writev`` are cancellation points that let other tasks
+    run only when they wait (see the module documentation).
     """
 
-    __slots__ = ("_flushing", "_lot", "_parked", "_receiving", "_released", "_send_unknown",
-                 "_socket", "_stream")
+    __slots__ = ("_in_send", "_lot", "_parked", "_receiving", "_released", "_sender",
+                 "_sender_idle", "_sender_scope", "_socket", "_stream", "_write_waiter")
 
     def __init__(self, stream: trio.abc.Stream, core: Flow) -> None:
         super().__init__(core)
@@ -111,12 +133,17 @@ class TrioFlow(AdapterFlow):
         # A SocketStream's socket is used directly: exact partial sends, vectored sendmsg.
         sock = stream.socket if isinstance(stream, trio.SocketStream) else None
         self._socket = sock if sock is not None and hasattr(sock, "sendmsg") else None
-        self._lot = trio.lowlevel.ParkingLot()  # tasks waiting for a direction's holder
-        self._parked = 0  # tasks in _lot (or just woken from it): checked on every hot path
-        self._receiving = False  # a task is inside stream.receive_some
-        self._flushing = False  # a task is sending the core's queue (or its EOF)
+        # Closers, shutdowners, a reader waiting for close() to stop receiving: they park
+        # here and look again whenever the flow changes.
+        self._lot = trio.lowlevel.ParkingLot()
+        self._parked = 0  # tasks in _lot (or just woken from it): checked on hot paths
+        self._receiving = False  # a task is inside a receive from the stream
         self._released = False  # the stream is closed (or being closed)
-        self._send_unknown = False  # a send_all was interrupted: the stream is unusable
+        self._sender: Task | None = None  # the sending task, while it runs
+        self._sender_idle = False  # it sleeps until _wake_sender reschedules it
+        self._sender_scope: trio.CancelScope | None = None
+        self._in_send = False  # the sender is inside a send (or EOF) call on the stream
+        self._write_waiter: Task | None = None  # a writer waiting for room in the queue
 
     @property
     def stream(self) -> trio.abc.Stream:
@@ -153,57 +180,61 @@ class TrioFlow(AdapterFlow):
                 self._lot.unpark_all()
 
     async def write(self, data: bytes | bytearray | memoryview) -> WriteResult:
-        """Queue ``data`` and send everything queued; ``Ok(None)`` once it is all sent.
+        """Queue ``data``: ``Ok(None)`` once it is in the send queue (not yet on the wire).
 
-        ``Eof()`` after ``close()``/``shutdown(WRITE)``; the flow's ``Error`` after a failure
-        (also when the failure came while sending this data). Cancelling it leaves the whole
-        buffer queued (the next write or ``close()`` sends it) or none of it.
+        Waits only while the queue is above its low-water mark and ``data`` would push it past
+        the high-water mark. ``Eof()`` after ``close()``/``shutdown(WRITE)``; the flow's
+        ``Error`` after a failure. Cancelling it leaves the whole buffer queued or none of it.
+        A writable buffer is copied; a read-only one is queued as it is.
         """
-        self._claim_write()
-        try:
-            await _checkpoint_if_cancelled()
-            core = self._core
-            result = core.write(data)
-            while result is WOULD_WAIT:  # queue left over from a cancelled write
-                await self._flush()
-                result = core.write(data)
-            if type(result) is Ok and core.queued:
-                await self._flush()
-                return self._write_result(result)
-            await _cancel_shielded_checkpoint()
-            return result
-        except BaseException:
-            if self._send_unknown:
-                await self._abort(_SEND_INTERRUPTED)
-            raise
-        finally:
-            self._writing = False
+        if self._writing:
+            self._claim_write()  # raises BusyError
+        await _checkpoint_if_cancelled()
+        core = self._core
+        result = core.write(data)
+        if result is WOULD_WAIT:
+            return await self._write_slow(lambda: core.write(data))
+        if self._sender_idle:
+            self._wake_sender()
+        elif self._sender is None and core.queued:
+            self._start_sender()
+        elif type(result) is not Ok:
+            await _cancel_shielded_checkpoint()  # a loop on Eof or Error still lets others run
+        return result
 
     async def writev(self, buffers: Iterable[bytes | bytearray | memoryview]) -> WriteResult:
-        """Like ``write`` for several buffers: all or none queued, sent as one vectored call
-        on a socket (``sendmsg``), joined for other streams."""
-        self._claim_write()
-        try:
-            await _checkpoint_if_cancelled()
-            if not isinstance(buffers, (list, tuple, bytes, bytearray, memoryview, str)):
-                with suppress(TypeError):  # not iterable: the core says so, clearly
-                    buffers = list(buffers)  # a retry after WOULD_WAIT needs them again
-            core = self._core
-            result = core.writev(buffers)
-            while result is WOULD_WAIT:
-                await self._flush()
-                result = core.writev(buffers)
-            if type(result) is Ok and core.queued:
-                await self._flush()
-                return self._write_result(result)
+        """Like ``write`` for several buffers: all or none queued, in order, and sent as one
+        vectored call on a socket (``sendmsg``), joined for other streams."""
+        if self._writing:
+            self._claim_write()
+        await _checkpoint_if_cancelled()
+        if not isinstance(buffers, (list, tuple, bytes, bytearray, memoryview, str)):
+            with suppress(TypeError):  # not iterable: the core says so, clearly
+                buffers = list(buffers)  # a retry after waiting needs them again
+        core = self._core
+        result = core.writev(buffers)
+        if result is WOULD_WAIT:
+            retry = buffers
+            return await self._write_slow(lambda: core.writev(retry))
+        self._kick()
+        if type(result) is not Ok:
             await _cancel_shielded_checkpoint()
-            return result
-        except BaseException:
-            if self._send_unknown:
-                await self._abort(_SEND_INTERRUPTED)
-            raise
+        return result
+
+    async def _write_slow(self, attempt: Callable[[], WriteResult | WouldWait]) -> WriteResult:
+        """Wait for room in the queue (the sender wakes us), then try again."""
+        self._writing = True
+        try:
+            while True:
+                self._kick()
+                await self._wait_for_room()
+                result = attempt()
+                if result is not WOULD_WAIT:
+                    break
         finally:
             self._writing = False
+        self._kick()
+        return result
 
     async def close(self, timeout: float | None = None) -> None:
         """The seed's close: flush, send EOF, wait for the peer's EOF, then release the stream.
@@ -217,9 +248,9 @@ class TrioFlow(AdapterFlow):
         if timeout is not None:
             _check_timeout(timeout)
         core = self._core
-        if core.state is not FlowState.CLOSED:
+        if core.state is not _CLOSED:
             core.close()
-            self._wake()  # a writer waiting for room now gets Eof
+            self._wake()  # a writer waiting for room now gets Eof; the sender sends EOF
             deadline = math.inf if timeout is None else trio.current_time() + timeout
             try:
                 with trio.CancelScope(deadline=deadline) as scope:
@@ -227,7 +258,7 @@ class TrioFlow(AdapterFlow):
             except BaseException:
                 await self._abort(None)
                 raise
-            if scope.cancelled_caught and self._core.state is not FlowState.CLOSED:
+            if scope.cancelled_caught and self._core.state is not _CLOSED:
                 await self._abort(FlowError(ErrorKind.TIMED_OUT, detail="close() deadline passed"))
         await self._release(graceful=core.error is None)
         await trio.lowlevel.checkpoint()
@@ -236,24 +267,23 @@ class TrioFlow(AdapterFlow):
         """``WRITE``: flush, send EOF, return without waiting for the peer. ``READ``: drop
         buffered and future input; reads answer ``Eof()``. ``BOTH``: both. Idempotent.
 
-        A read already waiting on the stream when ``READ`` is applied returns ``Eof()`` when the
-        next chunk (discarded) or the peer's EOF arrives: trio cannot interrupt a receive
-        without a cancel scope around every receive, a cost every read would pay. Input that
-        nobody reads stays in the kernel until ``close()`` drains it.
+        Cancelling a ``WRITE`` stops only the wait: the EOF stays queued behind the data and
+        is still sent. A read already waiting on the stream when ``READ`` is applied returns
+        ``Eof()`` when the next chunk (discarded) or the peer's EOF arrives: trio cannot
+        interrupt a receive without a cancel scope around every receive, a cost every read
+        would pay. Input that nobody reads stays in the kernel until ``close()`` drains it.
         """
         await _checkpoint_if_cancelled()
         core = self._core
         core.shutdown(how)
         self._wake()
         if how is not Shutdown.READ:
-            try:
-                while core.send_state is SendState.EOF_QUEUED:
-                    await self._flush()
-            except BaseException:
-                if self._send_unknown:
-                    await self._abort(_SEND_INTERRUPTED)
-                raise
-        if core.state is FlowState.CLOSED:
+            while core.send_state is _EOF_QUEUED:
+                self._kick()
+                if core.send_state is not _EOF_QUEUED:
+                    break
+                await self._park()
+        if core.state is _CLOSED:
             await self._release(graceful=core.error is None)
         await _cancel_shielded_checkpoint()
 
@@ -261,18 +291,178 @@ class TrioFlow(AdapterFlow):
         """Drop the queue, reset the connection and end the flow with ``ErrorKind.ABORTED``.
 
         On a socket, an RST (``SO_LINGER`` 0, then close); on other streams,
-        ``trio.aclose_forcefully``. Waiting readers and writers wake with the error. Nothing
-        happens to a flow that is already CLOSED. The flow is aborted even if this is
-        cancelled.
+        ``trio.aclose_forcefully``. Waiting readers and writers wake with the error, and the
+        sender stops. Nothing happens to a flow that is already CLOSED. The flow is aborted
+        even if this is cancelled.
         """
         await self._abort(None)
         await trio.lowlevel.checkpoint()
 
-    # -- moving bytes --------------------------------------------------------------------
+    # -- sending: the sender task ----------------------------------------------------------
+
+    def _kick(self) -> None:
+        """Whatever is due to go out (queued data, then EOF) will be sent: wake or start the
+        sender. Our EOF on a socket with nothing queued and no sender is sent right here."""
+        if self._sender_idle:
+            self._wake_sender()
+        elif self._sender is None:
+            core = self._core
+            if core.queued:
+                self._start_sender()
+            elif core.eof_due:
+                if self._socket is not None:
+                    self._socket_eof()
+                else:
+                    self._start_sender()
+
+    def _start_sender(self) -> None:
+        if self._released:
+            return
+        self._sender = trio.lowlevel.spawn_system_task(self._sender_main, name=_SENDER_NAME)
+
+    def _wake_sender(self) -> None:
+        self._sender_idle = False
+        task = self._sender
+        assert task is not None  # idle means running and asleep
+        _reschedule(task)
+
+    def _sender_woken(self, raise_cancel: RaiseCancelT) -> Abort:
+        """Cancelled while asleep: the sender is no longer idle (it is ending)."""
+        self._sender_idle = False
+        return Abort.SUCCEEDED
+
+    async def _sender_main(self) -> None:
+        """The sender's system task. It never raises anything but ``trio.Cancelled`` for the
+        run's own shutdown (an exception from a system task would crash the whole run)."""
+        core = self._core
+        try:
+            with trio.CancelScope() as scope:  # cancelled by abort: the sender just ends
+                self._sender_scope = scope
+                await self._send_until_done()
+        except trio.Cancelled:
+            # The run's main task ended with this flow still sending: never leave the
+            # connection open. Then let the system nursery see its own cancellation.
+            await self._abort(None)
+            raise
+        except BaseException as exc:  # a system task must not crash the run
+            if core.state is not _CLOSED:
+                core.receive_error(FlowError(
+                    ErrorKind.TRANSPORT, exc,
+                    f"sending failed with {type(exc).__name__}: {exc}",
+                ))
+            with trio.CancelScope(shield=True):
+                await self._release(graceful=False)
+        finally:
+            self._sender = None
+            self._sender_scope = None
+            self._sender_idle = False
+            self._in_send = False
+            self._wake()
+
+    async def _send_until_done(self) -> None:
+        """Send what is queued, then our EOF; sleep while there is nothing to send; return
+        once the send direction is finished."""
+        core = self._core
+        while True:
+            if core.queued:
+                self._in_send = True
+                try:
+                    sock = self._socket
+                    if sock is not None:
+                        buffers = core.buffers_to_send(IOV_MAX)
+                        if len(buffers) == 1:
+                            sent = await sock.send(buffers[0])
+                        else:
+                            sent = await sock.sendmsg(buffers)
+                    else:
+                        buffers = core.buffers_to_send()
+                        data = buffers[0] if len(buffers) == 1 else b"".join(buffers)
+                        await self._stream.send_all(data)
+                        sent = len(data)
+                except _TRANSPORT_ERRORS as exc:
+                    await self._failed(exc)
+                    return
+                finally:
+                    self._in_send = False
+                core.sent(sent)  # ignored if the flow failed meanwhile
+                if not core.queued and self._parked:
+                    self._lot.unpark_all()  # a FlowStream waiting for the queue to drain
+                if self._write_waiter is not None and core.write_ready:
+                    self._wake_writer()
+            elif core.eof_due:
+                if self._socket is not None:
+                    self._socket_eof()
+                else:
+                    await self._stream_eof()
+                return
+            elif core.send_state is _SEND_OPEN and not self._released:
+                self._sender_idle = True
+                await _wait_task_rescheduled(self._sender_woken)
+            else:
+                return
+
+    def _socket_eof(self) -> None:
+        """Our EOF on a socket: ``shutdown(SHUT_WR)``, which never blocks."""
+        core = self._core
+        sock = self._socket
+        assert sock is not None
+        try:
+            sock.shutdown(_stdlib_socket.SHUT_WR)
+        except OSError as exc:
+            if core.state is not _CLOSED:
+                core.receive_error(exc)
+            self._close_socket()
+        else:
+            core.eof_sent()
+            if core.state is _CLOSED:
+                self._close_socket()
+        self._wake()
+
+    async def _stream_eof(self) -> None:
+        """Our EOF on a stream: ``send_eof``, or closing it all when it cannot half-close."""
+        core = self._core
+        send_eof = getattr(self._stream, "send_eof", None)
+        if send_eof is None:
+            core.eof_sent()
+            if core.state is not _CLOSED:
+                core.receive_error(_NO_HALF_CLOSE)
+            self._wake()
+            await self._release(graceful=True)
+            return
+        self._in_send = True
+        try:
+            await send_eof()
+        except _TRANSPORT_ERRORS as exc:
+            await self._failed(exc)
+            return
+        finally:
+            self._in_send = False
+        if core.send_state is _EOF_QUEUED:
+            core.eof_sent()
+        self._wake()
+        if core.state is _CLOSED:
+            await self._release(graceful=core.error is None)
+
+    async def _wait_for_room(self) -> None:
+        """Sleep until the sender (or a change of state) says the queue has room."""
+        self._write_waiter = _current_task()
+        await _wait_task_rescheduled(self._writer_woken)
+
+    def _writer_woken(self, raise_cancel: RaiseCancelT) -> Abort:
+        self._write_waiter = None
+        return Abort.SUCCEEDED
+
+    def _wake_writer(self) -> None:
+        task = self._write_waiter
+        if task is not None:
+            self._write_waiter = None
+            _reschedule(task)
+
+    # -- receiving -----------------------------------------------------------------------
 
     async def _receive(self) -> None:
-        """One ``receive_some`` into the core; the caller holds no flag and checked none is
-        held. Never takes more than the receive limit has room for."""
+        """One receive into the core; the caller checked that no other task receives.
+        Never takes more than the receive limit has room for."""
         core = self._core
         self._receiving = True
         try:
@@ -291,112 +481,39 @@ class TrioFlow(AdapterFlow):
                 core.receive_data(data)
             else:
                 core.receive_eof()
-                if core.state is FlowState.CLOSED:
+                if core.state is _CLOSED:
                     await self._release(graceful=core.error is None)
         finally:
             self._receiving = False
             if self._parked:
                 self._lot.unpark_all()
 
-    def _write_result(self, result: Ok[None]) -> WriteResult:
-        """A write's result once its flush is over: the error if the flow failed meanwhile."""
-        core = self._core
-        if core.send_state is SendState.FAILED:
-            assert core.error is not None  # FAILED always carries its error
-            return Error(core.error)
-        return result
-
-    async def _flush(self) -> None:
-        """Send the core's queue, then its EOF if due, until there is nothing left to send;
-        if another task is sending, wait for it to finish instead."""
-        while self._flushing:
-            await self._park()
-        core = self._core
-        self._flushing = True
-        try:
-            if self._send_unknown:
-                await self._abort(_SEND_INTERRUPTED)
-                return
-            sock = self._socket
-            while True:
-                if core.queued:
-                    try:
-                        if sock is not None:
-                            buffers = core.buffers_to_send(IOV_MAX)
-                            if len(buffers) == 1:
-                                sent = await sock.send(buffers[0])
-                            else:
-                                sent = await sock.sendmsg(buffers)
-                        else:
-                            sent = await self._send_all(core)
-                    except _TRANSPORT_ERRORS as exc:
-                        await self._failed(exc)
-                        return
-                    if core.send_state is SendState.FAILED:  # aborted while sending
-                        return
-                    core.sent(sent)
-                elif core.eof_due:
-                    try:
-                        await self._send_eof()
-                    except _TRANSPORT_ERRORS as exc:
-                        await self._failed(exc)
-                        return
-                    if core.send_state is SendState.EOF_QUEUED:
-                        core.eof_sent()
-                    if core.state is FlowState.CLOSED:
-                        await self._release(graceful=core.error is None)
-                    return
-                else:
-                    return
-        finally:
-            self._flushing = False
-            if self._parked:
-                self._lot.unpark_all()
-
-    async def _send_all(self, core: Flow) -> int:
-        """Everything queued, through a stream's ``send_all``; returns the bytes sent."""
-        buffers = core.buffers_to_send()
-        data = buffers[0] if len(buffers) == 1 else b"".join(buffers)
-        try:
-            await self._stream.send_all(data)
-        except _TRANSPORT_ERRORS:
-            raise
-        except BaseException:
-            # send_all may have sent any part of data: nothing can follow it safely.
-            self._send_unknown = True
-            raise
-        return len(data)
-
-    async def _send_eof(self) -> None:
-        send_eof = getattr(self._stream, "send_eof", None)
-        if send_eof is not None:
-            await send_eof()
-            return
-        core = self._core
-        core.eof_sent()
-        if core.state is not FlowState.CLOSED:
-            core.receive_error(_NO_HALF_CLOSE)
-        await self._release(graceful=True)
-
     async def _wait_closed(self) -> None:
-        """close()'s wait: help flush and send EOF, then receive until the peer's EOF."""
+        """close()'s wait: let the sender flush and send EOF while receiving until the
+        peer's EOF (unless a reader receives, or the application must read first)."""
         core = self._core
-        while core.state is not FlowState.CLOSED:
-            if core.send_state is SendState.EOF_QUEUED:
-                await self._flush()
-            elif self._reading or self._receiving or core.reading_paused:
-                # A reader receives for us; or the buffer is full until the application reads.
-                await self._park()
-            else:
+        while core.state is not _CLOSED:
+            if core.send_state is _EOF_QUEUED:
+                self._kick()
+                if core.state is _CLOSED:
+                    return
+            if (core.receive_state in _RECEIVING and not self._reading
+                    and not self._receiving and not core.reading_paused
+                    and not self._released):
                 await self._receive()
+            else:
+                await self._park()
 
     async def _wait_send_might_not_block(self) -> None:
-        """For ``FlowStream.wait_send_all_might_not_block``: wait until the transport would
-        take a send. Returns at once if sending would fail rather than block."""
+        """For ``FlowStream.wait_send_all_might_not_block``: wait until the queue is empty
+        and the transport would take a send. Returns at once if sending would fail rather
+        than block."""
         await _checkpoint_if_cancelled()
-        while self._flushing:
+        core = self._core
+        while (core.queued or self._in_send) and core.send_state is _SEND_OPEN:
+            self._kick()
             await self._park()
-        if self._released or self._core.send_state is not SendState.OPEN:
+        if self._released or core.send_state is not _SEND_OPEN:
             await _cancel_shielded_checkpoint()
             return
         try:
@@ -408,7 +525,7 @@ class TrioFlow(AdapterFlow):
             pass  # a send would fail at once; that is not blocking
 
     async def _park(self) -> None:
-        """Wait until another task lets go of a direction or the flow's state changes."""
+        """Wait until another task lets go of the stream or the flow's state changes."""
         self._parked += 1
         try:
             await self._lot.park()
@@ -416,25 +533,39 @@ class TrioFlow(AdapterFlow):
             self._parked -= 1
 
     def _wake(self) -> None:
+        """The flow changed: every waiter looks again, and the sender sends what is now due
+        (our EOF) or ends."""
         if self._parked:
             self._lot.unpark_all()
+        if self._write_waiter is not None:
+            self._wake_writer()
+        if self._sender_idle:
+            self._wake_sender()
 
     # -- ending --------------------------------------------------------------------------
 
     async def _failed(self, exc: BaseException) -> None:
         """The transport raised ``exc``: fail the core with its cause, release the stream."""
         core = self._core
-        if core.state is not FlowState.CLOSED:  # else: our own abort closed the stream
+        if core.state is not _CLOSED:  # else: our own abort closed the stream
             cause = exc.__cause__
             core.receive_error(
                 cause if isinstance(exc, trio.BrokenResourceError) and cause is not None else exc
             )
+        self._stop_sender()
         self._wake()
         await self._release(graceful=False)
+
+    def _stop_sender(self) -> None:
+        """The send direction is over: the sender ends (from wherever it waits)."""
+        scope = self._sender_scope
+        if scope is not None:
+            scope.cancel()
 
     async def _abort(self, error: FlowError | None) -> None:
         core = self._core
         core.abort(error)
+        self._stop_sender()
         self._wake()
         if self._released:
             return
@@ -445,39 +576,53 @@ class TrioFlow(AdapterFlow):
         if sock is None:
             await self._release(graceful=False)
             return
-        self._released = True
         with suppress(OSError):  # not TCP (a Unix socket): a plain close will do
             sock.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_LINGER,
                             struct.pack("ii", 1, 0))
-        sock.close()  # wakes tasks waiting on it with ClosedResourceError
+        self._close_socket()
+
+    def _close_socket(self) -> None:
+        if not self._released:
+            self._released = True
+            assert self._socket is not None
+            self._socket.close()  # wakes tasks waiting on it with ClosedResourceError
 
     async def _release(self, *, graceful: bool) -> None:
         """Close the stream once. ``graceful``: a clean end (FIN, TLS close_notify)."""
         if self._released:
             return
-        self._released = True
         if self._socket is not None:
-            self._socket.close()
-        elif graceful:
+            self._close_socket()
+            return
+        self._released = True
+        if graceful:
             with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await self._stream.aclose()
         else:
             await trio.aclose_forcefully(self._stream)
 
     async def _detach(self) -> None:
-        """Release the stream now, without waiting for the peer (``FlowStream.aclose``).
+        """Release the stream for ``FlowStream.aclose``, without waiting for the peer.
 
-        Gracefully when nothing is left unsent; with a reset when queued data would be lost,
-        so that the peer cannot mistake the end for a clean one.
+        First lets the sender flush what is queued; then closes gracefully. If that wait is
+        cancelled, or the flow fails, the connection is reset instead, so that the peer
+        cannot mistake the end for a clean one.
         """
         core = self._core
-        graceful = not core.queued and not self._send_unknown
-        if graceful:
-            core.abort()
-            self._wake()
-            await self._release(graceful=True)
-        else:
+        try:
+            while (core.queued or self._in_send) and not self._released:
+                self._kick()
+                await self._park()
+        except BaseException:
             await self._abort(None)
+            raise
+        if core.queued:
+            await self._abort(None)
+            return
+        core.abort()
+        self._stop_sender()
+        self._wake()
+        await self._release(graceful=True)
 
 
 def _check_timeout(timeout: object) -> None:
@@ -557,9 +702,13 @@ class FlowStream(trio.abc.HalfCloseableStream):
     idempotent; ``send_all`` after ``send_eof`` or ``aclose`` raises
     ``trio.ClosedResourceError``; a flow error raises ``trio.BrokenResourceError`` from its
     cause; a second concurrent call on the same side raises ``trio.BusyResourceError``.
-    ``aclose`` releases the flow at once, without waiting for the peer's EOF (trio's meaning,
-    not the seed's ``close``), and wakes a blocked ``receive_some`` with
-    ``trio.ClosedResourceError``. Every method is a checkpoint.
+    ``send_all`` returns once its data is queued in the flow (like trio's memory streams);
+    ``wait_send_all_might_not_block`` waits until the queue is flushed and the transport
+    would take more. ``aclose`` lets the flow flush what is queued, then releases it without
+    waiting for the peer's EOF (trio's meaning, not the seed's ``close``), and wakes a blocked
+    ``receive_some`` with ``trio.ClosedResourceError``; if it is cancelled while flushing, the
+    connection is reset instead (so the peer cannot take the end for a clean one). Every
+    method is a checkpoint.
     """
 
     __slots__ = ("_closed", "_flow", "_receiving", "_sending")
@@ -583,6 +732,9 @@ class FlowStream(trio.abc.HalfCloseableStream):
             result = await self._flow.write(data)
             if not isinstance(result, Ok):
                 self._raise(result)
+            # trio's streams let other tasks run in every call; the flow's write does not
+            # when it queues at once. Shielded: the data is queued, so send_all succeeded.
+            await _cancel_shielded_checkpoint()
         finally:
             self._sending = False
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import sys
 
 import trio
-from sansflow.adapters import trio as sf
 
 from sansflow import Eof, Error, Ok, Shutdown, error_message
+from sansflow.adapters import trio as sf
 
 
 async def main(host: str = "127.0.0.1", port: int = 8000,

@@ -10,9 +10,9 @@ from __future__ import annotations
 import sys
 
 import trio
-from sansflow.adapters import trio as sf
 
 from sansflow import Eof, Error, Ok, error_message
+from sansflow.adapters import trio as sf
 
 
 async def echo(flow: sf.TrioFlow) -> None:
