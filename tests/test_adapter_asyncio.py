@@ -40,7 +40,6 @@ from sansflow import (
     error_message,
 )
 from sansflow.adapters import asyncio as sf
-from sansflow.adapters._common import READ_SIZE
 
 uvloop: ModuleType | None
 try:
@@ -54,6 +53,9 @@ ABORTED = Error(FlowError(ErrorKind.ABORTED))
 LOOPS = ["asyncio", "uvloop"] if uvloop is not None else ["asyncio"]
 TRANSPORTS = ["tcp", "socketpair"]
 FD_DIR = "/proc/self/fd"
+# The most one transport read hands over (asyncio's selector loop: 256 KiB; uvloop: 256,000
+# bytes): reading pauses at the receive limit, so the buffer may pass it by one read.
+TRANSPORT_READ = 256 * 1024
 
 
 # -- running a test on each kind of loop ----------------------------------------------------
@@ -307,6 +309,43 @@ def test_connect_and_serve_round_trip(loop_kind: str) -> None:
             await flow.close()
             assert (flow.state, flow.error) == (FlowState.CLOSED, None)
         assert seen == [b"stressed"]
+
+    run(loop_kind, main)
+
+
+def test_first_write_of_a_burst_goes_straight_through(loop_kind: str, transport: str) -> None:
+    async def main() -> None:
+        async with flow_and_socket(transport) as (flow, peer):
+            loop = asyncio.get_running_loop()
+
+            async def receive(size: int) -> bytes:
+                data = bytearray()
+                while len(data) < size:
+                    chunk = await asyncio.wait_for(loop.sock_recv(peer, size - len(data)), 10)
+                    assert chunk, "EOF too early"
+                    data += chunk
+                return bytes(data)
+
+            # None of these awaits yields to the loop: the first write is handed to the
+            # transport at once, the rest of the burst waits for one flush.
+            assert await flow.write(b"first") == Ok(None)
+            assert flow.core.queued == 0
+            assert await flow.write(b"|second") == Ok(None)
+            assert await flow.writev([b"|third", bytearray(b"|4")]) == Ok(None)
+            assert await flow.write(bytearray(b"|fifth")) == Ok(None)
+            assert flow.core.queued == len(b"|second|third|4|fifth")
+            assert await receive(26) == b"first|second|third|4|fifth"
+            assert flow.core.queued == 0
+            # The loop has had control since: the next burst starts straight through again.
+            assert await flow.write(b"again") == Ok(None)
+            assert flow.core.queued == 0
+            assert await receive(5) == b"again"
+            # A writable buffer is never handed over as it is: it goes through the queue.
+            buffer = bytearray(b"mutable")
+            await settle()
+            assert await flow.write(buffer) == Ok(None)
+            buffer[:] = b"CHANGED"
+            assert await receive(7) == b"mutable"
 
     run(loop_kind, main)
 
@@ -611,7 +650,7 @@ def test_flood_pauses_reading_at_the_receive_limit(loop_kind: str, transport: st
             sender = asyncio.ensure_future(b.write(data))
             await until(lambda: a.core.reading_paused, "reading pauses")
             await settle()
-            assert limit <= a.core.buffered <= limit + READ_SIZE
+            assert limit <= a.core.buffered <= limit + TRANSPORT_READ
             transport_side = a.transport
             assert transport_side is not None
             assert not transport_side.is_reading()
