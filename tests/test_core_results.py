@@ -220,9 +220,9 @@ def test_usage_errors() -> None:
 
 def test_public_surface() -> None:
     assert set(sansflow.__all__) == {
-        "WOULD_WAIT", "AdapterFlow", "Buffer", "BusyError", "Eof", "Error", "ErrorKind", "Flow", "FlowError",
-        "FlowState", "FlowUsageError", "Ok", "ReadResult", "ReceiveState", "SendState",
-        "Shutdown", "WouldWait", "WriteResult", "error_message",
+        "WOULD_WAIT", "AdapterFlow", "Buffer", "BusyError", "Eof", "Error", "ErrorKind",
+        "Flow", "FlowError", "FlowState", "FlowUsageError", "Ok", "ReadResult", "ReceiveState",
+        "SendState", "Shutdown", "WouldWait", "WriteResult", "error_message",
     }
     for name in sansflow.__all__:
         assert getattr(sansflow, name) is not None
