@@ -17,7 +17,8 @@ Where the bytes sit:
   core, so the core's high-water mark holds writers back.
 - Closing: ``write_eof`` makes the transport shut down once its buffer is flushed; only then
   does the core count our EOF as sent, so ``close`` ends cleanly only when every byte left
-  the process.
+  the process. When the peer's EOF came first and nothing is left to flush, the transport's
+  ``close`` sends our FIN instead.
 - Receiving: a plain ``Protocol``: the transport hands over each read as a new ``bytes``
   (asyncio's selector loop reads up to 256 KiB per call straight into it), which the core
   keeps without copying. Measured against a ``BufferedProtocol`` with a shared 64 KiB
@@ -73,11 +74,14 @@ logger = logging.getLogger("sansflow")
 Handler = Callable[["AsyncioFlow"], Awaitable[object]]
 
 _SERVER_CLOSE_TIMEOUT = 10.0
+_OK: Ok[None] = Ok(None)
 
 _RECEIVING = (ReceiveState.OPEN, ReceiveState.DISCARDING)
 # Module constants: an enum attribute lookup costs as much as a hot path's other work.
 _CLOSED = FlowState.CLOSED
 _EOF_QUEUED = SendState.EOF_QUEUED
+_SEND_OPEN = SendState.OPEN
+_EOF_RECEIVED = ReceiveState.EOF_RECEIVED
 
 
 def _expire(waiter: asyncio.Future[bool]) -> None:
@@ -102,9 +106,7 @@ class _Driver(asyncio.Protocol):
     """
 
     __slots__ = (
-        "_call_soon",
         "_core",
-        "_create_future",
         "_direct",
         "_eof_written",
         "_flush_pending",
@@ -127,8 +129,6 @@ class _Driver(asyncio.Protocol):
                  server: Server | None = None) -> None:
         self._core = core
         self._loop = loop
-        self._call_soon = loop.call_soon
-        self._create_future = loop.create_future
         self._server = server
         self._transport: asyncio.Transport | None = None
         self._read_waiter: asyncio.Future[None] | None = None
@@ -167,10 +167,11 @@ class _Driver(asyncio.Protocol):
         self._direct = self._writable  # the loop has control: a burst of writes is over
         if core.reading_paused and not self._read_paused:
             self._pause_reading()
+        # Data arrived, so a read has a result now: no need to ask the core.
         waiter = self._read_waiter
-        if waiter is not None and core.read_ready:
+        if waiter is not None:
             self._read_waiter = None
-            if not waiter.done():
+            if not waiter.done():  # cancelled, its task not yet run
                 waiter.set_result(None)
 
     def eof_received(self) -> bool:
@@ -263,13 +264,20 @@ class _Driver(asyncio.Protocol):
     def _flush_soon(self) -> None:
         if not self._flush_pending:
             self._flush_pending = True
-            self._call_soon(self._flush)
+            self._loop.call_soon(self._flush)
 
     def _send_eof(self, transport: asyncio.Transport) -> None:
         """Our EOF is sent once the transport has shut down (for TCP, ``shutdown(SHUT_WR)``),
         which it does after flushing its buffer: only then is the EOF ``eof_sent()``, so
         that data stuck in the transport cannot end in a clean-looking CLOSED."""
         if not self._eof_written:
+            if (self._core.receive_state is _EOF_RECEIVED
+                    and not transport.get_write_buffer_size()):
+                # The peer's EOF came first and nothing is left to flush, so the flow is
+                # CLOSED now and the transport released at once: its close() sends the FIN
+                # (one system call instead of shutdown() then close()).
+                self._core.eof_sent()
+                return
             try:
                 transport.write_eof()
             except OSError as exc:
@@ -346,7 +354,7 @@ class _Driver(asyncio.Protocol):
 
     async def _wait_flushed(self) -> None:
         """Wait until our EOF has left the transport (or the send direction failed)."""
-        waiter: asyncio.Future[None] = self._create_future()
+        waiter: asyncio.Future[None] = self._loop.create_future()
         waiters = self._flushed_waiters
         if waiters is None:
             waiters = self._flushed_waiters = []
@@ -362,7 +370,7 @@ class _Driver(asyncio.Protocol):
         """Wait until the transport is gone; ``False`` if ``timeout`` passed first."""
         if self._lost:
             return True
-        waiter: asyncio.Future[bool] = self._create_future()
+        waiter: asyncio.Future[bool] = self._loop.create_future()
         waiters = self._lost_waiters
         if waiters is None:
             waiters = self._lost_waiters = []
@@ -417,7 +425,7 @@ class AsyncioFlow(AdapterFlow):
                 while True:
                     # This task yields: its burst of writes is over.
                     driver._direct = driver._writable
-                    waiter: asyncio.Future[None] = driver._create_future()
+                    waiter: asyncio.Future[None] = driver._loop.create_future()
                     driver._read_waiter = waiter
                     await waiter
                     result = core.read(max_bytes)
@@ -439,26 +447,34 @@ class AsyncioFlow(AdapterFlow):
         """
         if self._writing:
             self._claim_write()
+        driver = self._driver
+        if driver._direct and type(data) is bytes:
+            core = self._core
+            if not core.queued and core.send_state is _SEND_OPEN:
+                # First of a burst, nothing queued ahead of it, the transport taking data:
+                # straight through, past the core's queue (which would only take it in and
+                # give it back). Only bytes: a transport may keep a reference to what it
+                # could not send at once, and a writable buffer may change after we return.
+                driver._direct = False
+                driver._transport.write(data)  # type: ignore[union-attr]  # _direct: connected
+                return _OK
         result = self._core.write(data)
         if result is WOULD_WAIT:
             core = self._core
             result = await self._write_slow(lambda: core.write(data))
             if type(result) is not Ok:
                 return result
-        driver = self._driver
-        # Per write, in a burst: the flush is already pending, nothing more to do.
-        if not driver._flush_pending:
-            core = self._core
             if driver._direct and type(data) is bytes and core.queued == len(data):
-                # First of a burst, nothing ahead of it, the transport taking data: straight
-                # through. Only bytes: a transport may keep a reference to what it could not
-                # send at once, and a writable buffer may change after we return.
+                # The queue drained while we waited, and the loop had control: this is the
+                # first write of a new burst.
                 driver._direct = False
                 driver._transport.write(data)  # type: ignore[union-attr]  # _direct: connected
                 core.sent(len(data))
-            else:
-                driver._flush_pending = True
-                driver._call_soon(driver._flush)
+                return result
+        # Per write, in a burst: the flush is already pending, nothing more to do.
+        if not driver._flush_pending:
+            driver._flush_pending = True
+            driver._loop.call_soon(driver._flush)
         return result
 
     async def writev(self, buffers: Iterable[bytes | bytearray | memoryview]) -> WriteResult:
@@ -493,7 +509,7 @@ class AsyncioFlow(AdapterFlow):
         try:
             while True:
                 driver._direct = driver._writable
-                waiter: asyncio.Future[None] = driver._create_future()
+                waiter: asyncio.Future[None] = driver._loop.create_future()
                 driver._write_waiter = waiter
                 await waiter
                 result = attempt()
