@@ -55,7 +55,7 @@ read, and ``shutdown(WRITE)`` ends both directions.
 
 from __future__ import annotations
 
-import math
+import os as _os
 import socket as _stdlib_socket
 import struct
 from collections.abc import Awaitable, Callable, Iterable
@@ -112,6 +112,10 @@ _cancel_shielded_checkpoint = trio.lowlevel.cancel_shielded_checkpoint
 _wait_task_rescheduled = trio.lowlevel.wait_task_rescheduled
 _reschedule = trio.lowlevel.reschedule
 _current_task = trio.lowlevel.current_task
+# Sync sends: a socket's descriptor written to directly, where the OS has writev (POSIX).
+_HAVE_WRITEV = hasattr(_os, "writev")
+_os_write = _os.write
+_os_writev: Any = getattr(_os, "writev", None)
 
 
 class TrioFlow(AdapterFlow):
@@ -121,18 +125,25 @@ class TrioFlow(AdapterFlow):
     writer) gets ``sansflow.BusyError``. ``close``, ``shutdown`` and ``abort`` may run from any
     task, alongside a reader and a writer. ``read``, ``close``, ``shutdown`` and ``abort`` are
     trio checkpoints; ``write`` and ``writev`` are cancellation points that let other tasks
-    run only when they wait (see the module documentation).
+    run only when they had to wait (see the module documentation).
     """
 
-    __slots__ = ("_in_send", "_lot", "_parked", "_receiving", "_released", "_sender",
-                 "_sender_idle", "_sender_scope", "_socket", "_stream", "_write_waiter")
+    __slots__ = ("_corked", "_in_send", "_lot", "_parked", "_receiving", "_released",
+                 "_sender", "_sender_idle", "_sender_scope", "_socket", "_stream", "_sync",
+                 "_write_waiter")
 
     def __init__(self, stream: trio.abc.Stream, core: Flow) -> None:
         super().__init__(core)
         self._stream = stream
-        # A SocketStream's socket is used directly: exact partial sends, vectored sendmsg.
+        # A SocketStream's socket is used directly: exact partial sends, vectored sends.
         sock = stream.socket if isinstance(stream, trio.SocketStream) else None
         self._socket = sock if sock is not None and hasattr(sock, "sendmsg") else None
+        # On POSIX, a socket with a real descriptor is sent to without waiting (os.write /
+        # os.writev on its non-blocking descriptor): any task may then flush it on the spot.
+        self._sync = self._socket is not None and _HAVE_WRITEV and _has_fileno(self._socket)
+        # A write went out at once since the flow's tasks last let others run: the writes
+        # that follow it are left to the sender, which sends them together (sync sends only).
+        self._corked = False
         # Closers, shutdowners, a reader waiting for close() to stop receiving: they park
         # here and look again whenever the flow changes.
         self._lot = trio.lowlevel.ParkingLot()
@@ -142,7 +153,9 @@ class TrioFlow(AdapterFlow):
         self._sender: Task | None = None  # the sending task, while it runs
         self._sender_idle = False  # it sleeps until _wake_sender reschedules it
         self._sender_scope: trio.CancelScope | None = None
-        self._in_send = False  # the sender is inside a send (or EOF) call on the stream
+        # The sender is inside a send or EOF call on the stream, or (sync sends) waits for
+        # the socket to take more.
+        self._in_send = False
         self._write_waiter: Task | None = None  # a writer waiting for room in the queue
 
     @property
@@ -156,9 +169,12 @@ class TrioFlow(AdapterFlow):
         """Up to ``max_bytes`` bytes (all that is buffered if ``None``) as ``Ok(data)``, or
         ``Eof()``, or ``Error(error)``; waits while nothing is buffered and the peer may send.
 
-        Cancelling it loses nothing: data received stays buffered for the next read.
+        Before it waits, what this flow has queued is sent (a request goes out before the
+        wait for its answer, not one scheduling round later). Cancelling it loses nothing:
+        data received stays buffered for the next read.
         """
         self._claim_read()
+        self._corked = False  # every read lets other tasks run
         try:
             await _checkpoint_if_cancelled()
             core = self._core
@@ -170,6 +186,8 @@ class TrioFlow(AdapterFlow):
                 if self._receiving:  # close() is receiving: it feeds the core for us
                     await self._park()
                 else:
+                    if self._sync and core.queued and not self._in_send:
+                        self._send_now()
                     await self._receive()
                 result = core.read(max_bytes)
                 if result is not WOULD_WAIT:
@@ -194,17 +212,15 @@ class TrioFlow(AdapterFlow):
         result = core.write(data)
         if result is WOULD_WAIT:
             return await self._write_slow(lambda: core.write(data))
-        if self._sender_idle:
-            self._wake_sender()
-        elif self._sender is None and core.queued:
-            self._start_sender()
-        elif type(result) is not Ok:
+        if type(result) is Ok:
+            self._queued_more()
+        else:
             await _cancel_shielded_checkpoint()  # a loop on Eof or Error still lets others run
         return result
 
     async def writev(self, buffers: Iterable[bytes | bytearray | memoryview]) -> WriteResult:
         """Like ``write`` for several buffers: all or none queued, in order, and sent as one
-        vectored call on a socket (``sendmsg``), joined for other streams."""
+        vectored call on a socket, joined for other streams."""
         if self._writing:
             self._claim_write()
         await _checkpoint_if_cancelled()
@@ -216,24 +232,31 @@ class TrioFlow(AdapterFlow):
         if result is WOULD_WAIT:
             retry = buffers
             return await self._write_slow(lambda: core.writev(retry))
-        self._kick()
-        if type(result) is not Ok:
+        if type(result) is Ok:
+            self._queued_more()
+        else:
             await _cancel_shielded_checkpoint()
         return result
 
     async def _write_slow(self, attempt: Callable[[], WriteResult | WouldWait]) -> WriteResult:
-        """Wait for room in the queue (the sender wakes us), then try again."""
+        """The queue is full: send what the transport takes now, and wait for the sender to
+        make room only if that was not enough."""
         self._writing = True
         try:
-            while True:
+            self._kick()
+            result = attempt()
+            if result is not WOULD_WAIT:
+                # Room without waiting: still a scheduling point, as the wait would have been.
+                await _cancel_shielded_checkpoint()
+            while result is WOULD_WAIT:
                 self._kick()
                 await self._wait_for_room()
                 result = attempt()
-                if result is not WOULD_WAIT:
-                    break
         finally:
             self._writing = False
-        self._kick()
+        if type(result) is Ok:
+            self._corked = False
+            self._queued_more()
         return result
 
     async def close(self, timeout: float | None = None) -> None:
@@ -250,15 +273,18 @@ class TrioFlow(AdapterFlow):
         core = self._core
         if core.state is not _CLOSED:
             core.close()
-            self._wake()  # a writer waiting for room now gets Eof; the sender sends EOF
-            deadline = math.inf if timeout is None else trio.current_time() + timeout
+            self._wake()  # a writer waiting for room now gets Eof
+            self._kick()  # often the EOF goes out here, and the peer's had arrived already
             try:
-                with trio.CancelScope(deadline=deadline) as scope:
+                if timeout is None:
                     await self._wait_closed()
+                else:
+                    with trio.move_on_after(timeout):
+                        await self._wait_closed()
             except BaseException:
                 await self._abort(None)
                 raise
-            if scope.cancelled_caught and self._core.state is not _CLOSED:
+            if core.state is not _CLOSED:  # the deadline passed
                 await self._abort(FlowError(ErrorKind.TIMED_OUT, detail="close() deadline passed"))
         await self._release(graceful=core.error is None)
         await trio.lowlevel.checkpoint()
@@ -298,27 +324,71 @@ class TrioFlow(AdapterFlow):
         await self._abort(None)
         await trio.lowlevel.checkpoint()
 
-    # -- sending: the sender task ----------------------------------------------------------
+    # -- sending ---------------------------------------------------------------------------
 
-    def _kick(self) -> None:
-        """Whatever is due to go out (queued data, then EOF) will be sent: wake or start the
-        sender. Our EOF on a socket with nothing queued and no sender is sent right here."""
+    def _queued_more(self) -> None:
+        """A write queued data. The first since the flow's tasks last let others run is sent
+        at once where that cannot block (a request, an answer, a lone message: no added
+        latency); the rest are left to the sender, which sends whatever is queued by the time
+        it runs in one call (a burst of small writes: few system calls)."""
+        core = self._core
+        if not core.queued:
+            return  # an empty write
+        if self._sync and not self._corked and not self._in_send:
+            self._corked = True
+            if self._send_now():
+                return
         if self._sender_idle:
             self._wake_sender()
         elif self._sender is None:
-            core = self._core
-            if core.queued:
+            self._start_sender()
+
+    def _kick(self) -> None:
+        """Whatever is due (queued data, then EOF) is sent now where that cannot block, and
+        otherwise by the sender, woken or started for it."""
+        core = self._core
+        if self._sync and not self._in_send and core.queued:
+            self._send_now()
+        if core.eof_due and self._socket is not None:
+            self._socket_eof()  # shutdown(SHUT_WR) never blocks
+        if core.queued or core.eof_due:
+            if self._sender_idle:
+                self._wake_sender()
+            elif self._sender is None:
                 self._start_sender()
-            elif core.eof_due:
-                if self._socket is not None:
-                    self._socket_eof()
+
+    def _send_now(self) -> bool:
+        """Send what the socket takes without waiting (sync sends only); ``True`` once
+        nothing is left queued. A transport error ends the flow here."""
+        core = self._core
+        sock = self._socket
+        assert sock is not None
+        while core.queued and not self._released:
+            buffers = core.buffers_to_send(IOV_MAX)
+            offered = core.queued if len(buffers) < IOV_MAX else sum(map(len, buffers))
+            try:
+                # fileno() is -1 once the socket is closed: never write to a reused number.
+                if len(buffers) == 1:
+                    sent = _os_write(sock.fileno(), buffers[0])
                 else:
-                    self._start_sender()
+                    sent = _os_writev(sock.fileno(), buffers)
+            except BlockingIOError:
+                return False
+            except OSError as exc:
+                self._fail_now(exc)
+                return True
+            core.sent(sent)
+            if self._write_waiter is not None and core.write_ready:
+                self._wake_writer()
+            if sent < offered:
+                return False  # the socket is full: trying again now would only fail
+        if self._parked:
+            self._lot.unpark_all()  # a FlowStream waiting for the queue to drain
+        return True
 
     def _start_sender(self) -> None:
-        if self._released:
-            return
-        self._sender = trio.lowlevel.spawn_system_task(self._sender_main, name=_SENDER_NAME)
+        if not self._released:
+            self._sender = trio.lowlevel.spawn_system_task(self._sender_main, name=_SENDER_NAME)
 
     def _wake_sender(self) -> None:
         self._sender_idle = False
@@ -364,21 +434,21 @@ class TrioFlow(AdapterFlow):
         once the send direction is finished."""
         core = self._core
         while True:
-            if core.queued:
+            if self._sync and core.queued:
+                if self._send_now():
+                    continue
                 self._in_send = True
                 try:
-                    sock = self._socket
-                    if sock is not None:
-                        buffers = core.buffers_to_send(IOV_MAX)
-                        if len(buffers) == 1:
-                            sent = await sock.send(buffers[0])
-                        else:
-                            sent = await sock.sendmsg(buffers)
-                    else:
-                        buffers = core.buffers_to_send()
-                        data = buffers[0] if len(buffers) == 1 else b"".join(buffers)
-                        await self._stream.send_all(data)
-                        sent = len(data)
+                    await self._socket.wait_writable()  # type: ignore[union-attr]
+                except _TRANSPORT_ERRORS as exc:
+                    await self._failed(exc)
+                    return
+                finally:
+                    self._in_send = False
+            elif core.queued:
+                self._in_send = True
+                try:
+                    sent = await self._send_some()
                 except _TRANSPORT_ERRORS as exc:
                     await self._failed(exc)
                     return
@@ -396,26 +466,41 @@ class TrioFlow(AdapterFlow):
                     await self._stream_eof()
                 return
             elif core.send_state is _SEND_OPEN and not self._released:
+                self._corked = False  # the writer's burst is over: it let us run
                 self._sender_idle = True
                 await _wait_task_rescheduled(self._sender_woken)
             else:
                 return
+
+    async def _send_some(self) -> int:
+        """One send of what is queued, waiting as long as it takes; returns the bytes sent."""
+        core = self._core
+        sock = self._socket
+        if sock is not None:
+            buffers = core.buffers_to_send(IOV_MAX)
+            if len(buffers) == 1:
+                return await sock.send(buffers[0])
+            return await sock.sendmsg(buffers)
+        buffers = core.buffers_to_send()
+        data = buffers[0] if len(buffers) == 1 else b"".join(buffers)
+        await self._stream.send_all(data)
+        return len(data)
 
     def _socket_eof(self) -> None:
         """Our EOF on a socket: ``shutdown(SHUT_WR)``, which never blocks."""
         core = self._core
         sock = self._socket
         assert sock is not None
+        if self._released:
+            return
         try:
             sock.shutdown(_stdlib_socket.SHUT_WR)
         except OSError as exc:
-            if core.state is not _CLOSED:
-                core.receive_error(exc)
+            self._fail_now(exc)
+            return
+        core.eof_sent()
+        if core.state is _CLOSED:
             self._close_socket()
-        else:
-            core.eof_sent()
-            if core.state is _CLOSED:
-                self._close_socket()
         self._wake()
 
     async def _stream_eof(self) -> None:
@@ -444,7 +529,7 @@ class TrioFlow(AdapterFlow):
             await self._release(graceful=core.error is None)
 
     async def _wait_for_room(self) -> None:
-        """Sleep until the sender (or a change of state) says the queue has room."""
+        """Sleep until the queue drains to low water (or the flow changes)."""
         self._write_waiter = _current_task()
         await _wait_task_rescheduled(self._writer_woken)
 
@@ -489,8 +574,8 @@ class TrioFlow(AdapterFlow):
                 self._lot.unpark_all()
 
     async def _wait_closed(self) -> None:
-        """close()'s wait: let the sender flush and send EOF while receiving until the
-        peer's EOF (unless a reader receives, or the application must read first)."""
+        """close()'s wait: flush and send EOF (or let the sender do it) while receiving until
+        the peer's EOF (unless a reader receives, or the application must read first)."""
         core = self._core
         while core.state is not _CLOSED:
             if core.send_state is _EOF_QUEUED:
@@ -512,6 +597,8 @@ class TrioFlow(AdapterFlow):
         core = self._core
         while (core.queued or self._in_send) and core.send_state is _SEND_OPEN:
             self._kick()
+            if not (core.queued or self._in_send):
+                break
             await self._park()
         if self._released or core.send_state is not _SEND_OPEN:
             await _cancel_shielded_checkpoint()
@@ -543,6 +630,15 @@ class TrioFlow(AdapterFlow):
             self._wake_sender()
 
     # -- ending --------------------------------------------------------------------------
+
+    def _fail_now(self, exc: OSError) -> None:
+        """A socket call raised ``exc``: fail the core with it, close the socket."""
+        core = self._core
+        if core.state is not _CLOSED:
+            core.receive_error(exc)
+        self._stop_sender()
+        self._wake()
+        self._close_socket()
 
     async def _failed(self, exc: BaseException) -> None:
         """The transport raised ``exc``: fail the core with its cause, release the stream."""
@@ -604,7 +700,7 @@ class TrioFlow(AdapterFlow):
     async def _detach(self) -> None:
         """Release the stream for ``FlowStream.aclose``, without waiting for the peer.
 
-        First lets the sender flush what is queued; then closes gracefully. If that wait is
+        First lets what is queued be sent; then closes gracefully. If that wait is
         cancelled, or the flow fails, the connection is reset instead, so that the peer
         cannot mistake the end for a clean one.
         """
@@ -612,6 +708,8 @@ class TrioFlow(AdapterFlow):
         try:
             while (core.queued or self._in_send) and not self._released:
                 self._kick()
+                if not (core.queued or self._in_send):
+                    break
                 await self._park()
         except BaseException:
             await self._abort(None)
@@ -623,6 +721,14 @@ class TrioFlow(AdapterFlow):
         self._stop_sender()
         self._wake()
         await self._release(graceful=True)
+
+
+def _has_fileno(sock: trio.socket.SocketType) -> bool:
+    """Whether ``sock`` is backed by a real descriptor (a fake socket has none)."""
+    try:
+        return sock.fileno() >= 0
+    except NotImplementedError:
+        return False
 
 
 def _check_timeout(timeout: object) -> None:
@@ -687,7 +793,8 @@ async def serve(
         except BaseException:
             await flow.abort()
             raise
-        await flow.close(timeout=_CLOSE_TIMEOUT)
+        if flow.state is not _CLOSED:
+            await flow.close(timeout=_CLOSE_TIMEOUT)
 
     async with trio.open_nursery() as nursery:
         await nursery.start(trio.serve_listeners, run, listeners)

@@ -156,32 +156,34 @@ def senders() -> int:
     return count
 
 
-class CountingSocket:
-    """Stands in for a flow's trio socket and records every send: (method, buffers, offered,
-    taken)."""
+class SendLog:
+    """Every send on one flow's socket: (call, buffers, bytes offered, bytes taken)."""
 
-    def __init__(self, sock: Any) -> None:
-        self.sock = sock
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, flow: sf.TrioFlow) -> None:
+        stream = flow.stream
+        assert isinstance(stream, trio.SocketStream)
+        self.fd = stream.socket.fileno()
         self.sends: list[tuple[str, int, int, int]] = []
+        write, writev = cast(Any, sf)._os_write, cast(Any, sf)._os_writev
 
-    async def send(self, data: Any) -> int:
-        taken = int(await self.sock.send(data))
-        self.sends.append(("send", 1, len(data), taken))
-        return taken
+        def logged_write(fd: int, data: Any) -> int:
+            taken = int(write(fd, data))
+            if fd == self.fd:
+                self.sends.append(("write", 1, len(data), taken))
+            return taken
 
-    async def sendmsg(self, buffers: list[Any]) -> int:
-        taken = int(await self.sock.sendmsg(buffers))
-        self.sends.append(("sendmsg", len(buffers), sum(len(b) for b in buffers), taken))
-        return taken
+        def logged_writev(fd: int, buffers: list[Any]) -> int:
+            taken = int(writev(fd, buffers))
+            if fd == self.fd:
+                self.sends.append(("writev", len(buffers), sum(len(b) for b in buffers), taken))
+            return taken
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.sock, name)
+        monkeypatch.setattr(sf, "_os_write", logged_write)
+        monkeypatch.setattr(sf, "_os_writev", logged_writev)
 
 
-def count_sends(flow: sf.TrioFlow) -> CountingSocket:
-    counter = CountingSocket(cast(Any, flow)._socket)
-    cast(Any, flow)._socket = counter
-    return counter
+needs_sync_sends = pytest.mark.skipif(not hasattr(os, "writev"),
+                                      reason="sync sends need os.writev (POSIX)")
 
 
 # -- round trips and half-close -----------------------------------------------------------
@@ -636,10 +638,11 @@ def test_flood_pauses_receiving_at_the_limit(kind: str) -> None:
     run(main)
 
 
-def test_tiny_socket_buffers_carry_4_mib_exactly() -> None:
+@needs_sync_sends
+def test_tiny_socket_buffers_carry_4_mib_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
     async def main() -> None:
         async with flow_pair("tcp", bufsize=2048) as (a, b):
-            sends = count_sends(a)
+            sends = SendLog(monkeypatch, a)
             data = payload(4 * 1024 * 1024, seed=7)
             rng = random.Random(3)
 
@@ -683,7 +686,7 @@ def test_tiny_socket_buffers_carry_4_mib_exactly() -> None:
             partial = [s for s in sends.sends if s[3] < s[2]]
             assert partial, "the kernel never took a send in part"
             assert sum(s[3] for s in sends.sends) == len(data)
-            assert any(s[0] == "sendmsg" for s in sends.sends)
+            assert any(s[0] == "writev" for s in sends.sends)
 
     run(main, timeout=60)
 
@@ -691,53 +694,67 @@ def test_tiny_socket_buffers_carry_4_mib_exactly() -> None:
 # -- coalescing ---------------------------------------------------------------------------
 
 
-def test_writev_is_one_vectored_send_and_queued_writes_coalesce() -> None:
+@needs_sync_sends
+def test_a_burst_sends_its_first_write_at_once_and_the_rest_together(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     async def main() -> None:
         async with flow_pair("tcp") as (a, b):
-            sends = count_sends(a)
+            sends = SendLog(monkeypatch, a)
             parts: list[bytes | memoryview] = [b"a" * 10, b"b" * 20, memoryview(b"c" * 30),
                                                b"d" * 40]
             assert await a.writev(parts) == Ok(None)
-            assert sends.sends == []  # queued: the sender runs once this task waits
-            await trio.testing.wait_all_tasks_blocked()
-            assert sends.sends == [("sendmsg", 4, 100, 100)]
+            assert sends.sends == [("writev", 4, 100, 100)]  # the burst's first: at once
             for _ in range(3):
                 assert await a.write(b"small") == Ok(None)
+            assert sends.sends[1:] == []  # queued until the sender runs
+            assert a.core.queued == 15
             await trio.testing.wait_all_tasks_blocked()
             # whatever is queued when the sender runs goes out in one call
-            assert sends.sends[1:] == [("sendmsg", 3, 15, 15)]
+            assert sends.sends[1:] == [("writev", 3, 15, 15)]
+            # The sender ran, so this task had let others run: a new burst.
             assert await a.write(b"alone") == Ok(None)
-            await trio.testing.wait_all_tasks_blocked()
-            assert sends.sends[2:] == [("send", 1, 5, 5)]
-            expected = b"".join(bytes(p) for p in parts) + b"small" * 3 + b"alone"
-            assert await read_exactly(b, 120) == expected
+            assert sends.sends[2:] == [("write", 1, 5, 5)]
+            assert await a.write(b"next") == Ok(None)
+            assert sends.sends[3:] == []
+            # A read lets others run too: what is queued goes before the read waits.
+            assert await b.write(b"?") == Ok(None)
+            assert await read_exactly(a, 1) == b"?"
+            assert sends.sends[3:] == [("write", 1, 4, 4)]
+            assert await a.write(b"after") == Ok(None)
+            assert sends.sends[4:] == [("write", 1, 5, 5)]
+            expected = b"".join(bytes(p) for p in parts) + b"small" * 3 + b"alonenextafter"
+            assert await read_exactly(b, len(expected)) == expected
 
     run(main)
 
 
-def test_many_small_writes_go_out_in_sends_of_at_most_iov_max_buffers() -> None:
+@needs_sync_sends
+def test_many_small_writes_go_out_in_sends_of_at_most_iov_max_buffers(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     async def main() -> None:
         async with flow_pair("tcp") as (a, b):
-            sends = count_sends(a)
-            pieces = [payload(7, seed=i) for i in range(3000)]  # 21000 bytes: below high water
+            sends = SendLog(monkeypatch, a)
+            pieces = [payload(7, seed=i) for i in range(3001)]  # 21007 bytes: below high water
             for piece in pieces:
                 assert await a.write(piece) == Ok(None)
-            assert sends.sends == []
+            assert sends.sends == [("write", 1, 7, 7)]  # the first, then the rest queued
             assert a.core.queued == 21000
             await trio.testing.wait_all_tasks_blocked()
-            assert sends.sends == [("sendmsg", 1024, 7168, 7168)] * 2 + [
-                ("sendmsg", 952, 6664, 6664)]
+            assert sends.sends[1:] == [("writev", 1024, 7168, 7168)] * 2 + [
+                ("writev", 952, 6664, 6664)]
             assert a.core.queued == 0
-            assert await read_exactly(b, 21000) == b"".join(pieces)
+            assert await read_exactly(b, 21007) == b"".join(pieces)
 
     run(main)
 
 
-def test_writes_queued_while_a_send_waits_go_out_with_the_rest() -> None:
+@needs_sync_sends
+def test_writes_queued_while_a_send_waits_go_out_with_the_rest(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     async def main() -> None:
         async with flow_pair("tcp", bufsize=4096, high_water=1024 * 1024,
                              low_water=512 * 1024) as (a, b):
-            sends = count_sends(a)
+            sends = SendLog(monkeypatch, a)
             first = payload(256 * 1024, seed=1)
             assert await a.write(first) == Ok(None)
             await trio.testing.wait_all_tasks_blocked()  # the sender waits: the kernel is full
@@ -749,7 +766,7 @@ def test_writes_queued_while_a_send_waits_go_out_with_the_rest() -> None:
             await trio.testing.wait_all_tasks_blocked()
             assert a.core.queued == 0
             # Once the send waiting for the kernel was done, the rest went out with the tail.
-            assert any(method == "sendmsg" and buffers == 2
+            assert any(method == "writev" and buffers == 2
                        for method, buffers, _offered, _taken in sends.sends)
             assert sum(taken for *_, taken in sends.sends) == len(first) + 4
 
@@ -760,28 +777,31 @@ def test_writes_queued_while_a_send_waits_go_out_with_the_rest() -> None:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_sender_starts_with_the_first_queued_write_and_ends_with_the_send_direction(
+def test_sender_starts_with_data_left_queued_and_ends_with_the_send_direction(
         kind: str) -> None:
     async def main() -> None:
         async with flow_pair(kind) as (a, b):
-            assert await b.write(b"to a") == Ok(None)
-            assert await read_exactly(a, 4) == b"to a"
             await a.write(b"")
             await a.writev([])
             await trio.testing.wait_all_tasks_blocked()
-            assert senders() == 1  # b's: a has only read, and written nothing
+            assert senders() == 0  # nothing was ever queued
             assert await a.write(b"to b") == Ok(None)
-            assert senders() == 2
-            assert await read_exactly(b, 4) == b"to b"
-            await trio.testing.wait_all_tasks_blocked()
-            assert senders() == 2  # idle senders sleep until the next write
-            await a.shutdown(Shutdown.WRITE)  # a's sender sends the EOF, then ends
+            # Over TCP a burst's first write goes out at once, without a sender; a memory
+            # stream is always sent to by the sender.
+            assert senders() == (0 if kind == "tcp" else 1)
+            assert await a.write(b" and") == Ok(None)  # queued: the sender will send it
             assert senders() == 1
-            assert await read_all(b) == (b"", Eof())
+            assert await read_exactly(b, 8) == b"to b and"
+            await trio.testing.wait_all_tasks_blocked()
+            assert senders() == 1  # an idle sender sleeps until the next write
+            assert a.core.queued == 0
+            await a.shutdown(Shutdown.WRITE)  # the sender sees the EOF sent, and ends
+            await trio.testing.wait_all_tasks_blocked()
+            assert senders() == 0
+            assert await read_all(b) == (b"to b and"[8:], Eof())
             await b.close()
             assert await read_all(a) == (b"", Eof())
             assert a.state is b.state is FlowState.CLOSED
-            await trio.testing.wait_all_tasks_blocked()
             assert senders() == 0
 
     run(main)
