@@ -17,34 +17,44 @@ How bytes move:
 
 - Sending: ``write`` appends to the core's send queue and returns; it waits only when the
   core says so (the queue is above its low-water mark and the write would pass the
-  high-water mark), until a send drains the queue to low water. A flow's *sender*, a trio
-  system task (``trio.lowlevel.spawn_system_task``, since ``wrap`` and ``connect`` have no
-  nursery to offer), sends whatever is queued when it gets to run in one vectored call, then
-  our EOF once the queue is empty. The sender starts with the first write that queues data
-  (an idle or read-only flow has none), sleeps while there is nothing to send, and ends
-  once the send direction is finished (EOF sent, failure, abort), so no task outlives a
-  CLOSED flow. If the run's main task ends first, the sender is cancelled and aborts the
-  flow: the connection is never left open.
+  high-water mark), until sends drain the queue to low water. Whatever is queued when a send
+  happens goes out in one vectored call. A flow's *sender*, a trio system task
+  (``trio.lowlevel.spawn_system_task``: ``wrap`` and ``connect`` have no nursery to offer),
+  sends what the flow's own tasks leave queued, then our EOF. It starts when a write leaves
+  data queued (an idle or read-only flow has none), sleeps while there is nothing to send,
+  and ends once the send direction is finished (EOF sent, failure, abort), so no task
+  outlives a CLOSED flow. If the run's main task ends first, the sender is cancelled and
+  aborts the flow: the connection is never left open.
 - Receiving: the task that reads receives from the stream when the core has nothing
   buffered; ``close()`` receives until the peer's EOF whenever no reader is doing so (what it
   receives stays readable). A flag makes sure only one task receives at a time; a task that
   finds it taken parks until the holder lets go, so trio's conflict detection never fires.
-- ``close()`` and ``shutdown(WRITE)`` wait until the sender has flushed the queue and sent
-  our EOF. A failure while sending ends the flow with that error; readers, writers and
-  closers waiting wake up with it.
+- ``close()`` and ``shutdown(WRITE)`` wait until the queue is flushed and our EOF sent. A
+  failure while sending ends the flow with that error; readers, writers and closers waiting
+  wake up with it.
 
-On a ``trio.SocketStream`` the sender uses the socket itself: ``send`` for one buffer,
-``sendmsg`` for several (at most ``IOV_MAX``), so small writes queued meanwhile go out in one
-system call, and a send the kernel takes in part continues from the exact byte where it
-stopped; our EOF is ``shutdown(SHUT_WR)``. On any other stream it calls ``send_all`` with the
-queued buffers joined (only when there are several), then ``send_eof``.
+On a ``trio.SocketStream`` over a real descriptor (POSIX), sends never wait: they are
+``os.write`` / ``os.writev`` (at most ``IOV_MAX`` buffers) on the socket's non-blocking
+descriptor, and a send the kernel takes in part continues from the exact byte where it
+stopped. So any task can flush on the spot, and several do: a reader before it waits for
+input (a request goes out before the wait for its answer), a writer told to wait, ``close``
+and ``shutdown``. The sender then only sends what is left and waits for the socket to take
+more. Which writes go out at once follows the writer's bursts, like TCP autocorking: the
+first write since the flow's tasks last let others run (a ``read``, a wait for room, the
+sender running) is sent at once, so a lone message or an answer costs no extra latency;
+the writes that follow it, until the writer lets others run, stay queued for the sender,
+which sends them together when it runs: a loop of small writes costs a few system calls,
+not one each. Our EOF is ``shutdown(SHUT_WR)``. Elsewhere (Windows, trio's fake sockets)
+the sender sends through the trio socket (``send``, ``sendmsg``); on any other stream it
+calls ``send_all`` with the queued buffers joined (only when there are several), then
+``send_eof``.
 
-A ``write`` that queues its data returns without letting other tasks run (it is still a
-cancellation point: a cancelled scope stops it before it queues anything); the sender runs
-as soon as the writer waits for anything, so a task writing in a loop hands the sender a
-whole batch at a time. Cancelling a ``write`` leaves its whole buffer queued (it returned) or
-none of it (it was waiting for room). Cancelling ``shutdown(WRITE)`` only stops the wait: the
-EOF stays queued and the sender still sends it after the data.
+A ``write`` that queues its data returns without a scheduling point (it is a cancellation
+point: a cancelled scope stops it before it queues anything); it lets other tasks run only
+when it had to wait for room. A real checkpoint per write would let the sender run after
+every write and send each alone. Cancelling a ``write`` leaves its whole buffer queued (it
+returned) or none of it (it was waiting for room). Cancelling ``shutdown(WRITE)`` only stops
+the wait: the EOF stays queued and is still sent after the data.
 
 A stream without ``send_eof`` (a ``trio.SSLStream``, say) cannot half-close: our EOF then
 closes the whole stream (``aclose``, which for TLS sends ``close_notify``). If the peer's EOF
@@ -242,16 +252,18 @@ class TrioFlow(AdapterFlow):
         """The queue is full: send what the transport takes now, and wait for the sender to
         make room only if that was not enough."""
         self._writing = True
+        waited = False
         try:
-            self._kick()
-            result = attempt()
-            if result is not WOULD_WAIT:
+            while True:
+                self._kick()  # may make room right here
+                result = attempt()
+                if result is not WOULD_WAIT:
+                    break
+                await self._wait_for_room()
+                waited = True
+            if not waited:
                 # Room without waiting: still a scheduling point, as the wait would have been.
                 await _cancel_shielded_checkpoint()
-            while result is WOULD_WAIT:
-                self._kick()
-                await self._wait_for_room()
-                result = attempt()
         finally:
             self._writing = False
         if type(result) is Ok:

@@ -13,10 +13,12 @@ import random
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from types import ModuleType
 from typing import Any, cast
 
+import anyio
 import pytest
 import trio
 import trio.testing
@@ -35,6 +37,7 @@ from sansflow import (
     error_message,
 )
 from sansflow.adapters import trio as sf
+from sansflow.testing.conformance import AsyncFlowLike, check_flow_pair
 
 HOST = "127.0.0.1"
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -184,6 +187,12 @@ class SendLog:
 
 needs_sync_sends = pytest.mark.skipif(not hasattr(os, "writev"),
                                       reason="sync sends need os.writev (POSIX)")
+
+
+@pytest.fixture
+def without_sync_sends(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flows made from now on send through the trio socket, as where there is no writev."""
+    monkeypatch.setattr(sf, "_HAVE_WRITEV", False)
 
 
 # -- round trips and half-close -----------------------------------------------------------
@@ -786,9 +795,9 @@ def test_sender_starts_with_data_left_queued_and_ends_with_the_send_direction(
             await trio.testing.wait_all_tasks_blocked()
             assert senders() == 0  # nothing was ever queued
             assert await a.write(b"to b") == Ok(None)
-            # Over TCP a burst's first write goes out at once, without a sender; a memory
-            # stream is always sent to by the sender.
-            assert senders() == (0 if kind == "tcp" else 1)
+            # With sync sends (a socket, on POSIX) a burst's first write goes out at once,
+            # without a sender; other streams are always sent to by the sender.
+            assert senders() == (0 if cast(Any, a)._sync else 1)
             assert await a.write(b" and") == Ok(None)  # queued: the sender will send it
             assert senders() == 1
             assert await read_exactly(b, 8) == b"to b and"
@@ -1452,6 +1461,46 @@ def test_flow_stream_cancelled_aclose_resets_when_data_would_be_lost() -> None:
             _, end = await read_all(b)
             assert isinstance(end, Error)
             assert end.error.kind is ErrorKind.RESET  # not a clean EOF: data is missing
+
+    run(main)
+
+
+# -- sockets without sync sends (Windows, fake sockets) -----------------------------------
+
+
+@pytest.mark.usefixtures("without_sync_sends")
+def test_without_sync_sends_the_flows_keep_the_contract() -> None:
+    async def make_pair() -> tuple[AsyncFlowLike, AsyncFlowLike]:
+        client, server = tcp_sockets()
+        a, b = sf.wrap(socket_stream(client)), sf.wrap(socket_stream(server))
+        assert not cast(Any, a)._sync
+        return a, b
+
+    anyio.run(partial(check_flow_pair, make_pair, timeout=20), backend="trio")
+
+
+@pytest.mark.usefixtures("without_sync_sends")
+def test_without_sync_sends_flow_stream_is_a_half_closeable_stream() -> None:
+    async def main() -> None:
+        await trio.testing.check_half_closeable_stream(tcp_flow_streams,
+                                                       clogged_socket_flow_streams)
+
+    run(main, timeout=60)
+
+
+@pytest.mark.usefixtures("without_sync_sends")
+def test_without_sync_sends_writes_still_coalesce() -> None:
+    async def main() -> None:
+        async with flow_pair("tcp") as (a, b):
+            pieces = [payload(7, seed=i) for i in range(3000)]
+            for piece in pieces:
+                assert await a.write(piece) == Ok(None)
+            assert a.core.queued == 21000  # the sender sends once this task lets it run
+            assert await read_exactly(b, 21000) == b"".join(pieces)
+            await trio.testing.wait_all_tasks_blocked()
+            assert a.core.queued == 0
+            await a.shutdown(Shutdown.WRITE)
+            assert await read_all(b) == (b"", Eof())
 
     run(main)
 
