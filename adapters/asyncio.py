@@ -100,9 +100,10 @@ class _Driver(asyncio.Protocol):
     ``transport.write`` (``_direct``): a request followed by a wait for its reply costs no loop
     iteration and no scheduled call. Any other write stays queued in the core behind one
     scheduled flush (``_flush_pending``), which hands everything queued to the transport in
-    one call. A burst ends whenever the loop gets control back (a transport event, the flush,
-    or a task of this flow about to wait): only then is ``_direct`` armed again, so a writer
-    that never yields sends its first write at once and the rest coalesced.
+    one call. A burst ends when something of this flow runs on the loop (input arrives, the
+    flush runs, the transport resumes writing, or a task of this flow is about to wait): only
+    then is ``_direct`` armed again, so a writer that never yields sends its first write at
+    once and the rest coalesced.
     """
 
     __slots__ = (
@@ -448,19 +449,26 @@ class AsyncioFlow(AdapterFlow):
         if self._writing:
             self._claim_write()
         driver = self._driver
-        if driver._direct and type(data) is bytes:
-            core = self._core
-            if not core.queued and core.send_state is _SEND_OPEN:
-                # First of a burst, nothing queued ahead of it, the transport taking data:
-                # straight through, past the core's queue (which would only take it in and
-                # give it back). Only bytes: a transport may keep a reference to what it
-                # could not send at once, and a writable buffer may change after we return.
+        core = self._core
+        if driver._direct and not core.queued:
+            # First of a burst, nothing queued ahead of it, the transport taking data:
+            # straight through.
+            if type(data) is bytes and core.send_state is _SEND_OPEN:
+                # Past the core's queue, which would only take it in and give it back.
                 driver._direct = False
                 driver._transport.write(data)  # type: ignore[union-attr]  # _direct: connected
                 return _OK
-        result = self._core.write(data)
+            # Anything else through the queue: the core copies a writable buffer (the
+            # transport may keep a reference to what it could not send at once, and the
+            # caller may change the buffer once we return), or answers Eof or Error.
+            result = core.write(data)
+            if result is not WOULD_WAIT:  # (an empty queue never says wait)
+                driver._direct = False
+                driver._update()
+                return result
+        else:
+            result = core.write(data)
         if result is WOULD_WAIT:
-            core = self._core
             result = await self._write_slow(lambda: core.write(data))
             if type(result) is not Ok:
                 return result

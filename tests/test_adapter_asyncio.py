@@ -336,16 +336,23 @@ def test_first_write_of_a_burst_goes_straight_through(loop_kind: str, transport:
             assert flow.core.queued == len(b"|second|third|4|fifth")
             assert await receive(26) == b"first|second|third|4|fifth"
             assert flow.core.queued == 0
-            # The loop has had control since: the next burst starts straight through again.
-            assert await flow.write(b"again") == Ok(None)
-            assert flow.core.queued == 0
-            assert await receive(5) == b"again"
-            # A writable buffer is never handed over as it is: it goes through the queue.
+            # The flush ended that burst: the next write goes straight through again, a
+            # writable buffer as the core's copy of it.
             buffer = bytearray(b"mutable")
-            await settle()
             assert await flow.write(buffer) == Ok(None)
+            assert flow.core.queued == 0
             buffer[:] = b"CHANGED"
             assert await receive(7) == b"mutable"
+            # Nothing of this flow has run on the loop since (no flush, no input, no wait):
+            # still the same burst, so this one is queued behind a flush.
+            await settle()
+            assert await flow.write(b"later") == Ok(None)
+            assert flow.core.queued == 5
+            assert await receive(5) == b"later"
+            # That flush ended it: a vectored write goes straight through, in one call.
+            assert await flow.writev([b"vec", bytearray(b"tor"), memoryview(b"ed")]) == Ok(None)
+            assert flow.core.queued == 0
+            assert await receive(8) == b"vectored"
 
     run(loop_kind, main)
 
