@@ -125,6 +125,8 @@ _current_task = trio.lowlevel.current_task
 # Sync sends: a socket's descriptor written to directly, where the OS has writev (POSIX).
 _HAVE_WRITEV = hasattr(_os, "writev")
 _os_write = _os.write
+_os_read = _os.read
+_wait_readable = trio.lowlevel.wait_readable
 _os_writev: Any = getattr(_os, "writev", None)
 
 
@@ -567,7 +569,9 @@ class TrioFlow(AdapterFlow):
             sock = self._socket
             data: bytes | bytearray
             try:
-                if sock is not None:
+                if self._sync:
+                    data = await self._receive_now(size)
+                elif sock is not None:
                     data = await sock.recv(size)
                 else:
                     data = await self._stream.receive_some(size)
@@ -584,6 +588,28 @@ class TrioFlow(AdapterFlow):
             self._receiving = False
             if self._parked:
                 self._lot.unpark_all()
+
+    async def _receive_now(self, size: int) -> bytes:
+        """What the socket has (sync sends' twin): a read on its non-blocking descriptor,
+        waiting for it to be readable only if nothing is there; a checkpoint either way,
+        like trio's ``recv`` (whose wrapping costs more than the read)."""
+        sock = self._socket
+        assert sock is not None
+        await _checkpoint_if_cancelled()  # close()'s receive loop must see its deadline
+        try:
+            # fileno() is -1 once the socket is closed: never read from a reused number.
+            data = _os_read(sock.fileno(), size)
+        except BlockingIOError:
+            pass
+        else:
+            await _cancel_shielded_checkpoint()
+            return data
+        while True:
+            await _wait_readable(sock)
+            try:
+                return _os_read(sock.fileno(), size)
+            except BlockingIOError:
+                pass
 
     async def _wait_closed(self) -> None:
         """close()'s wait: flush and send EOF (or let the sender do it) while receiving until
