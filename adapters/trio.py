@@ -44,10 +44,12 @@ first write since the flow's tasks last let others run (a ``read``, a wait for r
 sender running) is sent at once, so a lone message or an answer costs no extra latency;
 the writes that follow it, until the writer lets others run, stay queued for the sender,
 which sends them together when it runs: a loop of small writes costs a few system calls,
-not one each. Our EOF is ``shutdown(SHUT_WR)``. Elsewhere (Windows, trio's fake sockets)
-the sender sends through the trio socket (``send``, ``sendmsg``); on any other stream it
-calls ``send_all`` with the queued buffers joined (only when there are several), then
-``send_eof``.
+not one each. Our EOF is ``shutdown(SHUT_WR)``. Receives are reads on the same descriptor,
+waiting for it to become readable only when nothing is there (the checkpoints of trio's
+``recv``, without its per-call wrapping). Elsewhere (Windows, trio's fake sockets) the
+sender sends through the trio socket (``send``, ``sendmsg``) and reads use ``recv``; on any
+other stream the sender calls ``send_all`` with the queued buffers joined (only when there
+are several), then ``send_eof``, and reads use ``receive_some``.
 
 A ``write`` that queues its data returns without a scheduling point (it is a cancellation
 point: a cancelled scope stops it before it queues anything); it lets other tasks run only
