@@ -719,7 +719,7 @@ class Server:
         except BaseException:
             flow._driver._abort_now()
             raise
-        if flow.state is not FlowState.CLOSED:
+        if flow.state is not _CLOSED:
             await flow.close(timeout=_SERVER_CLOSE_TIMEOUT)
         else:
             await flow._driver._wait_lost()
