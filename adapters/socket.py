@@ -15,44 +15,32 @@ Every method is an ordinary blocking call with the names the async adapters use:
 
 One reading thread and one writing thread may use a flow at once (a second concurrent reader or
 writer gets ``sansflow.BusyError``); ``close``, ``shutdown``, ``abort`` and ``flush`` may be
-called from any thread. A ``threading.Lock`` guards the core, which is not thread-safe; it is
-never held across a blocking system call.
+called from any thread. A ``threading.Lock`` guards the core, which is not thread-safe.
 
-Who sends, and when
--------------------
-There is no sending thread per flow: the threads that call the flow do the I/O themselves, and
-``write`` returns once its data is queued (the contract), usually without a system call. Small
-writes are coalesced: whatever is queued when a send happens goes out in one ``sendmsg``. Queued
-data is handed to the kernel by whichever of these comes first:
+Sending
+-------
+The threads that call the flow do the I/O themselves. Every send happens with the lock held and
+never blocks: ``sendmsg`` with ``MSG_DONTWAIT`` hands the kernel what it takes at once, in one
+vectored call, and a thread that must wait for room (a writer past the high-water mark,
+``close``, ``shutdown(WRITE)``, ``flush``) waits in ``poll`` with the lock released, then sends
+again. So ``abort()`` and ``close(timeout)`` can always wake a waiting writer: a thread blocked
+inside ``sendmsg`` could only be woken by a FIN, which would tell the peer "clean end".
 
-1. ``write``, at once, when the queue reaches the low-water mark (``max(low_water, 1)``), or when
-   it finds the queue empty and either answers a read (the flow was read from since its last
-   write: request/response traffic goes out at once, as with ``sendall``) or nothing was sent
-   for ``FLUSH_DELAY`` seconds (a lone write);
-2. ``write``, waiting for room, when the queue is past the high-water mark (backpressure);
-3. ``read``, before it waits for input, sends what the calling thread's writes left queued, on
-   this flow and on any other: a request written in pieces is sent before its reply is awaited,
-   so request/response never deadlocks or lingers on coalesced data;
-4. ``close``, ``shutdown(WRITE)`` and ``flush``, which wait until everything is sent;
-5. otherwise, one process-wide flusher thread, at most ``FLUSH_DELAY`` seconds after the write
-   (plus the time it takes to get the GIL), retrying with a growing delay while the kernel's
-   buffer is full. It exists only while some flow has data waiting (it exits after half a second
-   with nothing to do) and never blocks: it sends with ``MSG_DONTWAIT``.
+``write`` returns once its data is queued (the contract). The first write after a read is a
+reply: with nothing queued before it, it goes straight to the kernel, as ``sendall`` would.
+Other writes are coalesced: the queue goes to the kernel at once only when it reaches the
+low-water mark. A ``read`` about to wait for input first sends what is queued, so a request is
+sent before its reply is awaited. Whatever a write leaves queued is put on the schedule of one
+process-wide flusher thread, which sends it ``FLUSH_DELAY`` seconds later (retrying with a
+growing delay while the kernel's buffer stays full). So queued data never depends on the
+writer calling again. The flusher thread exists only while some flow has data waiting.
 
-So queued data is never stranded: at any moment it is either being sent by a thread that holds
-the flow's send role, or the flow is on the flusher's schedule; a thread that gives the send role
-up with data still queued puts the flow on the schedule. An ``atexit`` hook hands the kernel what
-is still scheduled when the interpreter exits.
-
-Sends never block inside the kernel: they use ``MSG_DONTWAIT`` and wait for room with ``poll``,
-so that ``abort()`` and ``close(timeout)`` can always wake a waiting writer (a thread blocked
-inside ``sendmsg`` can only be woken by a FIN, which would tell the peer "clean end"). Only
-``write``, ``close``, ``shutdown`` and ``flush`` wait for room; ``read`` and the flusher send
-only what the kernel takes at once, so a reader never blocks on output.
-
+Receiving
+---------
 Input is read only by a thread that waits for it: ``read`` (when nothing is buffered) and
 ``close`` (until the peer's EOF, and only while the receive buffer is below its limit). One
-``recv_into`` at a time, into a per-thread 64 KiB buffer, copied into the core.
+``recv`` at a time, without the lock; its ``bytes`` go to the reader as they are, or into the
+core.
 
 Closing
 -------
@@ -60,7 +48,7 @@ Closing
 reading input into the flow meanwhile (another thread can still ``read`` it; with the receive
 buffer full and nobody reading, ``close`` waits). Past the deadline the flow is aborted with
 ``ErrorKind.TIMED_OUT``. ``abort()`` resets the connection (``SO_LINGER`` 0, then close) and
-wakes waiting threads with the error; a thread blocked in ``recv`` is woken with
+wakes waiting threads with the error; a thread blocked in ``recv`` or ``poll`` is woken with
 ``shutdown(SHUT_RD)``, which sends nothing. The socket is closed as soon as the flow is CLOSED
 and no thread is inside a system call on it.
 
@@ -98,6 +86,7 @@ from sansflow import (
     Ok,
     ReadResult,
     ReceiveState,
+    SendState,
     Shutdown,
     WouldWait,
     WriteResult,
@@ -111,44 +100,20 @@ FLUSH_DELAY = 0.0005
 """Seconds a small write may wait in the queue for more to join it before it is sent."""
 
 _RETRY_MAX = 0.1  # the flusher's longest wait between tries while the kernel buffer is full
-_POLL_SLICE = 0.1  # a writer waiting for room looks at the flow at least this often
+_POLL_SLICE = 0.1  # a thread waiting for room looks at the flow at least this often
 _FLUSHER_LINGER = 0.5  # the flusher thread exits after this long with nothing scheduled
 _SEND_FLAGS = socket.MSG_DONTWAIT | getattr(socket, "MSG_NOSIGNAL", 0)
-# POLLRDHUP fires when our receive side is shut down, which is how abort() wakes a waiting
-# writer at once; without it (not Linux) the writer notices within _POLL_SLICE.
+# POLLRDHUP fires when our receive side is shut down, which is how abort() wakes a thread
+# waiting for room at once; without it (not Linux) the thread notices within _POLL_SLICE.
 _POLLRDHUP = getattr(select, "POLLRDHUP", 0)
+_OK = Ok(None)
 _CLOSED = FlowState.CLOSED
+_SEND_OPEN = SendState.OPEN
+_RECEIVE_OPEN = ReceiveState.OPEN
 _RECEIVING_STATES = (ReceiveState.OPEN, ReceiveState.DISCARDING)
-# What a send role's turn ended with (``_send_loop``).
-_DONE = 0  # nothing more to do, or the flow failed
-_BLOCKED = 1  # the kernel took some data, then had no room
-_STALLED = 2  # the kernel had no room at all
-_LEFT_MAX = 32  # how many flows a thread remembers having left data queued on
 _log = logging.getLogger("sansflow")
 
 BytesLike = bytes | bytearray | memoryview
-
-
-class _ThreadState(threading.local):
-    """What each thread keeps: its receive buffer, and the flows its writes left queued."""
-
-    def __init__(self) -> None:
-        self.view: memoryview | None = None  # data is copied into the core before reuse
-        # Flows whose data this thread left for the flusher: a read about to wait sends them
-        # first, so "write to A, then wait for B's reply" costs no flusher delay.
-        self.left: dict[SocketFlow, None] = {}
-
-
-_here = _ThreadState()
-
-
-def _send_left() -> None:
-    """Send what this thread's writes left queued, on every flow (no flow lock held)."""
-    left = _here.left
-    while left:
-        flow = next(iter(left))
-        del left[flow]
-        flow._send_now()
 
 
 def _poll(fd: int, events: int, timeout: float | None) -> int:
@@ -179,13 +144,12 @@ class SocketFlow(AdapterFlow):
     __slots__ = (
         "_answering",
         "_changed",
-        "_drained_at",
         "_flush_at",
         "_lock",
+        "_outside",
         "_receiving",
         "_retry",
         "_scheduled",
-        "_sending",
         "_shut_rd",
         "_sock",
         "_waiters",
@@ -195,16 +159,15 @@ class SocketFlow(AdapterFlow):
         super().__init__(core)
         self._sock: socket.socket | None = sock
         self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)
+        self._changed = threading.Condition(self._lock)  # input arrived or was read; CLOSED
         self._waiters = 0  # threads waiting on _changed: a notify is skipped when there are none
-        self._sending = False  # a thread is handing queued data to the kernel (the send role)
         self._receiving = False  # a thread is receiving into the core (the receive role)
+        self._outside = 0  # threads in recv or poll on the socket, without the lock
+        self._shut_rd = False
         self._scheduled = False  # the flow is on the flusher's schedule
         self._retry = FLUSH_DELAY  # the flusher's next delay while the kernel buffer is full
-        self._drained_at = -math.inf  # when a send last emptied the queue
         self._answering = False  # a read came after the last write: the next write answers it
         self._flush_at = max(core.low_water, 1)
-        self._shut_rd = False
 
     # -- the application side --------------------------------------------------------------
 
@@ -221,12 +184,22 @@ class SocketFlow(AdapterFlow):
         try:
             if self._reading:
                 raise BusyError("another thread is already reading this flow")
-            result = self._core.read(max_bytes)
-            self._answering = True  # the next write is likely a reply: send it at once
+            self._answering = True
+            core = self._core
+            result = core.read(max_bytes)
             if result is WOULD_WAIT:
-                self._reading = True
+                self._reading = True  # the lock is released while waiting
                 try:
-                    return self._read_waiting(max_bytes)
+                    while result is WOULD_WAIT:
+                        if core.queued:  # (a due EOF is sent by whoever made it due)
+                            self._send()
+                        if self._receiving:
+                            self._wait(None)  # close() is receiving: it wakes us with its input
+                        else:
+                            data = self._receive(None, max_bytes or READ_SIZE)
+                            if data is not None:
+                                return Ok(data)
+                        result = core.read(max_bytes)
                 finally:
                     self._reading = False
             if self._waiters:  # a close() may be waiting for room below the receive limit
@@ -240,9 +213,9 @@ class SocketFlow(AdapterFlow):
         ``shutdown(WRITE)``, or the flow's ``Error``.
 
         Waits only while the queue is past the high-water mark. Read-only buffers are queued
-        without a copy, writable ones are copied. When the data reaches the kernel: see the
-        module's docstring (at the latest about ``FLUSH_DELAY`` seconds later, or at once with
-        ``flush()``). ``BusyError`` if another thread is writing; nothing is queued then.
+        without a copy, writable ones are copied. The data reaches the kernel at the latest
+        about ``FLUSH_DELAY`` seconds later (see the module's docstring), or at once with
+        ``flush()``. ``BusyError`` if another thread is writing; nothing is queued then.
         """
         lock = self._lock
         lock.acquire()
@@ -250,12 +223,28 @@ class SocketFlow(AdapterFlow):
             if self._writing:
                 raise BusyError("another thread is already writing to this flow")
             core = self._core
-            before = core.queued
+            if (self._answering and type(data) is bytes and not core.queued
+                    and core.send_state is _SEND_OPEN):
+                # A reply, and nothing queued before it: straight to the kernel, as sendall
+                # would; only what it does not take is queued (as a read-only view, no copy).
+                self._answering = False
+                sock = self._sock
+                assert sock is not None  # the flow is not CLOSED while it can send
+                try:
+                    sent = sock.send(data, _SEND_FLAGS)
+                except BlockingIOError:
+                    sent = 0
+                except OSError as exc:
+                    self._fail(exc)
+                    sent = 0
+                if sent == len(data):
+                    return _OK
+                data = memoryview(data)[sent:]
             result = core.write(data)
-            if result is WOULD_WAIT:
-                return self._write_waiting(lambda: core.write(data))
             if type(result) is Ok:
-                self._queued_more(before)
+                self._queued_more()
+            elif result is WOULD_WAIT:
+                return self._write_waiting(lambda: core.write(data))
             return result
         finally:
             lock.release()
@@ -272,12 +261,11 @@ class SocketFlow(AdapterFlow):
             if self._writing:
                 raise BusyError("another thread is already writing to this flow")
             core = self._core
-            before = core.queued
             result = core.writev(buffers)
-            if result is WOULD_WAIT:
-                return self._write_waiting(lambda: core.writev(buffers))
             if type(result) is Ok:
-                self._queued_more(before)
+                self._queued_more()
+            elif result is WOULD_WAIT:
+                return self._write_waiting(lambda: core.writev(buffers))
             return result
         finally:
             lock.release()
@@ -286,7 +274,7 @@ class SocketFlow(AdapterFlow):
         """Hand everything queued to the kernel now, waiting for room; return once the queue
         is empty or the flow failed. Never raises for an I/O failure."""
         with self._lock:
-            self._send_until(False, None)
+            self._send_until(self._flushed, None)
 
     def close(self, timeout: float | None = None) -> None:
         """The seed's close: flush, send EOF, wait for the peer's EOF, release the socket.
@@ -301,20 +289,15 @@ class SocketFlow(AdapterFlow):
         with self._lock:
             core = self._core
             core.close()
-            self._notify()  # a writer waiting for room gets Eof() now
             while core.state is not _CLOSED:
                 if core.queued or core.eof_due:
-                    if not self._send_until(False, deadline) and _passed(deadline):
-                        self._abort(_close_timed_out())
-                    continue
-                if self._wants_input() and not self._receiving:
-                    if not self._receive(deadline) and _passed(deadline):
-                        self._abort(_close_timed_out())
-                    continue
+                    self._send_until(self._flushed, deadline)
+                elif self._wants_input() and not self._receiving:
+                    self._receive(deadline)
+                else:
+                    self._wait(deadline)  # for a reader to make room, or for its input
                 if _passed(deadline):
-                    self._abort(_close_timed_out())
-                    continue
-                self._wait(deadline)
+                    self._abort(FlowError(ErrorKind.TIMED_OUT, detail="close() deadline passed"))
             self._release_if_closed()
 
     def shutdown(self, how: Shutdown) -> None:
@@ -323,9 +306,9 @@ class SocketFlow(AdapterFlow):
         raises for an I/O failure."""
         with self._lock:
             self._core.shutdown(how)
-            self._notify()
+            self._notify()  # a reader waiting for close()'s input returns Eof() now
             if how is not Shutdown.READ:
-                self._send_until(False, None)
+                self._send_until(self._flushed, None)
             self._release_if_closed()
 
     def abort(self) -> None:
@@ -334,116 +317,100 @@ class SocketFlow(AdapterFlow):
         with self._lock:
             self._abort(None)
 
-    # -- reading ----------------------------------------------------------------------------
-
-    def _read_waiting(self, max_bytes: int | None) -> ReadResult:
-        core = self._core
-        if _here.left:  # only this thread adds to it: looking once is enough
-            self._lock.release()
-            try:
-                _send_left()
-            finally:
-                self._lock.acquire()
-            result = core.read(max_bytes)  # things may have changed meanwhile
-            if result is not WOULD_WAIT:
-                return result
-        while True:
-            if (core.queued or core.eof_due) and not self._sending:
-                self._push()
-                result = core.read(max_bytes)  # the send may have failed the flow
-                if result is not WOULD_WAIT:
-                    return result
-            if self._receiving:
-                self._wait(None)  # close() is receiving: it wakes us with what it got
-            else:
-                self._receive(None)
-            result = core.read(max_bytes)
-            if result is not WOULD_WAIT:
-                return result
+    # -- receiving (lock held) ----------------------------------------------------------------
 
     def _wants_input(self) -> bool:
         core = self._core
         return (core.state is not _CLOSED and core.receive_state in _RECEIVING_STATES
                 and not core.reading_paused)
 
-    def _receive(self, deadline: float | None) -> bool:
-        """One ``recv_into`` fed into the core (the receive role is free; lock held).
-
-        Returns False if nothing arrived before the deadline.
-        """
+    def _receive(self, deadline: float | None, take: int = 0) -> bytes | None:
+        """Take the receive role for one ``recv`` (without the lock) and feed the core."""
         sock = self._sock
         assert sock is not None  # released only when CLOSED and no thread is in a call
-        view = _here.view
-        if view is None:
-            view = _here.view = memoryview(bytearray(READ_SIZE))
-        received = -1
-        failure: OSError | None = None
+        data: bytes | OSError | None = None
         self._receiving = True
+        self._outside += 1
         self._lock.release()
         try:
             if deadline is None:
-                received = sock.recv_into(view)
+                data = sock.recv(READ_SIZE)
             elif _poll(sock.fileno(), select.POLLIN, _remaining(deadline)):
-                received = sock.recv_into(view, 0, socket.MSG_DONTWAIT)
+                data = sock.recv(READ_SIZE, socket.MSG_DONTWAIT)
         except BlockingIOError:
             pass
         except OSError as exc:
-            failure = exc
+            data = exc
         finally:
             self._lock.acquire()
             self._receiving = False
+            self._outside -= 1
         core = self._core
-        if failure is not None:
-            core.receive_error(failure)
-        elif received > 0:
-            core.receive_data(view[:received].tobytes())
-        elif received == 0:
-            core.receive_eof()  # ignored if the flow failed meanwhile (shutdown(SHUT_RD))
-        else:
-            return False
-        if self._waiters:
+        if type(data) is bytes:
+            if data and len(data) <= take and core.receive_state is _RECEIVE_OPEN:
+                if self._waiters:
+                    self._changed.notify_all()
+                return data
+            if data:
+                core.receive_data(data)
+            else:
+                core.receive_eof()  # ignored if the flow failed meanwhile (shutdown(SHUT_RD))
+        elif isinstance(data, OSError):
+            core.receive_error(data)
+        if self._waiters:  # also when nothing came: a waiting reader may take the role over
             self._changed.notify_all()
         if core.state is _CLOSED:
             self._release_if_closed()
-        return True
+        return None
 
-    # -- writing ----------------------------------------------------------------------------
+    # -- sending (lock held) ------------------------------------------------------------------
 
-    def _queued_more(self, before: int) -> None:
-        """After a write queued data: send now, or make sure it will be sent (lock held)."""
-        answering = self._answering
-        self._answering = False
-        if self._sending:
-            return  # the thread sending loops until the queue is empty or reschedules us
-        if self._core.queued >= self._flush_at or (not before and (
-            answering or monotonic() - self._drained_at >= FLUSH_DELAY
-        )):
-            self._writing = True  # the lock is released during the send
+    def _queued_more(self) -> None:
+        """After a write queued data: send now, or put the flow on the flusher's schedule."""
+        core = self._core
+        if self._answering or core.queued >= self._flush_at:
+            self._answering = False
+            self._send()
+        if core.queued and not self._scheduled:
+            self._schedule(FLUSH_DELAY)
+
+    def _send(self) -> None:
+        """Hand the kernel what it takes now, then our EOF if it is due; never waits."""
+        core = self._core
+        sock = self._sock
+        while core.queued:
+            assert sock is not None  # data is queued only while the flow is not CLOSED
+            buffers = core.buffers_to_send(IOV_MAX)
             try:
-                self._push()
-            finally:
-                self._writing = False
-        else:
-            if not self._scheduled:
-                self._schedule(FLUSH_DELAY)
-            if not before:  # later writes find the flow already remembered
-                left = _here.left
-                if len(left) >= _LEFT_MAX:
-                    del left[next(iter(left))]  # the flusher still has it
-                left[self] = None
+                sent = sock.sendmsg(buffers, (), _SEND_FLAGS)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self._fail(exc)
+                return
+            core.sent(sent)
+            if core.queued and len(buffers) < IOV_MAX:
+                return  # the kernel took a part: its buffer is full
+        if core.eof_due:
+            assert sock is not None  # EOF is due only while the flow is not CLOSED
+            try:
+                sock.shutdown(socket.SHUT_WR)
+            except OSError as exc:
+                self._fail(exc)
+                return
+            core.eof_sent()
+            self._release_if_closed()
 
     def _write_waiting(self, attempt: Callable[[], WriteResult | WouldWait]) -> WriteResult:
         """The queue is past the high-water mark: send, waiting for room, then queue."""
-        core = self._core
         self._writing = True
         try:
             while True:
-                self._send_until(True, None)
-                before = core.queued
+                self._send_until(self._writable, None)
                 result = attempt()
+                if type(result) is Ok:
+                    self._queued_more()
                 if result is not WOULD_WAIT:
-                    if type(result) is Ok:
-                        self._queued_more(before)
                     return result
         finally:
             self._writing = False
@@ -455,125 +422,34 @@ class SocketFlow(AdapterFlow):
     def _writable(self) -> bool:
         return self._core.write_ready
 
-    def _push(self) -> None:
-        """Send what the kernel takes now, without waiting (send role free; lock held)."""
-        self._sending = True
-        outcome = _STALLED
-        try:
-            outcome = self._send_loop(False, False, None)
-        finally:
-            self._end_send(outcome)
+    def _send_until(self, done: Callable[[], bool], deadline: float | None) -> None:
+        """Send, waiting for room in the kernel, until ``done()`` or the deadline passes.
 
-    def _send_until(self, writable: bool, deadline: float | None) -> bool:
-        """Send, waiting for room, until the flow is writable again (``writable``) or
-        everything is sent, or the deadline passes; return whether that was reached."""
-        done = self._writable if writable else self._flushed
-        while not done() and self._sock is not None:
-            if self._sending:  # another thread is sending; it wakes us when it stops
-                if not self._wait(deadline):
-                    break
-                continue
-            self._sending = True
-            outcome = _STALLED
-            try:
-                outcome = self._send_loop(writable, True, deadline)
-            finally:
-                self._end_send(outcome)
-            if outcome != _DONE:
-                break  # the deadline passed
-        return done()
-
-    def _send_loop(self, writable: bool, wait: bool, deadline: float | None) -> int:
-        """The send role's work: queued data, then a due EOF, to the kernel, until all is
-        sent (or, if ``writable``, until the queue is down to the low-water mark).
-
-        Called and returns with the lock held; releases it around each system call. Returns
-        ``_BLOCKED`` or ``_STALLED`` if it stopped because the kernel had no room (and ``wait``
-        is false, or the deadline passed), else ``_DONE``.
+        ``done()`` must hold once the flow is CLOSED (nothing is left to send then).
         """
-        core = self._core
-        lock = self._lock
-        sock = self._sock
-        assert sock is not None
         events = select.POLLOUT | _POLLRDHUP
-        stuck = _STALLED
-        while not (writable and core.write_ready):
-            buffers = core.buffers_to_send(IOV_MAX)
-            if buffers:
-                failure: OSError | None = None
-                lock.release()
-                try:
-                    sent = sock.sendmsg(buffers, (), _SEND_FLAGS)
-                except BlockingIOError:
-                    sent = -1
-                except OSError as exc:
-                    failure = exc
-                finally:
-                    lock.acquire()
-                if failure is not None:
-                    core.receive_error(failure)
-                    return _DONE
-                if sent >= 0:
-                    core.sent(sent)  # ignored if another thread aborted the flow meanwhile
-                    stuck = _BLOCKED
-                    if core.queued:
-                        continue
-                    self._drained_at = monotonic()
-                    if not core.eof_due:
-                        return _DONE
-                    continue
-            elif core.eof_due:
-                self._send_eof(sock)
-                continue
-            else:
-                return _DONE
-            if not wait or _passed(deadline):
-                return stuck
+        while True:
+            self._send()
+            if done():
+                return
             remaining = _remaining(deadline)
-            lock.release()
-            try:
-                fired = _poll(sock.fileno(), events,
-                              _POLL_SLICE if remaining is None else min(remaining, _POLL_SLICE))
-            finally:
-                lock.acquire()
+            if remaining is not None and remaining <= 0:
+                return
+            fired = self._poll(events, _POLL_SLICE if remaining is None
+                               else min(remaining, _POLL_SLICE))
             if fired & _POLLRDHUP and not fired & select.POLLOUT:
                 events = select.POLLOUT  # the peer's EOF, not our abort: stop asking for it
-        return _DONE
 
-    def _send_eof(self, sock: socket.socket) -> None:
-        failure: OSError | None = None
+    def _poll(self, events: int, timeout: float) -> int:
+        sock = self._sock
+        assert sock is not None
+        self._outside += 1
         self._lock.release()
         try:
-            sock.shutdown(socket.SHUT_WR)
-        except OSError as exc:
-            failure = exc
+            return _poll(sock.fileno(), events, timeout)
         finally:
             self._lock.acquire()
-        if failure is not None:
-            self._core.receive_error(failure)
-        else:
-            self._core.eof_sent()  # ignored if another thread aborted the flow meanwhile
-
-    def _end_send(self, outcome: int) -> None:
-        """Give the send role up; schedule the flusher for anything still queued.
-
-        The flusher tries again soon while the kernel keeps taking data, and backs off (up to
-        ``_RETRY_MAX``) while it takes none, such as when the peer stopped reading.
-        """
-        self._sending = False
-        core = self._core
-        if not core.queued and not core.eof_due:
-            self._retry = FLUSH_DELAY
-        elif self._sock is not None:
-            if outcome == _STALLED:
-                self._retry = min(self._retry * 2, _RETRY_MAX)
-            else:
-                self._retry = FLUSH_DELAY
-            if not self._scheduled:
-                self._schedule(self._retry)
-        if self._waiters:
-            self._changed.notify_all()
-        if core.state is _CLOSED:
+            self._outside -= 1
             self._release_if_closed()
 
     def _schedule(self, delay: float) -> None:
@@ -581,38 +457,37 @@ class SocketFlow(AdapterFlow):
         _FLUSHER.schedule(self, delay)
 
     def _flush_scheduled(self) -> None:
-        """The flusher's turn: send what the kernel takes now, if nobody else is sending."""
+        """The flusher's turn: send what the kernel takes now; try again later if it was full."""
         with self._lock:
             self._scheduled = False
-            self._send_if_idle()
+            self._send()
+            if not self._core.queued and not self._core.eof_due:
+                self._retry = FLUSH_DELAY
+            elif self._sock is not None:
+                self._retry = min(self._retry * 2, _RETRY_MAX)
+                self._schedule(self._retry)
 
-    def _send_now(self) -> None:
-        with self._lock:
-            self._send_if_idle()
+    # -- waiting, failing and releasing (lock held) ---------------------------------------------
 
-    def _send_if_idle(self) -> None:
-        if self._sending or self._sock is None:
-            return  # the sending thread reschedules us if it leaves data behind
-        core = self._core
-        if core.queued or core.eof_due:
-            self._push()
-
-    # -- waiting, ending and releasing --------------------------------------------------------
-
-    def _wait(self, deadline: float | None) -> bool:
-        """Wait for a change (lock held); False if the deadline passed first."""
+    def _wait(self, deadline: float | None) -> None:
+        """Wait for a change on ``_changed``, or until the deadline."""
         remaining = _remaining(deadline)
         if remaining is not None and remaining <= 0:
-            return False
+            return
         self._waiters += 1
         try:
-            return self._changed.wait(remaining)
+            self._changed.wait(remaining)
         finally:
             self._waiters -= 1
 
     def _notify(self) -> None:
         if self._waiters:
             self._changed.notify_all()
+
+    def _fail(self, exc: OSError) -> None:
+        self._core.receive_error(exc)
+        self._notify()
+        self._release_if_closed()
 
     def _abort(self, error: FlowError | None) -> None:
         core = self._core
@@ -628,10 +503,10 @@ class SocketFlow(AdapterFlow):
         sock = self._sock
         if sock is None or self._core.state is not _CLOSED:
             return
-        if self._sending or self._receiving:
+        if self._outside:
             if not self._shut_rd:
-                # Wakes a thread blocked in recv (and a writer polling with POLLRDHUP)
-                # without sending anything: the RST still comes from the close.
+                # Wakes a thread blocked in recv or poll without sending anything: the RST
+                # still comes from the close, which the last thread out does.
                 self._shut_rd = True
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RD)
@@ -641,10 +516,6 @@ class SocketFlow(AdapterFlow):
         self._notify()
         if self._scheduled:
             _FLUSHER.wake()  # its entry is moot now
-
-
-def _close_timed_out() -> FlowError:
-    return FlowError(ErrorKind.TIMED_OUT, detail="close() deadline passed")
 
 
 def _deadline(timeout: float | None) -> float | None:
@@ -661,7 +532,7 @@ def _deadline(timeout: float | None) -> float | None:
 
 
 class _Flusher:
-    """One daemon thread for the whole process that sends data left queued by small writes.
+    """One daemon thread for the whole process that sends data that writes left queued.
 
     Flows are scheduled with a delay; when it has passed, the thread sends whatever the kernel
     takes at once (``SocketFlow._flush_scheduled``). The thread starts when needed and exits
@@ -676,18 +547,17 @@ class _Flusher:
         self._changed = threading.Condition(self._lock)
         self._heap: list[tuple[float, int, SocketFlow]] = []
         self._order = itertools.count()  # equal deadlines keep their order; flows never compare
-        self._thread: threading.Thread | None = None
+        self._running = False
         self._wakes_at = math.inf  # when the thread will look at the heap again by itself
 
     def schedule(self, flow: SocketFlow, delay: float) -> None:
         due = monotonic() + delay
         with self._lock:
             heapq.heappush(self._heap, (due, next(self._order), flow))
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="sansflow-socket-flusher", daemon=True
-                )
-                self._thread.start()
+            if not self._running:
+                threading.Thread(target=self._run, name="sansflow-socket-flusher",
+                                 daemon=True).start()
+                self._running = True  # only once started: a failed start is retried next time
             elif due < self._wakes_at:
                 self._changed.notify()
 
@@ -697,27 +567,27 @@ class _Flusher:
             self._changed.notify()
 
     def _run(self) -> None:
-        idle_since: float | None = None
+        heap = self._heap
+        idle_since = monotonic()
         while True:
             with self._lock:
                 now = monotonic()
-                heap = self._heap
                 while heap and heap[0][2]._sock is None:
                     heapq.heappop(heap)  # a released flow: nothing to send, no need to wait
-                if heap and heap[0][0] <= now:
-                    due = []
-                    while heap and heap[0][0] <= now:
-                        due.append(heapq.heappop(heap)[2])
+                due = []
+                while heap and heap[0][0] <= now:
+                    due.append(heapq.heappop(heap)[2])
+                if due:
                     self._wakes_at = -math.inf  # busy: new entries are seen without a notify
-                    idle_since = None
+                    idle_since = math.inf
                 elif heap:
                     self._wakes_at = heap[0][0]
                     self._changed.wait(heap[0][0] - now)
                     continue
                 else:
-                    idle_since = now if idle_since is None else idle_since
+                    idle_since = min(idle_since, now)
                     if now - idle_since >= _FLUSHER_LINGER:
-                        self._thread = None
+                        self._running = False
                         return
                     self._wakes_at = math.inf
                     self._changed.wait(_FLUSHER_LINGER - (now - idle_since))

@@ -642,7 +642,9 @@ def test_two_writers_the_second_gets_busy_error_and_queues_nothing() -> None:
 # -- coalescing: nothing is ever stranded -----------------------------------------------------
 
 
-def test_ping_pong_with_small_writes_does_not_deadlock() -> None:
+def test_ping_pong_with_small_writes_does_not_deadlock(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sf, "FLUSH_DELAY", 60.0)  # each message goes out with read()'s send
     with flow_pair() as (a, b):
         rounds = 2000
 
@@ -702,52 +704,50 @@ def test_a_write_left_queued_is_delivered_while_the_writer_sleeps(
     delay = 0.5
     monkeypatch.setattr(sf, "FLUSH_DELAY", delay)
     with flow_pair() as (a, b):
-        assert a.write(b"x") == Ok(None)  # the queue was idle: sent at once
         written = time.monotonic()
-        assert a.write(b"yz") == Ok(None)  # just after a send: waits for company
+        assert a.write(b"x") == Ok(None)  # not a reply: waits for company
+        assert a.write(b"yz") == Ok(None)
         queued = a.core.queued
         if time.monotonic() - written < delay:  # else the flusher may rightly have sent it
-            assert queued == 2
+            assert queued == 3
         receiving = Background(lambda: read_exactly(b, 3))
-        assert receiving.join() == b"xyz"  # nobody but the flusher sent "yz"
+        assert receiving.join() == b"xyz"  # nobody but the flusher sent it
         wait_until(lambda: a.core.queued == 0, "the flusher to count its send")
 
 
-def test_a_thread_waiting_on_one_flow_first_sends_what_it_left_on_another(
+def test_a_write_answering_a_read_goes_out_at_once_others_wait_for_company(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    # With the flusher a minute away, only read()'s sending of this thread's leftovers
-    # can deliver the request in time.
-    monkeypatch.setattr(sf, "FLUSH_DELAY", 60.0)
-    with flow_pair() as (to_relay, at_relay), flow_pair() as (from_relay, relay_out):
-        def relay() -> None:
-            assert relay_out.write(read_exactly(at_relay, 7)) == Ok(None)
+    monkeypatch.setattr(sf, "FLUSH_DELAY", 60.0)  # the flusher stays out of the way
+    with flow_pair() as (a, b):
+        for piece in (b"bu", b"rs", b"t"):  # no read since the last write: coalesced
+            assert a.write(piece) == Ok(None)
+        assert a.core.queued == 5
+        assert a.writev([b"x" * (a.low_water - 5)]) == Ok(None)  # low water: sent at once
+        assert a.core.queued == 0
+        assert read_exactly(b, a.low_water) == b"burst" + b"x" * (a.low_water - 5)
+        assert b.write(b"re") == Ok(None)  # the first write since a read: a reply
+        assert b.core.queued == 0
+        assert b.write(bytearray(b"ply")) == Ok(None)  # then coalesced again
+        assert b.core.queued == 3
+        assert read_exactly(a, 2) == b"re"
+        assert a.writev([b"an", b"d"]) == Ok(None)  # a reply too, as a vectored write
+        assert a.core.queued == 0
+        b.flush()
+        assert read_exactly(a, 3) == b"ply"
+        assert read_exactly(b, 3) == b"and"
 
-        def ask() -> bytes:  # one thread writes to one flow, then waits on the other
-            for piece in (b"req", b"ue", b"st"):  # the first goes at once, the rest wait
-                assert to_relay.write(piece) == Ok(None)
-            assert to_relay.core.queued == 4
-            return read_exactly(from_relay, 7)
 
-        relaying = Background(relay)
-        assert Background(ask).join(timeout=10) == b"request"
-        relaying.join()
-
-
-def test_a_write_answering_a_read_is_sent_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sf, "FLUSH_DELAY", 60.0)
+def test_read_sends_what_is_queued_before_it_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sf, "FLUSH_DELAY", 60.0)  # only read() can send the coalesced writes
     with flow_pair() as (a, b):
         assert a.write(b"question") == Ok(None)
-        assert read_exactly(b, 8) == b"question"
-        assert b.write(b"answer") == Ok(None)  # then b's thread does nothing more
+        a.flush()
+        assert b.write(b"an") == Ok(None)
+        assert b.write(b"swer") == Ok(None)
+        assert b.core.queued == 6
+        assert read_exactly(b, 8) == b"question"  # it receives, so it sends first
         assert b.core.queued == 0
-        assert Background(lambda: read_exactly(a, 6)).join(timeout=10) == b"answer"
-        assert a.write(b"more") == Ok(None)  # a read came after: answering again
-        assert a.core.queued == 0
-        assert b.write(b"x") == Ok(None)  # b wrote last: not an answer, and not idle
-        assert b.write(b"y") == Ok(None)
-        assert b.core.queued == 2
-        b.flush()
-        assert read_exactly(a, 2) == b"xy"
+        assert Background(lambda: read_exactly(a, 6)).join() == b"answer"
 
 
 def test_the_flusher_retries_while_the_kernel_buffer_is_full() -> None:
