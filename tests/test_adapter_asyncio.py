@@ -357,6 +357,19 @@ def test_first_write_of_a_burst_goes_straight_through(loop_kind: str, transport:
     run(loop_kind, main)
 
 
+def test_each_loop_gets_the_cheaper_receive_path(loop_kind: str) -> None:
+    async def main() -> None:
+        # asyncio's own loops read a plain Protocol's input with recv(256 KiB), costly for
+        # small reads; uvloop hands a plain Protocol exact-size bytes with one callback.
+        async with flow_pair() as (a, b):
+            buffered = isinstance(a._driver, asyncio.BufferedProtocol)
+            assert buffered is (loop_kind == "asyncio")
+            assert await a.write(b"x" * 70_000) == Ok(None)
+            assert await read_exactly(b, 70_000) == b"x" * 70_000
+
+    run(loop_kind, main)
+
+
 @pytest.mark.parametrize("first", ["a", "b"])
 def test_half_close_either_way_then_write_after_peer_eof(loop_kind: str, transport: str,
                                                          first: str) -> None:
