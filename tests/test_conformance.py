@@ -499,23 +499,6 @@ SETUPS = [
           cancellation=False, only=INTERACTING),
 ]
 
-# (setup, check) -> why it is expected to fail; each entry is an adapter bug to fix.
-TRIO_WRITE_WAITS_FOR_SEND = (
-    "adapters/trio.py: write() returns Ok(None) only once everything queued is sent, so with "
-    "the peer not reading a write waits while the core's queue is at or below low water; "
-    "the contract has write() return once its data is queued"
-)
-KNOWN_FAILURES: dict[tuple[str, str], str] = {
-    ("trio-tcp", "write_returns_when_queued"): TRIO_WRITE_WAITS_FOR_SEND,
-    ("trio-socketpair", "write_returns_when_queued"): TRIO_WRITE_WAITS_FOR_SEND,
-    ("trio-client-socket-server", "write_returns_when_queued"): TRIO_WRITE_WAITS_FOR_SEND,
-    # The same cause, seen from shutdown(WRITE): with the queue above this low water, the
-    # write it interrupts is sending its own queued data, not waiting for room. Not run:
-    # it fails only after waiting 5 s for a wake-up that this adapter cannot give.
-    ("trio-small-limits", "shutdown_during_write"): "not run: " + TRIO_WRITE_WAITS_FOR_SEND,
-}
-
-
 def adapter_runs() -> Iterator[Any]:
     for setup in SETUPS:
         for check in kit.CHECKS:
@@ -523,12 +506,7 @@ def adapter_runs() -> Iterator[Any]:
                 continue
             if setup.only is not None and check.name not in setup.only:
                 continue
-            marks = []
-            reason = KNOWN_FAILURES.get((setup.name, check.name))
-            if reason:
-                marks.append(pytest.mark.xfail(reason=reason, strict=True,
-                                               run=not reason.startswith("not run: ")))
-            yield pytest.param(setup, check, id=f"{setup.name}-{check.name}", marks=marks)
+            yield pytest.param(setup, check, id=f"{setup.name}-{check.name}")
 
 
 @pytest.mark.parametrize(("setup", "check"), list(adapter_runs()))
