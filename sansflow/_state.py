@@ -33,6 +33,10 @@ __all__ = ["FlowState", "ReceiveEvent", "ReceiveState", "SendEvent", "SendState"
 
 
 class _NamedEnum(enum.Enum):
+    # Members are singletons compared by identity, so identity hashing is exact; Enum's own
+    # ``__hash__`` is Python code, run on every table lookup.
+    __hash__ = object.__hash__
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}.{self.name}"
 
@@ -137,15 +141,26 @@ RECEIVE_TRANSITIONS: dict[ReceiveState, dict[ReceiveEvent, ReceiveState]] = {
 def next_flow_state(current: FlowState, send: SendState, receive: ReceiveState,
                     failed: bool) -> FlowState:
     """The flow state after a transition; it never moves away from CLOSED."""
-    if failed or (send is SendState.EOF_SENT and receive is ReceiveState.EOF_RECEIVED):
-        return FlowState.CLOSED
-    if current is not FlowState.OPEN:
+    if failed or (send is _EOF_SENT and receive is _EOF_RECEIVED):
+        return _CLOSED
+    if current is not _OPEN:
         return current
-    if send is not SendState.OPEN:
-        return FlowState.HALF_CLOSED_LOCAL
-    if receive is ReceiveState.EOF_RECEIVED:
-        return FlowState.HALF_CLOSED_REMOTE
-    return FlowState.OPEN
+    if send is not _SEND_OPEN:
+        return _HALF_CLOSED_LOCAL
+    if receive is _EOF_RECEIVED:
+        return _HALF_CLOSED_REMOTE
+    return _OPEN
+
+
+# Module constants: an enum attribute lookup is slow on CPython 3.11, and these run on every
+# transition.
+_OPEN = FlowState.OPEN
+_HALF_CLOSED_LOCAL = FlowState.HALF_CLOSED_LOCAL
+_HALF_CLOSED_REMOTE = FlowState.HALF_CLOSED_REMOTE
+_CLOSED = FlowState.CLOSED
+_SEND_OPEN = SendState.OPEN
+_EOF_SENT = SendState.EOF_SENT
+_EOF_RECEIVED = ReceiveState.EOF_RECEIVED
 
 
 class _StateMachine:
@@ -174,7 +189,7 @@ class _StateMachine:
 
     def _fail(self, error: FlowError) -> None:
         """End the flow with ``error``: every direction still open fails with it."""
-        if self._state is FlowState.CLOSED:
+        if self._state is _CLOSED:
             return  # closed cleanly or already failed: the first end stands
         self._failure = Error(error)
         self._apply(SendEvent.FAIL, ReceiveEvent.FAIL)
