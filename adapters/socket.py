@@ -223,10 +223,11 @@ class SocketFlow(AdapterFlow):
             if self._writing:
                 raise BusyError("another thread is already writing to this flow")
             core = self._core
-            if (self._answering and type(data) is bytes and not core.queued
-                    and core.send_state is _SEND_OPEN):
-                # A reply, and nothing queued before it: straight to the kernel, as sendall
-                # would; only what it does not take is queued (as a read-only view, no copy).
+            if (type(data) is bytes and (self._answering or len(data) >= self._flush_at)
+                    and not core.queued and core.send_state is _SEND_OPEN):
+                # A reply or a large write, and nothing queued before it: straight to the
+                # kernel, as sendall would; only what it does not take is queued (as a
+                # read-only view, no copy).
                 self._answering = False
                 sock = self._sock
                 assert sock is not None  # the flow is not CLOSED while it can send
@@ -242,7 +243,8 @@ class SocketFlow(AdapterFlow):
                 data = memoryview(data)[sent:]
             result = core.write(data)
             if type(result) is Ok:
-                self._queued_more()
+                if not self._scheduled or self._answering or core.queued >= self._flush_at:
+                    self._queued_more()
             elif result is WOULD_WAIT:
                 return self._write_waiting(lambda: core.write(data))
             return result
@@ -457,8 +459,16 @@ class SocketFlow(AdapterFlow):
         _FLUSHER.schedule(self, delay)
 
     def _flush_scheduled(self) -> None:
-        """The flusher's turn: send what the kernel takes now; try again later if it was full."""
-        with self._lock:
+        """The flusher's turn: send what the kernel takes now; try again later if it was full.
+
+        If another thread holds the lock, it is busy with the flow (and about to let go: the
+        lock is never held across a wait), so the flusher tries again later instead of
+        waiting in line behind a writer.
+        """
+        if not self._lock.acquire(blocking=False):
+            _FLUSHER.schedule(self, FLUSH_DELAY)
+            return
+        try:
             self._scheduled = False
             self._send()
             if not self._core.queued and not self._core.eof_due:
@@ -466,6 +476,8 @@ class SocketFlow(AdapterFlow):
             elif self._sock is not None:
                 self._retry = min(self._retry * 2, _RETRY_MAX)
                 self._schedule(self._retry)
+        finally:
+            self._lock.release()
 
     # -- waiting, failing and releasing (lock held) ---------------------------------------------
 
@@ -652,11 +664,13 @@ def wrap(sock: socket.socket, **options: int) -> SocketFlow:
         sock.getpeername()
     except OSError as exc:
         raise ValueError(f"wrap() takes a connected socket: {exc}") from exc
+    sock.setblocking(True)  # also where only the descriptor was left non-blocking
     return _adopt(sock, core)
 
 
 def _adopt(sock: socket.socket, core: Flow) -> SocketFlow:
-    sock.setblocking(True)
+    if sock.gettimeout() is not None:  # a default timeout: poll + call on every recv
+        sock.setblocking(True)
     if sock.family in (socket.AF_INET, socket.AF_INET6):
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
