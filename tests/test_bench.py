@@ -190,3 +190,20 @@ def test_ratios_are_sansflow_over_peer() -> None:
                                "trio-socketstream": {"bulk": peer}})
     assert ratios == [{"sansflow": "sansflow-trio", "peer": "trio-socketstream",
                        "scenario": "bulk", "ratio": 0.5, "rss_ratio": 2.0}]
+
+
+def test_core_alone_comparison_runs_and_verifies_its_bytes() -> None:
+    from sansflow.bench import core
+
+    rows = core.run(small_count=640, large_count=64, reps=1)
+    assert {row["name"] for row in rows} == set(core.CONTENDERS)
+    assert {row["write_size"] for row in rows} == {100, 64 * 1024}
+    assert all(row["writes_per_s"] > 0 for row in rows)
+
+
+def test_core_measure_refuses_a_wrong_byte_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sansflow.bench import core
+
+    monkeypatch.setitem(core.CONTENDERS, "broken", lambda count, payload: 1)
+    with pytest.raises(AssertionError, match="received 1 bytes"):
+        core.measure("broken", 10, core.SMALL)

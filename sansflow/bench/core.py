@@ -106,3 +106,44 @@ def measure(name: str, count: int, payload: bytes) -> dict[str, Any]:
         "mib_per_s": expected / elapsed / (1 << 20),
         "bytes": received,
     }
+
+
+def run(small_count: int = 200_000, large_count: int = 20_000, reps: int = 5,
+        ) -> list[dict[str, Any]]:
+    """Every contender on 100-byte and 64 KiB writes, interleaved, ``reps`` times; medians."""
+    import statistics
+
+    rows = []
+    for payload, count in ((SMALL, small_count), (LARGE, large_count)):
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in CONTENDERS}
+        for _ in range(reps):
+            for name in CONTENDERS:
+                runs[name].append(measure(name, count, payload))
+        for name, results in runs.items():
+            rows.append({
+                "name": name,
+                "write_size": len(payload),
+                "writes_per_s": statistics.median(r["writes_per_s"] for r in results),
+                "mib_per_s": statistics.median(r["mib_per_s"] for r in results),
+            })
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m sansflow.bench.core",
+        description="The sans-IO core alone against in-memory streams, no I/O.")
+    parser.add_argument("--quick", action="store_true", help="a tenth of the writes, 3 reps")
+    args = parser.parse_args(argv)
+    scale, reps = (10, 3) if args.quick else (1, 5)
+    rows = run(200_000 // scale, 20_000 // scale, reps)
+    print(f"{'contender':40} {'write':>6} {'writes/s':>12} {'MiB/s':>10}")
+    for row in rows:
+        print(f"{row['name']:40} {row['write_size']:>6} {row['writes_per_s']:>12,.0f} "
+              f"{row['mib_per_s']:>10,.0f}")
+
+
+if __name__ == "__main__":
+    main()
