@@ -26,14 +26,15 @@ vectored call, and a thread that must wait for room (a writer past the high-wate
 again. So ``abort()`` and ``close(timeout)`` can always wake a waiting writer: a thread blocked
 inside ``sendmsg`` could only be woken by a FIN, which would tell the peer "clean end".
 
-``write`` returns once its data is queued (the contract). The first write after a read is a
-reply: with nothing queued before it, it goes straight to the kernel, as ``sendall`` would.
-Other writes are coalesced: the queue goes to the kernel at once only when it reaches the
-low-water mark. A ``read`` about to wait for input first sends what is queued, so a request is
-sent before its reply is awaited. Whatever a write leaves queued is put on the schedule of one
-process-wide flusher thread, which sends it ``FLUSH_DELAY`` seconds later (retrying with a
-growing delay while the kernel's buffer stays full). So queued data never depends on the
-writer calling again. The flusher thread exists only while some flow has data waiting.
+``write`` returns once its data is queued (the contract). With nothing queued before it, a
+write that answers a read (the first write since the flow was read from) or that is at least
+as large as the low-water mark goes straight to the kernel, as ``sendall`` would; only what
+the kernel does not take is queued. Other writes are coalesced. The queue goes to the kernel
+when it reaches the low-water mark; when a ``read`` is about to wait for input (so a request
+is sent before its reply is awaited); or, at the latest, ``FLUSH_DELAY`` seconds after the
+write, from one process-wide flusher thread, which tries again with a growing delay while the
+kernel's buffer stays full. So queued data never depends on the writer calling again. The
+flusher thread exists only while some flow has data waiting.
 
 Receiving
 ---------
@@ -116,11 +117,11 @@ _log = logging.getLogger("sansflow")
 BytesLike = bytes | bytearray | memoryview
 
 
-def _poll(fd: int, events: int, timeout: float | None) -> int:
-    """The events that fired on ``fd`` within ``timeout`` seconds (``None``: no limit)."""
+def _poll(fd: int, events: int, timeout: float) -> int:
+    """The events that fired on ``fd`` within ``timeout`` seconds."""
     poller = select.poll()
     poller.register(fd, events)
-    ready = poller.poll(None if timeout is None else math.ceil(max(timeout, 0.0) * 1000))
+    ready = poller.poll(math.ceil(max(timeout, 0.0) * 1000))
     return ready[0][1] if ready else 0
 
 
@@ -284,22 +285,29 @@ class SocketFlow(AdapterFlow):
         Input that arrives meanwhile is buffered and stays readable by another thread; while
         the receive buffer is at its limit nothing more is read, so ``close`` waits for a
         reader. After ``timeout`` seconds (``None``: no limit) the flow is aborted with
-        ``ErrorKind.TIMED_OUT`` and ``close`` returns. Idempotent: a second call waits for the
-        same end, or returns at once when CLOSED. Never raises for an I/O failure.
+        ``ErrorKind.TIMED_OUT`` and ``close`` returns. An exception that interrupts it (such
+        as ``KeyboardInterrupt``) aborts the flow, then propagates. Idempotent: a second call
+        waits for the same end, or returns at once when CLOSED. Never raises for an I/O
+        failure.
         """
         deadline = _deadline(timeout)
         with self._lock:
             core = self._core
             core.close()
-            while core.state is not _CLOSED:
-                if core.queued or core.eof_due:
-                    self._send_until(self._flushed, deadline)
-                elif self._wants_input() and not self._receiving:
-                    self._receive(deadline)
-                else:
-                    self._wait(deadline)  # for a reader to make room, or for its input
-                if _passed(deadline):
-                    self._abort(FlowError(ErrorKind.TIMED_OUT, detail="close() deadline passed"))
+            try:
+                while core.state is not _CLOSED:
+                    if core.queued or core.eof_due:
+                        self._send_until(self._flushed, deadline)
+                    elif self._wants_input() and not self._receiving:
+                        self._receive(deadline)
+                    else:
+                        self._wait(deadline)  # for a reader to make room, or for its input
+                    if _passed(deadline):
+                        self._abort(
+                            FlowError(ErrorKind.TIMED_OUT, detail="close() deadline passed"))
+            except BaseException:
+                self._abort(None)  # interrupted (Ctrl-C, say): never leave the socket open
+                raise
             self._release_if_closed()
 
     def shutdown(self, how: Shutdown) -> None:
@@ -337,7 +345,7 @@ class SocketFlow(AdapterFlow):
         try:
             if deadline is None:
                 data = sock.recv(READ_SIZE)
-            elif _poll(sock.fileno(), select.POLLIN, _remaining(deadline)):
+            elif _poll(sock.fileno(), select.POLLIN, deadline - monotonic()):
                 data = sock.recv(READ_SIZE, socket.MSG_DONTWAIT)
         except BlockingIOError:
             pass

@@ -421,6 +421,21 @@ def test_close_deadline_holds_while_the_queue_cannot_drain() -> None:
                 pass
 
 
+def test_an_interrupted_close_aborts_the_flow(monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(self: sf.SocketFlow, deadline: float | None, take: int = 0) -> None:
+        raise KeyboardInterrupt  # as Ctrl-C would, while close() waits for the peer's EOF
+
+    with flow_and_peer() as (a, peer):
+        monkeypatch.setattr(sf.SocketFlow, "_receive", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            a.close()
+        assert a.state is FlowState.CLOSED
+        assert a.error is not None
+        assert a.error.kind is ErrorKind.ABORTED
+        assert a._sock is None
+        assert recv_to_end(peer) == b""  # our EOF went out before the interruption
+
+
 def test_close_with_timeout_zero_completes_when_the_peer_is_done() -> None:
     with flow_pair() as (a, b):
         b.shutdown(Shutdown.WRITE)
@@ -752,7 +767,8 @@ def test_read_sends_what_is_queued_before_it_waits(monkeypatch: pytest.MonkeyPat
 
 def test_the_flusher_retries_while_the_kernel_buffer_is_full() -> None:
     a_sock, b_sock = tcp_sockets(sndbuf=4096, rcvbuf=4096)
-    # High water above everything written: write() never waits, so it never sends blocking.
+    # High water above everything written: write() never waits for room, so once the kernel
+    # buffer is full only the flusher sends.
     a, b = sf.wrap(a_sock, high_water=4 << 20), sf.wrap(b_sock)
     total = 2 * 1024 * 1024
     data = pattern(total, seed=4)
@@ -766,6 +782,37 @@ def test_the_flusher_retries_while_the_kernel_buffer_is_full() -> None:
     finally:
         a.abort()
         b.abort()
+
+
+def test_a_large_write_the_kernel_takes_in_part_is_resumed_at_the_exact_byte() -> None:
+    a_sock, peer = tcp_sockets(sndbuf=4096, rcvbuf=4096)
+    peer.settimeout(TIMEOUT)
+    a = sf.wrap(a_sock, high_water=4 << 20)
+    try:
+        data = pattern(1 << 20, seed=6)
+        assert a.write(data) == Ok(None)  # straight to the kernel, which takes a part
+        assert 0 < a.core.queued < len(data)
+        got = bytearray()
+        while len(got) < len(data):  # the rest comes from the flusher
+            got += peer.recv(1 << 20)
+        assert got == data
+    finally:
+        a.abort()
+        peer.close()
+
+
+def test_the_flusher_does_not_wait_for_a_busy_flow_and_comes_back(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sf, "FLUSH_DELAY", 60.0)  # the test plays the flusher's visits
+    with flow_pair() as (a, b):
+        assert a.write(b"late") == Ok(None)  # no read before it: queued for the flusher
+        with a._lock:  # as a thread busy with the flow holds it
+            Background(a._flush_scheduled).join()  # returns at once, without sending
+            assert a.core.queued == 4
+            assert a._scheduled  # it comes back later
+        a._flush_scheduled()  # the next visit: the lock is free
+        assert a.core.queued == 0
+        assert read_exactly(b, 4) == b"late"
 
 
 def test_flush_hands_everything_to_the_kernel() -> None:
@@ -861,6 +908,24 @@ def test_wrap_refuses_what_is_not_a_connected_stream_socket() -> None:
         with pytest.raises(TypeError):
             sf.wrap(left, bogus=1)
         assert left.fileno() != -1  # a refused wrap leaves the socket to its owner
+
+
+def test_wrap_makes_a_non_blocking_socket_blocking() -> None:
+    left, right = socket.socketpair()
+    os.set_blocking(left.fileno(), False)  # only the descriptor: gettimeout() still says None
+    right.settimeout(0)
+    a, b = sf.wrap(left), sf.wrap(right)
+    try:
+        for sock in (left, right):  # else recv would not wait: the reader would spin
+            assert sock.gettimeout() is None
+            assert os.get_blocking(sock.fileno())
+        reading = Background(a.read)
+        assert b.write(b"woken") == Ok(None)
+        b.flush()
+        assert reading.join() == Ok(b"woken")
+    finally:
+        a.abort()
+        b.abort()
 
 
 def test_connect_checks_options_before_connecting_and_raises_when_refused() -> None:
