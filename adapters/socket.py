@@ -31,10 +31,11 @@ write that answers a read (the first write since the flow was read from) or that
 as large as the low-water mark goes straight to the kernel, as ``sendall`` would; only what
 the kernel does not take is queued. Other writes are coalesced. The queue goes to the kernel
 when it reaches the low-water mark; when a ``read`` is about to wait for input (so a request
-is sent before its reply is awaited); or, at the latest, ``FLUSH_DELAY`` seconds after the
-write, from one process-wide flusher thread, which tries again with a growing delay while the
-kernel's buffer stays full. So queued data never depends on the writer calling again. The
-flusher thread exists only while some flow has data waiting.
+is sent before its reply is awaited); or, at the latest, about ``FLUSH_DELAY`` seconds after the
+write, from one process-wide flusher thread. While the kernel's buffer is full the flusher
+comes back, soon while the kernel takes some data, with a growing delay while it takes none.
+So queued data never depends on the writer calling again. The flusher thread exists only
+while some flow has data waiting.
 
 Receiving
 ---------
@@ -100,7 +101,7 @@ __all__ = ["FLUSH_DELAY", "Server", "SocketFlow", "connect", "serve", "wrap"]
 FLUSH_DELAY = 0.0005
 """Seconds a small write may wait in the queue for more to join it before it is sent."""
 
-_RETRY_MAX = 0.1  # the flusher's longest wait between tries while the kernel buffer is full
+_RETRY_MAX = 0.1  # the flusher's longest wait between tries while the kernel takes nothing
 _POLL_SLICE = 0.1  # a thread waiting for room looks at the flow at least this often
 _FLUSHER_LINGER = 0.5  # the flusher thread exits after this long with nothing scheduled
 _SEND_FLAGS = socket.MSG_DONTWAIT | getattr(socket, "MSG_NOSIGNAL", 0)
@@ -478,11 +479,14 @@ class SocketFlow(AdapterFlow):
             return
         try:
             self._scheduled = False
+            core = self._core
+            before = core.queued
             self._send()
-            if not self._core.queued and not self._core.eof_due:
-                self._retry = FLUSH_DELAY
-            elif self._sock is not None:
-                self._retry = min(self._retry * 2, _RETRY_MAX)
+            if not core.queued or core.queued < before:
+                self._retry = FLUSH_DELAY  # done, or the kernel takes data: soon again
+            else:
+                self._retry = min(self._retry * 2, _RETRY_MAX)  # it takes none: back off
+            if core.queued and self._sock is not None:
                 self._schedule(self._retry)
         finally:
             self._lock.release()
