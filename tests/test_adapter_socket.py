@@ -1084,20 +1084,40 @@ def test_the_flusher_thread_exits_when_idle() -> None:
 # -- the conformance kit -----------------------------------------------------------------------
 
 
-def test_the_conformance_kit_passes_over_tcp() -> None:
-    async def make_pair() -> tuple[AsyncFlowLike, AsyncFlowLike]:
-        a_sock, b_sock = tcp_sockets()
-        return threaded(sf.wrap(a_sock)), threaded(sf.wrap(b_sock))
+KIT_TIMEOUT = 120.0  # the whole kit; a run takes a few seconds
 
-    anyio.run(partial(check_flow_pair, make_pair, supports_cancellation=False))
+
+def run_the_kit(make_sockets: Callable[[], tuple[socket.socket, socket.socket]]) -> None:
+    """The conformance kit over flows on sockets from ``make_sockets``, bounded in time.
+
+    The kit runs on its own thread. Should it not finish in ``KIT_TIMEOUT`` seconds, the test
+    fails saying so, and every flow the kit made is aborted, which wakes any call still
+    waiting in one (the kit's own watchdog aborts only the flows of the check that timed out).
+    """
+    flows: list[sf.SocketFlow] = []
+
+    async def make_pair() -> tuple[AsyncFlowLike, AsyncFlowLike]:
+        a_sock, b_sock = make_sockets()
+        a, b = sf.wrap(a_sock), sf.wrap(b_sock)
+        flows.extend((a, b))
+        return threaded(a), threaded(b)
+
+    kit = Background(partial(anyio.run, partial(check_flow_pair, make_pair,
+                                                supports_cancellation=False)),
+                     name="conformance-kit")
+    try:
+        kit.join(timeout=KIT_TIMEOUT)
+    finally:
+        for flow in flows:
+            flow.abort()
+
+
+def test_the_conformance_kit_passes_over_tcp() -> None:
+    run_the_kit(tcp_sockets)
 
 
 def test_the_conformance_kit_passes_over_a_socketpair() -> None:
-    async def make_pair() -> tuple[AsyncFlowLike, AsyncFlowLike]:
-        left, right = socket.socketpair()
-        return threaded(sf.wrap(left)), threaded(sf.wrap(right))
-
-    anyio.run(partial(check_flow_pair, make_pair, supports_cancellation=False))
+    run_the_kit(socket.socketpair)
 
 
 # -- examples --------------------------------------------------------------------------------
