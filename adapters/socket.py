@@ -336,7 +336,11 @@ class SocketFlow(AdapterFlow):
                 and not core.reading_paused)
 
     def _receive(self, deadline: float | None, take: int = 0) -> bytes | None:
-        """Take the receive role for one ``recv`` (without the lock) and feed the core."""
+        """Take the receive role for one ``recv`` (without the lock) and feed the core.
+
+        Input of at most ``take`` bytes, which the core would hand to the next read as it is,
+        is returned instead: the reader's way around buffering it.
+        """
         sock = self._sock
         assert sock is not None  # released only when CLOSED and no thread is in a call
         data: bytes | OSError | None = None
