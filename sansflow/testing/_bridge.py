@@ -17,10 +17,9 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import anyio
 
-from .._errors import FlowError
-from .._flow import Flow
+from .._adapter import AdapterFlow
 from .._results import ReadResult, WriteResult
-from .._state import FlowState, ReceiveState, SendState, Shutdown
+from .._state import Shutdown
 
 if TYPE_CHECKING:
     from .conformance import AsyncFlowLike
@@ -139,12 +138,13 @@ def asyncio_loop_thread(*, use_uvloop: bool = False) -> Iterator[LoopThread]:
         loop.close()
 
 
-class BridgedFlow:
+class BridgedFlow(AdapterFlow):
     """A flow living in ``loop`` (another thread), with the async API in the caller's loop."""
 
     __slots__ = ("_flow", "_loop")
 
     def __init__(self, flow: AsyncFlowLike, loop: LoopThread) -> None:
+        super().__init__(flow.core)  # the state view reads the core, as the flow's own does
         self._flow = flow
         self._loop = loop
 
@@ -152,37 +152,6 @@ class BridgedFlow:
     def flow(self) -> AsyncFlowLike:
         return self._flow
 
-    @property
-    def state(self) -> FlowState:
-        return self._flow.state
-
-    @property
-    def send_state(self) -> SendState:
-        return self._flow.send_state
-
-    @property
-    def receive_state(self) -> ReceiveState:
-        return self._flow.receive_state
-
-    @property
-    def error(self) -> FlowError | None:
-        return self._flow.error
-
-    @property
-    def high_water(self) -> int:
-        return self._flow.high_water
-
-    @property
-    def low_water(self) -> int:
-        return self._flow.low_water
-
-    @property
-    def receive_limit(self) -> int:
-        return self._flow.receive_limit
-
-    @property
-    def core(self) -> Flow:
-        return self._flow.core
 
     async def _call(self, function: Callable[..., Awaitable[T]], *args: Any,
                     abandon: bool = False) -> T:

@@ -25,6 +25,7 @@ from typing import Generic, Protocol, TypeVar
 
 import anyio
 
+from .._adapter import AdapterFlow
 from .._errors import BusyError, ErrorKind, FlowError, error_message
 from .._flow import Flow
 from .._results import Eof, Error, Ok, ReadResult, WriteResult
@@ -151,7 +152,7 @@ PairFactory = Callable[[], Awaitable[tuple[AsyncFlowLike, AsyncFlowLike]]]
 """An async callable returning two freshly connected flows ``(a, b)``."""
 
 
-class ThreadedFlow:
+class ThreadedFlow(AdapterFlow):
     """A blocking flow seen through the async API: each call runs in a worker thread.
 
     A call cannot be cancelled once it runs (a blocking ``read`` ends only when data, EOF or
@@ -161,43 +162,13 @@ class ThreadedFlow:
     __slots__ = ("_flow",)
 
     def __init__(self, flow: BlockingFlowLike) -> None:
+        super().__init__(flow.core)  # the state view reads the core, as the flow's own does
         self._flow = flow
 
     @property
     def flow(self) -> BlockingFlowLike:
         return self._flow
 
-    @property
-    def state(self) -> FlowState:
-        return self._flow.state
-
-    @property
-    def send_state(self) -> SendState:
-        return self._flow.send_state
-
-    @property
-    def receive_state(self) -> ReceiveState:
-        return self._flow.receive_state
-
-    @property
-    def error(self) -> FlowError | None:
-        return self._flow.error
-
-    @property
-    def high_water(self) -> int:
-        return self._flow.high_water
-
-    @property
-    def low_water(self) -> int:
-        return self._flow.low_water
-
-    @property
-    def receive_limit(self) -> int:
-        return self._flow.receive_limit
-
-    @property
-    def core(self) -> Flow:
-        return self._flow.core
 
     async def read(self, max_bytes: int | None = None) -> ReadResult:
         return await anyio.to_thread.run_sync(self._flow.read, max_bytes)
