@@ -591,7 +591,11 @@ def test_flood_pauses_receiving_at_the_limit() -> None:
     limit = 64 * 1024
     total = 4 * 1024 * 1024
     data = pattern(total, seed=2)
-    with flow_and_peer(receive_limit=limit) as (a, peer):
+    # Small kernel buffers both ways: left to autotuning, they could hold all 4 MiB.
+    peer, a_sock = tcp_sockets(sndbuf=64 * 1024, rcvbuf=64 * 1024)
+    peer.settimeout(TIMEOUT)
+    a = sf.wrap(a_sock, receive_limit=limit)
+    try:
         def flood() -> None:
             peer.sendall(data)
             peer.shutdown(socket.SHUT_WR)
@@ -617,6 +621,9 @@ def test_flood_pauses_receiving_at_the_limit() -> None:
         closing.join()
         assert a.state is FlowState.CLOSED
         assert a.error is None
+    finally:
+        a.abort()
+        peer.close()
 
 
 # -- busy errors -----------------------------------------------------------------------------
