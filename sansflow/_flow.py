@@ -283,8 +283,8 @@ class Flow(_StateMachine):
         The first buffer starts at the exact byte where the last partial send stopped. Pass
         ``max_buffers`` to respect the transport's limit (``IOV_MAX`` for ``sendmsg``).
         """
-        if max_buffers is not None:
-            _check_size("max_buffers", max_buffers, minimum=1)
+        if max_buffers is not None and (type(max_buffers) is not int or max_buffers < 1):
+            _check_size("max_buffers", max_buffers, minimum=1)  # raises
         queue = self._send_queue
         if not queue:
             return []

@@ -63,13 +63,8 @@ T = TypeVar("T")
 # -- what a flow under test offers ---------------------------------------------------------
 
 
-class AsyncFlowLike(Protocol):
-    """The async adapter API that every check drives (asyncio, trio and in-memory flows).
-
-    ``read``/``write``/``writev`` return ``Ok``/``Eof``/``Error``; ``close``, ``shutdown`` and
-    ``abort`` return nothing and never raise for an I/O failure. ``core`` is the sans-IO
-    ``Flow`` underneath: the checks only look at it (``queued``, ``buffered``).
-    """
+class FlowView(Protocol):
+    """What every flow under test shows, async or blocking: its state and its options."""
 
     @property
     def state(self) -> FlowState: ...
@@ -94,6 +89,15 @@ class AsyncFlowLike(Protocol):
 
     @property
     def core(self) -> Flow: ...
+
+
+class AsyncFlowLike(FlowView, Protocol):
+    """The async adapter API that every check drives (asyncio, trio and in-memory flows).
+
+    ``read``/``write``/``writev`` return ``Ok``/``Eof``/``Error``; ``close``, ``shutdown`` and
+    ``abort`` return nothing and never raise for an I/O failure. ``core`` is the sans-IO
+    ``Flow`` underneath: the checks only look at it (``queued``, ``buffered``).
+    """
 
     async def read(self, max_bytes: int | None = None) -> ReadResult: ...
 
@@ -108,32 +112,8 @@ class AsyncFlowLike(Protocol):
     async def abort(self) -> None: ...
 
 
-class BlockingFlowLike(Protocol):
+class BlockingFlowLike(FlowView, Protocol):
     """The same API with plain (blocking) methods: the socket adapter's flows."""
-
-    @property
-    def state(self) -> FlowState: ...
-
-    @property
-    def send_state(self) -> SendState: ...
-
-    @property
-    def receive_state(self) -> ReceiveState: ...
-
-    @property
-    def error(self) -> FlowError | None: ...
-
-    @property
-    def high_water(self) -> int: ...
-
-    @property
-    def low_water(self) -> int: ...
-
-    @property
-    def receive_limit(self) -> int: ...
-
-    @property
-    def core(self) -> Flow: ...
 
     def read(self, max_bytes: int | None = None) -> ReadResult: ...
 
