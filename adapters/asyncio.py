@@ -65,6 +65,7 @@ from sansflow import (
     Shutdown,
     WouldWait,
 )
+from sansflow._flow import buffer_list
 from sansflow._results import ReadResult, WriteResult
 
 from ._common import READ_SIZE, AdapterFlow, set_linger_zero
@@ -567,9 +568,7 @@ class AsyncioFlow(AdapterFlow):
         the transport has one. Same waiting and cancellation rules as ``write``."""
         if self._writing:
             self._claim_write()
-        if not isinstance(buffers, (list, tuple, bytes, bytearray, memoryview, str)):
-            # A one-shot iterator must survive a retry after waiting.
-            buffers = _as_list(buffers)
+        buffers = buffer_list(buffers)  # a one-shot iterator must survive a retry
         core = self._core
         idle = not core.queued
         result = core.writev(buffers)
@@ -645,16 +644,6 @@ class AsyncioFlow(AdapterFlow):
         driver = self._driver
         driver._abort_now()
         await driver._wait_lost()
-
-
-def _as_list(buffers: Iterable[bytes | bytearray | memoryview]
-             ) -> list[bytes | bytearray | memoryview]:
-    try:
-        return list(buffers)
-    except TypeError:
-        raise TypeError(
-            f"writev() takes an iterable of buffers, not {type(buffers).__name__}"
-        ) from None
 
 
 def _check_timeout(timeout: object) -> None:

@@ -93,6 +93,7 @@ from sansflow import (
     WouldWait,
     WriteResult,
 )
+from sansflow._flow import buffer_list
 
 from ._common import IOV_MAX, READ_SIZE, AdapterFlow, set_linger_zero
 
@@ -256,9 +257,7 @@ class SocketFlow(AdapterFlow):
     def writev(self, buffers: Iterable[BytesLike]) -> WriteResult:
         """Queue every buffer, in order, or none of them (same rules as ``write``); they are
         sent with one vectored ``sendmsg`` where the kernel takes them at once."""
-        if not isinstance(buffers, (list, tuple, bytes, bytearray, memoryview, str)):
-            with contextlib.suppress(TypeError):  # not iterable: the core says so
-                buffers = list(buffers)  # a generator must survive a retry after waiting
+        buffers = buffer_list(buffers)  # a generator must survive a retry after waiting
         lock = self._lock
         lock.acquire()
         try:

@@ -94,6 +94,7 @@ from sansflow import (
     WriteResult,
     error_message,
 )
+from sansflow._flow import buffer_list
 
 from ._common import IOV_MAX, READ_SIZE, AdapterFlow
 
@@ -238,9 +239,7 @@ class TrioFlow(AdapterFlow):
         if self._writing:
             self._claim_write()
         await _checkpoint_if_cancelled()
-        if not isinstance(buffers, (list, tuple, bytes, bytearray, memoryview, str)):
-            with suppress(TypeError):  # not iterable: the core says so, clearly
-                buffers = list(buffers)  # a retry after waiting needs them again
+        buffers = buffer_list(buffers)  # a retry after waiting needs them again
         core = self._core
         result = core.writev(buffers)
         if result is WOULD_WAIT:

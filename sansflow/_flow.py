@@ -19,7 +19,7 @@ from ._state import (
     _StateMachine,
 )
 
-__all__ = ["Buffer", "Flow"]
+__all__ = ["Buffer", "Flow", "buffer_list"]
 
 Buffer = bytes | memoryview
 """What ``buffers_to_send`` hands out: read-only, byte-addressed (``len`` counts bytes)."""
@@ -36,6 +36,7 @@ _RECEIVE_FAILED = ReceiveState.FAILED
 _RECEIVE_EOF = ReceiveState.EOF_RECEIVED
 _CLOSED = FlowState.CLOSED
 _WouldWait = Literal[WouldWait.WOULD_WAIT]
+_BytesLike = bytes | bytearray | memoryview
 
 
 class Flow(_StateMachine):
@@ -186,18 +187,7 @@ class Flow(_StateMachine):
     def writev(self, buffers: Iterable[bytes | bytearray | memoryview]
                ) -> WriteResult | _WouldWait:
         """Queue every buffer, in order, or none of them (same rules as ``write``)."""
-        if isinstance(buffers, (bytes, bytearray, memoryview, str)):
-            raise TypeError(
-                f"writev() takes an iterable of buffers, not a single {type(buffers).__name__}; "
-                "use write() for one buffer"
-            )
-        try:
-            items = list(buffers)
-        except TypeError:
-            raise TypeError(
-                f"writev() takes an iterable of buffers, not {type(buffers).__name__}"
-            ) from None
-        owned = [_owned(item, "writev") for item in items]
+        owned = [_owned(item, "writev") for item in buffer_list(buffers)]
         if self._send_state is not _SEND_OPEN:
             return self._write_refused()
         total = sum(size for _, size in owned)
@@ -375,6 +365,31 @@ def _check_size(name: str, value: object, *, minimum: int) -> None:
         raise TypeError(f"{name} must be an int, not {type(value).__name__} ({value!r})")
     if value < minimum:
         raise ValueError(f"{name} must be at least {minimum}, not {value!r}")
+
+
+def buffer_list(buffers: Iterable[_BytesLike]) -> list[_BytesLike] | tuple[_BytesLike, ...]:
+    """The buffers of a ``writev`` call, taken out of the caller's iterable once.
+
+    A list or tuple comes back as it is; any other iterable is read into a list, so that an
+    adapter retrying after a wait sees the same buffers. An exception raised by the caller's
+    own iterator reaches the caller unchanged (it is theirs, not a type mistake of ours), and
+    since nothing was queued yet, nothing changes. A single buffer or a non-iterable is a
+    ``TypeError`` that says what ``writev`` takes.
+    """
+    if type(buffers) is list or type(buffers) is tuple:
+        return buffers
+    if isinstance(buffers, (bytes, bytearray, memoryview, str)):
+        raise TypeError(
+            f"writev() takes an iterable of buffers, not a single {type(buffers).__name__}; "
+            "use write() for one buffer"
+        )
+    try:
+        iterator = iter(buffers)
+    except TypeError:
+        raise TypeError(
+            f"writev() takes an iterable of buffers, not {type(buffers).__name__}"
+        ) from None
+    return list(iterator)
 
 
 def _owned(data: object, where: str) -> tuple[Buffer, int]:

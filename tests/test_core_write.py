@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import array
 import errno
+from collections.abc import Iterator
 
 import pytest
 
@@ -20,6 +21,7 @@ from sansflow import (
     SendState,
     Shutdown,
 )
+from sansflow._flow import buffer_list
 
 KIB = 1024
 
@@ -418,3 +420,28 @@ def test_eof_sent_with_data_queued_is_refused() -> None:
         flow.eof_sent()
     assert flow.send_state is SendState.EOF_QUEUED
     assert flow.queued == 3
+
+
+def test_writev_lets_the_callers_own_exception_through_and_queues_none() -> None:
+    # A TypeError raised inside the caller's generator is theirs, not "not iterable": it must
+    # reach them as it is, with nothing of the buffers yielded before it queued.
+    own_error = TypeError("the caller's generator failed")
+
+    def buffers() -> Iterator[bytes]:
+        yield b"lost"
+        raise own_error
+
+    flow = Flow()
+    with pytest.raises(TypeError) as raised:
+        flow.writev(buffers())
+    assert raised.value is own_error
+    assert flow.queued == 0
+    assert flow.buffers_to_send() == []
+
+
+def test_buffer_list_keeps_lists_and_tuples_and_reads_other_iterables_once() -> None:
+    as_list = [b"a"]
+    as_tuple = (b"a",)
+    assert buffer_list(as_list) is as_list
+    assert buffer_list(as_tuple) is as_tuple
+    assert buffer_list(iter([b"a", b"b"])) == [b"a", b"b"]

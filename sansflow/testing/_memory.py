@@ -13,7 +13,7 @@ import anyio
 
 from .._adapter import AdapterFlow, check_timeout
 from .._errors import ErrorKind, FlowError
-from .._flow import Flow
+from .._flow import Flow, buffer_list
 from .._results import WOULD_WAIT, ReadResult, WriteResult
 from .._state import FlowState, Shutdown
 from ._pair import FlowPair
@@ -83,8 +83,7 @@ class MemoryFlow(AdapterFlow):
         """Queue every buffer in order, or none of them."""
         self._claim_write()
         try:
-            # The core consumes the iterable on each try; a generator must survive a wait.
-            items = _materialized(buffers)
+            items = buffer_list(buffers)  # a generator must survive a wait
             while (result := self._core.writev(items)) is WOULD_WAIT:
                 await self._link.changed()
             self._link.pump()
@@ -121,15 +120,6 @@ class MemoryFlow(AdapterFlow):
     def _abort(self, error: FlowError | None) -> None:
         self._core.abort(error)
         self._link.pump()  # the wire turns a local abort into the peer's reset
-
-
-def _materialized(buffers: Iterable[_BytesLike]) -> Iterable[_BytesLike]:
-    if isinstance(buffers, (list, tuple, bytes, bytearray, memoryview, str)):
-        return buffers  # stable across tries, or rejected by the core with its own message
-    try:
-        return list(buffers)
-    except TypeError:
-        return buffers  # not iterable: let the core say so
 
 
 async def memory_flow_pair(*, high_water: int = 64 * 1024, low_water: int = 16 * 1024,

@@ -15,7 +15,6 @@ checks the core against the contract as a side effect. A disagreement raises
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterable
 from typing import Literal, TypeVar
 
@@ -201,10 +200,11 @@ class ReferenceModel:
         if isinstance(buffers, (bytes, bytearray, memoryview, str)):
             raise TypeError("writev() takes an iterable of buffers")
         try:
-            items = list(buffers)
+            iterator = iter(buffers)
         except TypeError:
             raise TypeError("writev() takes an iterable of buffers") from None
-        return self._queue([_as_bytes(item, "writev") for item in items])
+        # The caller's iterator may raise; that is theirs to see, and nothing is queued.
+        return self._queue([_as_bytes(item, "writev") for item in list(iterator)])
 
     def _queue(self, pieces: list[bytes]) -> WriteResult | _WouldWait:
         send = self.send_state
@@ -419,8 +419,12 @@ class CheckedFlow(Flow):
                ) -> WriteResult | _WouldWait:
         # An iterator is consumed once, so both sides are given the same list.
         if not isinstance(buffers, (bytes, bytearray, memoryview, str)):
-            with contextlib.suppress(TypeError):  # not iterable: both must reject it
-                buffers = list(buffers)
+            try:
+                iterator = iter(buffers)
+            except TypeError:
+                pass  # not iterable: both must reject it
+            else:
+                buffers = list(iterator)  # the caller's own exception reaches the caller
         return self._mirror(f"writev({_short(buffers)})", lambda: self.model.writev(buffers),
                             lambda: Flow.writev(self, buffers))
 

@@ -1596,7 +1596,40 @@ async def _bad_arguments(ctx: CheckContext) -> None:
          lambda: a.shutdown("write"), TypeError),  # type: ignore[arg-type]
         ("a.shutdown(None)", lambda: a.shutdown(None), TypeError),  # type: ignore[arg-type]
     ]
+    # The caller's own iterator failing part-way: that very exception reaches the caller
+    # (even a TypeError, which must not be mistaken for "not iterable"), nothing is queued.
+    own_error = TypeError("the caller's iterator failed")
+
+    def failing_buffers() -> Iterator[bytes]:
+        yield b"lost"
+        raise own_error
+
+    class FailsThenYields:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def __iter__(self) -> FailsThenYields:
+            return self
+
+        def __next__(self) -> bytes:
+            self.calls += 1
+            if self.calls == 2:
+                raise own_error
+            return b"lost"
+
     before = _snapshot(a)
+    for what, buffers in [("a.writev(generator that raises)", failing_buffers()),
+                          ("a.writev(iterator that raises, then yields)", FailsThenYields())]:
+        ctx.step = what
+        try:
+            anything = await a.writev(buffers)
+        except Exception as exc:
+            if exc is not own_error:
+                raise _fail(f"{what} raised {type(exc).__name__}: {exc}, expected the "
+                            "iterator's own exception") from None
+        else:
+            raise _fail(f"{what} returned {anything!r}, expected the iterator's exception")
+        _expect_equal(_snapshot(a), before, f"a's state after {what}")
     for what, call, expected in calls:
         ctx.step = what
         try:
