@@ -1,4 +1,5 @@
-"""The wheel carries every public module, and they import from it in a fresh environment."""
+"""The wheel carries every public module, and they import from it in a fresh environment; the
+editable install of the README serves a user's program to Python and to type checkers alike."""
 
 from __future__ import annotations
 
@@ -79,3 +80,89 @@ def test_every_public_module_imports_from_the_wheel(wheel: Path, tmp_path: Path)
     for name in ("sansflow.testing", "sansflow.adapters.asyncio", "sansflow.adapters.trio",
                  "sansflow.adapters.socket"):
         assert name in report["modules"]
+
+
+# A user's program, type-checked against the editable install as a user's editor would.
+USER_PROGRAM = """
+from sansflow import Eof, Error, Ok, error_message
+from sansflow.adapters import asyncio as sf
+
+
+async def fetch(port: int) -> bytes:
+    flow = await sf.connect("127.0.0.1", port)
+    match await flow.read():
+        case Ok(data):
+            return data
+        case Eof():
+            return b""
+        case Error(err):
+            raise ConnectionError(error_message(err))
+"""
+
+# Where the editable install's sansflow comes from, and what else it put on sys.path.
+IMPORT_EDITABLE = """
+import importlib.util, json
+import sansflow, sansflow.adapters.asyncio
+print(json.dumps({
+    "sansflow": sansflow.__file__,
+    "adapter": sansflow.adapters.asyncio.__file__,
+    "stray": [name for name in ("adapters", "tests", "examples")
+              if importlib.util.find_spec(name) is not None],
+}))
+"""
+
+
+@pytest.fixture(scope="module")
+def editable_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh environment holding only the editable install of this checkout.
+
+    The editable wheel is built by setuptools' PEP 660 hook here, which is what ``pip install
+    -e`` runs; pip installs it into the fresh environment (no dependencies: sansflow has none).
+    """
+    out = tmp_path_factory.mktemp("editable")
+    subprocess.run(
+        [sys.executable, "-c",
+         "import sys; from setuptools import build_meta; build_meta.build_editable(sys.argv[1])",
+         str(out)],
+        check=True, cwd=ROOT, capture_output=True,
+    )
+    (built,) = out.glob("sansflow-*.whl")
+    env_dir = out / "env"
+    venv.create(env_dir, with_pip=False)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(env_dir / "bin" / "python"), "install",
+         "--quiet", "--no-deps", str(built)],
+        check=True,
+    )
+    return env_dir / "bin" / "python"
+
+
+@pytest.fixture
+def user_dir(tmp_path: Path) -> Path:
+    """A user's working directory holding an unrelated, empty folder named ``sansflow``."""
+    (tmp_path / "sansflow").mkdir()
+    (tmp_path / "program.py").write_text(USER_PROGRAM)
+    return tmp_path
+
+
+def test_editable_install_imports_from_any_directory(editable_env: Path, user_dir: Path) -> None:
+    result = subprocess.run(
+        [str(editable_env), "-c", IMPORT_EDITABLE],
+        capture_output=True, text=True, cwd=user_dir, env={"PATH": "/usr/bin:/bin"},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert Path(report["sansflow"]).resolve() == ROOT / "sansflow" / "__init__.py"
+    assert Path(report["adapter"]).resolve() == ROOT / "adapters" / "asyncio.py"
+    # Only sansflow: the checkout's other top-level directories stay off sys.path.
+    assert report["stray"] == []
+
+
+def test_editable_install_type_checks_a_users_program(editable_env: Path, user_dir: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--python-executable", str(editable_env),
+         "--cache-dir", str(user_dir / ".mypy_cache"), "program.py"],
+        capture_output=True, text=True, cwd=user_dir, check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
