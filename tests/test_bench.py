@@ -5,7 +5,6 @@ No figure is ever asserted: a timed assertion fails on a busy machine and proves
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -27,21 +26,8 @@ SUMMARY_KEYS = {"unit", "median", "min", "max", "values", "runs", "failures", "e
 UNITS = {"bulk": "MiB/s", "pingpong": "round trips/s", "small_writes": "writes/s",
          "connections": "connections/s"}
 
-# Which modules a sansflow stack needs; it is skipped while they do not exist yet.
-SANSFLOW_NEEDS = {
-    "sansflow-asyncio": ("sansflow.adapters.asyncio",),
-    "sansflow-asyncio-uvloop": ("sansflow.adapters.asyncio", "uvloop"),
-    "sansflow-trio": ("sansflow.adapters.trio", "trio"),
-    "sansflow-socket": ("sansflow.adapters.socket",),
-    "sansflow-core": ("sansflow.testing",),
-}
-
-
-def _exists(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:  # the parent package is missing
-        return False
+SANSFLOW_MODULES = ("sansflow.adapters.asyncio", "sansflow.adapters.trio",
+                    "sansflow.adapters.socket", "sansflow.testing")
 
 
 @pytest.fixture(scope="module")
@@ -80,16 +66,9 @@ def test_native_peer_runs_and_verifies(report: dict[str, Any], name: str) -> Non
     assert set(report["results"][name]) == set(bench.SCENARIOS)
 
 
-@pytest.mark.parametrize("name", sorted(SANSFLOW_NEEDS))
+@pytest.mark.parametrize("name", [s.name for s in bench.STACKS if s.kind != "native"])
 def test_sansflow_stack_runs_and_verifies(report: dict[str, Any], name: str) -> None:
-    missing = [m for m in SANSFLOW_NEEDS[name] if not _exists(m)]
-    if missing:
-        pytest.skip(f"{', '.join(missing)} not there yet")
     _check_stack(report, name)
-
-
-def test_every_sansflow_stack_is_known_here() -> None:
-    assert {s.name for s in bench.STACKS if s.kind != "native"} == set(SANSFLOW_NEEDS)
 
 
 def test_report_shape(report: dict[str, Any]) -> None:
@@ -99,6 +78,7 @@ def test_report_shape(report: dict[str, Any]) -> None:
     assert report["scenarios"] == list(bench.SCENARIOS)
     assert report["params"] == bench.PROFILES["tiny"].params.to_json()
     assert report["ok"] is True
+    assert report["problems"] == []
     assert {"python", "platform", "cpu_count", "versions"} <= set(report["environment"])
     for run in report["runs"]:
         assert set(run) == RUN_KEYS
@@ -119,10 +99,8 @@ def test_idle_memory(report: dict[str, Any]) -> None:
     idle = report["idle_memory"]
     assert set(idle) == {"sansflow.Flow", "asyncio.StreamReader",
                          "asyncio.StreamReaderProtocol"}
-    for subject, row in idle.items():
+    for row in idle.values():
         assert row["count"] == bench.PROFILES["tiny"].idle_count
-        if subject == "sansflow.Flow" and not _exists("sansflow._flow"):
-            continue
         assert row["error"] is None
         assert row["bytes_per_flow"] > 0
 
@@ -154,6 +132,62 @@ def test_subprocess_runs_measure_peak_rss(tmp_path: Path) -> None:
         assert run["ok"], run["error"]
         assert 0 < run["rss_base_kib"] <= run["rss_peak_kib"]
     assert "ping-pong" in proc.stdout
+
+
+def _unimportable(monkeypatch: pytest.MonkeyPatch, *modules: str) -> None:
+    # A None entry in sys.modules makes importing that module raise ImportError, as it does
+    # when ``import sansflow`` finds something other than this package.
+    for module in modules:
+        monkeypatch.setitem(sys.modules, module, None)
+
+
+def test_sansflow_stacks_that_cannot_run_fail_the_benchmark(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _unimportable(monkeypatch, *SANSFLOW_MODULES)
+    status = bench.main(["--tiny", "--in-process", "--quiet", "--no-idle", "--only",
+                         "sansflow,core", "--with-peers", "--only", "pingpong"])
+    out = capsys.readouterr().out
+    assert status != 0
+    last = out.splitlines()[-1]
+    sansflow_stacks = [s.name for s in bench.STACKS if s.kind != "native"]
+    for name in sansflow_stacks:
+        assert f"could not run {name}:" in out
+        assert name in last
+    assert "all byte counts verified" not in out
+    # The peers still ran: the failure is about what is missing, not a crash.
+    assert "blocking-sendall" in out.split("ping-pong", 1)[1]
+
+
+def test_a_missing_optional_library_is_a_note(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _unimportable(monkeypatch, "uvloop")
+    status = bench.main(["--tiny", "--in-process", "--quiet", "--no-idle", "--only",
+                         "*uvloop*,blocking-sendall", "--only", "pingpong"])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    for name in ("sansflow-asyncio-uvloop", "uvloop-protocol", "uvloop-streams"):
+        assert f"skipped {name}: not installed (optional): uvloop" in out
+    assert out.splitlines()[-1] == "all byte counts verified"
+
+
+def test_a_benchmark_that_measured_nothing_fails(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _unimportable(monkeypatch, "uvloop")
+    status = bench.main(["--tiny", "--in-process", "--quiet", "--no-idle", "--only", "uvloop-*"])
+    out = capsys.readouterr().out
+    assert status != 0
+    assert "nothing was measured" in out.splitlines()[-1]
+
+
+def test_idle_memory_not_measured_fails_the_benchmark(monkeypatch: pytest.MonkeyPatch) -> None:
+    _unimportable(monkeypatch, "sansflow")
+    report = _harness.run_suite(bench.PROFILES["tiny"], [], [], isolate=False)
+    assert report["idle_memory"]["sansflow.Flow"]["error"]
+    assert report["ok"] is False
+    assert any("sansflow.Flow" in problem for problem in report["problems"])
 
 
 def test_only_selects_stacks_and_scenarios() -> None:

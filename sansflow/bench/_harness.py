@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ._common import PROFILES, SCENARIOS, Params, Profile
-from ._registry import PAIRS, STACKS, StackSpec, Unavailable, load_stack
+from ._registry import PAIRS, STACKS, NotInstalled, StackSpec, Unavailable, load_stack
 from ._worker import IDLE_SUBJECTS, JobResult, idle_bytes, run_scenario
 
 __all__ = ["PROFILES", "Profile", "format_report", "main", "run_suite"]
@@ -191,20 +191,28 @@ def run_suite(
     stack_rows: list[dict[str, Any]] = []
     runnable: list[tuple[StackSpec, list[str]]] = []
     for spec in stacks:
+        # Only a missing optional library excuses a stack; any other reason is a failure.
+        note: str | None = None
+        failure: str | None = None
         try:
             loaded = load_stack(spec)
+        except NotInstalled as exc:
+            note = str(exc)
         except Unavailable as exc:
-            reason: str | None = str(exc)
+            failure = str(exc)
         except Exception as exc:  # a module half-written elsewhere must not stop the rest
-            reason = f"{type(exc).__name__}: {exc}"
+            failure = f"{type(exc).__name__}: {exc}"
         else:
-            reason = None
             runnable.append((spec, [s for s in scenarios if s in loaded]))
+        reason = note or failure
         stack_rows.append({"name": spec.name, "kind": spec.kind,
                            "description": spec.description,
-                           "available": reason is None, "reason": reason})
-        if reason is not None:
-            _log(log, f"skip {spec.name}: {reason}")
+                           "available": reason is None, "reason": reason,
+                           "failed": failure is not None})
+        if note is not None:
+            _log(log, f"skip {spec.name}: {note}")
+        if failure is not None:
+            _log(log, f"could not run {spec.name}: {failure}")
 
     jobs = [(spec, scenario) for scenario in scenarios for spec, own in runnable
             if scenario in own]
@@ -232,6 +240,7 @@ def run_suite(
             idle_memory[subject] = _idle(subject, description, profile.idle_count, isolate)
             _log(log, f"idle {subject}: {idle_memory[subject]['bytes_per_flow']}")
 
+    problems = _problems(stack_rows, runs, idle_memory)
     return {
         "schema": SCHEMA,
         "profile": profile.name,
@@ -245,9 +254,30 @@ def run_suite(
         "results": results,
         "ratios": _ratios(results),
         "idle_memory": idle_memory,
-        "ok": all(r["ok"] for r in runs),
+        "ok": not problems,
+        "problems": problems,
         "duration_s": time.monotonic() - started,
     }
+
+
+def _problems(
+    stack_rows: list[dict[str, Any]], runs: list[dict[str, Any]],
+    idle_memory: dict[str, dict[str, Any]],
+) -> list[str]:
+    """What the suite should have measured and did not: the benchmark fails unless empty."""
+    problems = []
+    unrun = [row["name"] for row in stack_rows if row["failed"]]
+    if unrun:
+        problems.append(f"could not run {', '.join(unrun)}")
+    if not runs:
+        problems.append("nothing was measured")
+    failed = list(dict.fromkeys(r["stack"] for r in runs if not r["ok"]))
+    if failed:
+        problems.append(f"runs failed on {', '.join(failed)}")
+    idle_failed = [subject for subject, row in idle_memory.items() if row["error"] is not None]
+    if idle_failed:
+        problems.append(f"bytes per idle flow not measured for {', '.join(idle_failed)}")
+    return problems
 
 
 def _reverse_within_scenarios(
@@ -312,9 +342,11 @@ def format_report(report: dict[str, Any]) -> str:
         f"{report['isolation']}; Python {env['python']} on {env['platform']}, "
         f"{env['cpu_count']} CPUs; {report['duration_s']:.0f} s",
     ]
-    skipped = [s for s in report["stacks"] if not s["available"]]
-    for row in skipped:
-        lines.append(f"  skipped {row['name']}: {row['reason']}")
+    for row in report["stacks"]:
+        if row["failed"]:
+            lines.append(f"  could not run {row['name']}: {row['reason']}")
+        elif not row["available"]:
+            lines.append(f"  skipped {row['name']}: {row['reason']}")
     header = (f"  {'stack':<24} {'median':>12} {'unit':<14} {'spread':>7} {'p50 µs':>8} "
               f"{'p99 µs':>8} {'peak RSS':>9} {'+RSS':>6} {'ok':>5}")
     for scenario in report["scenarios"]:
@@ -354,7 +386,8 @@ def format_report(report: dict[str, Any]) -> str:
             lines.append(f"  {subject:<30} {value:>10}  {row['description']}")
     lines += ["", "spread: (max - min) / 2 / median. peak RSS: MiB, high-water mark of the "
               "run's own process (VmHWM); +RSS: how far the scenario raised it."]
-    lines.append("all byte counts verified" if report["ok"] else "SOME RUNS FAILED (see above)")
+    lines.append("all byte counts verified" if report["ok"]
+                 else "FAILED: " + "; ".join(report["problems"]) + " (see above)")
     return "\n".join(lines)
 
 
@@ -395,6 +428,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m sansflow.bench",
         description="sansflow's adapters against native asyncio, uvloop, trio, anyio and "
                     "blocking sockets, on 127.0.0.1.",
+        epilog="The exit status is 1 when a run fails or a selected stack cannot run; only a "
+               "stack whose optional library (uvloop, trio, anyio) is not installed is skipped.",
     )
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_const", dest="profile", const="quick",

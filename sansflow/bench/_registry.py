@@ -7,18 +7,24 @@ that its peak RSS carries no other stack's imports.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from dataclasses import dataclass
 from typing import Literal
 
 from ._common import SCENARIOS, Stack
 
-__all__ = ["PAIRS", "STACKS", "StackSpec", "Unavailable", "by_name", "load_stack"]
+__all__ = ["PAIRS", "STACKS", "NotInstalled", "StackSpec", "Unavailable", "by_name",
+           "load_stack"]
 
 Kind = Literal["sansflow", "native", "core"]
 
 
 class Unavailable(Exception):
     """The stack cannot run here: a library or a sansflow module is missing."""
+
+
+class NotInstalled(Unavailable):
+    """An optional library the stack needs is not installed: a note, not a failure."""
 
 
 @dataclass(frozen=True)
@@ -28,6 +34,9 @@ class StackSpec:
     loader: str
     """``module:function`` under ``sansflow.bench``; the function returns the ``Stack``."""
     description: str
+    optional: tuple[str, ...] = ()
+    """The optional libraries it needs (extras): without one it is skipped with a note. Any
+    other reason it cannot run fails the benchmark."""
 
 
 STACKS: tuple[StackSpec, ...] = (
@@ -37,15 +46,18 @@ STACKS: tuple[StackSpec, ...] = (
               "asyncio BufferedProtocol"),
     StackSpec("asyncio-protocol", "native", "_asyncio_native:protocol_stack", "asyncio Protocol"),
     StackSpec("asyncio-streams", "native", "_asyncio_native:streams_stack", "asyncio Streams"),
-    StackSpec("anyio-asyncio", "native", "_anyio_native:stack", "anyio streams on asyncio"),
+    StackSpec("anyio-asyncio", "native", "_anyio_native:stack", "anyio streams on asyncio",
+              ("anyio",)),
     StackSpec("sansflow-asyncio-uvloop", "sansflow", "_sansflow:asyncio_uvloop_stack",
-              "sansflow asyncio adapter on uvloop"),
+              "sansflow asyncio adapter on uvloop", ("uvloop",)),
     StackSpec("uvloop-protocol", "native", "_asyncio_native:uvloop_protocol_stack",
-              "uvloop Protocol"),
+              "uvloop Protocol", ("uvloop",)),
     StackSpec("uvloop-streams", "native", "_asyncio_native:uvloop_streams_stack",
-              "asyncio Streams on uvloop"),
-    StackSpec("sansflow-trio", "sansflow", "_sansflow:trio_stack", "sansflow trio adapter"),
-    StackSpec("trio-socketstream", "native", "_trio_native:stack", "trio SocketStream"),
+              "asyncio Streams on uvloop", ("uvloop",)),
+    StackSpec("sansflow-trio", "sansflow", "_sansflow:trio_stack", "sansflow trio adapter",
+              ("trio",)),
+    StackSpec("trio-socketstream", "native", "_trio_native:stack", "trio SocketStream",
+              ("trio",)),
     StackSpec("sansflow-socket", "sansflow", "_sansflow:socket_stack",
               "sansflow blocking-socket adapter"),
     StackSpec("blocking-sendall", "native", "_blocking_native:sendall_stack",
@@ -79,6 +91,9 @@ def by_name(name: str) -> StackSpec:
 
 def load_stack(spec: StackSpec) -> Stack:
     """Import the stack's module and build it; ``Unavailable`` says why it cannot run here."""
+    missing = [name for name in spec.optional if importlib.util.find_spec(name) is None]
+    if missing:
+        raise NotInstalled(f"not installed (optional): {', '.join(missing)}")
     module_name, _, function = spec.loader.partition(":")
     try:
         module = importlib.import_module(f"{__package__}.{module_name}")

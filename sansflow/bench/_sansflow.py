@@ -1,6 +1,7 @@
 """The sansflow stacks: each adapter at both ends, and the core alone in memory.
 
-An adapter that is not there yet makes its stack ``Unavailable``; the natives still run.
+An adapter that cannot be imported makes its stack ``Unavailable``, which fails the suite
+(the natives still run, so that the report says what did work).
 """
 
 from __future__ import annotations
