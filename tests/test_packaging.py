@@ -4,6 +4,7 @@ editable install of the README serves a user's program to Python and to type che
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import sysconfig
@@ -56,6 +57,18 @@ def test_wheel_contains_every_package(wheel: Path) -> None:
     missing = EXPECTED - names
     assert not missing, f"missing from the wheel: {sorted(missing)}"
     assert not any(name.startswith(("tests/", "adapters/", "examples/")) for name in names)
+
+
+def test_wheel_carries_every_module_of_the_source_tree(wheel: Path) -> None:
+    # The package list in pyproject.toml is explicit: a new subpackage must be added to it.
+    # os.walk follows sansflow/adapters, the symlink, as the build does.
+    source = {
+        str((Path(folder) / name).relative_to(ROOT))
+        for folder, _, files in os.walk(ROOT / "sansflow", followlinks=True)
+        for name in files if name.endswith(".py")
+    }
+    packaged = {name for name in zipfile.ZipFile(wheel).namelist() if name.endswith(".py")}
+    assert source - packaged == set()
 
 
 def test_every_public_module_imports_from_the_wheel(wheel: Path, tmp_path: Path) -> None:
