@@ -221,7 +221,12 @@ class _Driver(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._write_paused = False
         self._writable = self._direct = not (self._eof_written or self._released)
-        self._update()
+        # Act on the next loop iteration, not in here: asyncio's selector transport calls us
+        # from inside its write handler, which goes on once we return (shutting down the
+        # socket for a pending write_eof(), or ending its close()). A transport closed from
+        # in here (our EOF counted as sent, the peer's already in) gets connection_lost
+        # scheduled by close() and then run once more by that handler.
+        self._flush_soon()
 
     # -- the loop: pull out, follow the receive limit, wake, release ---------------------
 
@@ -297,7 +302,8 @@ class _Driver(asyncio.Protocol):
             self._writable = self._direct = False
             if transport.get_write_buffer_size():
                 # With both limits at zero the transport pauses us now and resumes us exactly
-                # when its buffer is empty, which lands here again.
+                # when its buffer is empty, which lands here again (on the next iteration,
+                # once the transport has shut its side down).
                 transport.set_write_buffer_limits(high=0, low=0)
                 return
         if not transport.get_write_buffer_size():

@@ -19,6 +19,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from types import ModuleType
@@ -144,10 +145,26 @@ def tcp_sockets(bufsize: int | None = None) -> tuple[socket.socket, socket.socke
     return client, server
 
 
+def unix_sockets() -> tuple[socket.socket, socket.socket]:
+    """A connected AF_UNIX pair made through a listening socket (not ``socketpair()``)."""
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "listener")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+            listener.bind(path)
+            listener.listen()
+            client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            client.connect(path)
+            server, _ = listener.accept()
+    return client, server
+
+
 def raw_sockets(transport: str, bufsize: int | None = None
                 ) -> tuple[socket.socket, socket.socket]:
     if transport == "tcp":
         return tcp_sockets(bufsize)
+    if transport == "unix":
+        assert bufsize is None
+        return unix_sockets()
     left, right = socket.socketpair()
     if bufsize is not None:
         for sock in (left, right):
@@ -433,6 +450,36 @@ def test_two_closes_wait_for_the_same_end(loop_kind: str) -> None:
             assert (a.state, a.error) == (FlowState.CLOSED, None)
 
     run(loop_kind, main)
+
+
+@pytest.mark.parametrize("transport_kind", [*TRANSPORTS, "unix"])
+@pytest.mark.parametrize("size", [300 * 1024, 4 * 1024 * 1024])
+def test_close_after_a_large_reply_releases_the_transport_once(
+        loop_kind: str, transport_kind: str, size: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    # b's close() writes its EOF while the transport still holds part of the reply, with a's
+    # EOF already in: the transport's last flush both finishes b's send side and ends the
+    # flow. Releasing the transport from inside that flush made asyncio's selector transport
+    # deliver connection_lost twice (the second time logging an AttributeError).
+    async def main() -> None:
+        # Report loop errors the default way, on the "asyncio" logger, as an application sees.
+        asyncio.get_running_loop().set_exception_handler(None)
+        async with flow_pair(transport_kind) as (a, b):
+            data = payload(size, seed=11)
+            assert await b.write(data) == Ok(None)
+            reader = asyncio.ensure_future(read_all(a))
+            closing = asyncio.ensure_future(a.close())
+            await b.close()
+            await asyncio.wait_for(closing, 10)
+            assert await reader == (data, Eof())
+            for flow in (a, b):
+                assert (flow.state, flow.error, flow.transport) == (FlowState.CLOSED, None, None)
+            await settle()
+
+    with caplog.at_level(logging.DEBUG, logger="asyncio"):
+        run(loop_kind, main)
+    errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert not errors, [record.getMessage() for record in errors]
 
 
 def test_close_deadline_aborts_with_timed_out(loop_kind: str) -> None:
