@@ -1084,6 +1084,7 @@ def test_handler_that_returns_gets_its_flow_closed(loop_kind: str) -> None:
     run(loop_kind, main)
 
 
+@pytest.mark.expect_log("sansflow", "connection handler raised")
 def test_handler_that_raises_is_logged_and_aborted(loop_kind: str,
                                                    caplog: pytest.LogCaptureFixture) -> None:
     async def main() -> None:

@@ -1011,6 +1011,7 @@ def test_serve_closes_the_flow_when_the_handler_returns() -> None:
     assert seen == [Ok(b"hi")]
 
 
+@pytest.mark.expect_log("sansflow", "connection handler")
 def test_serve_aborts_and_logs_when_the_handler_raises(
         caplog: pytest.LogCaptureFixture) -> None:
     def handler(flow: sf.SocketFlow) -> None:
