@@ -191,13 +191,17 @@ def run_suite(
     stack_rows: list[dict[str, Any]] = []
     runnable: list[tuple[StackSpec, list[str]]] = []
     for spec in stacks:
-        # Only a missing optional library excuses a stack; any other reason is a failure.
+        # Only a missing optional library excuses a native peer; a sansflow stack that cannot
+        # run is a failure whatever the reason (leave it out with --only to skip it on purpose).
         note: str | None = None
         failure: str | None = None
         try:
             loaded = load_stack(spec)
         except NotInstalled as exc:
-            note = str(exc)
+            if spec.kind == "sansflow":
+                failure = str(exc)
+            else:
+                note = str(exc)
         except Unavailable as exc:
             failure = str(exc)
         except Exception as exc:  # a module half-written elsewhere must not stop the rest
