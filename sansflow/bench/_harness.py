@@ -433,7 +433,8 @@ def _parser() -> argparse.ArgumentParser:
         description="sansflow's adapters against native asyncio, uvloop, trio, anyio and "
                     "blocking sockets, on 127.0.0.1.",
         epilog="The exit status is 1 when a run fails or a selected stack cannot run; only a "
-               "stack whose optional library (uvloop, trio, anyio) is not installed is skipped.",
+               "native peer whose optional library (uvloop, trio, anyio) is not installed is "
+               "skipped (leave a sansflow stack out with --only).",
     )
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_const", dest="profile", const="quick",
