@@ -26,6 +26,8 @@ from sansflow import WOULD_WAIT, Eof, Error, ErrorKind, FlowState, Ok, ReadResul
 from sansflow.testing import conformance as kit
 from sansflow.testing._memory import MemoryFlow, memory_flow_pair
 from sansflow.testing._pair import FlowPair
+from sansflow.testing.conformance._runner import _fail
+from sansflow.testing.conformance._tools import _tasks
 
 if TYPE_CHECKING:
     from sansflow.adapters.asyncio import AsyncioFlow
@@ -263,10 +265,13 @@ BROKEN = [
                          ids=[cls.__name__ for cls, _, _ in BROKEN])
 def test_kit_finds_a_broken_adapter(cls: type[MemoryFlow], name: str, message: str,
                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    # What a working adapter does at once need not be waited for long here.
-    monkeypatch.setattr(kit, "_BUSY_WAIT", 0.2)
-    monkeypatch.setattr(kit, "_WAKE_WAIT", 0.2)
-    monkeypatch.setattr(kit, "_CLOSE_WAIT", 0.5)
+    # What a working adapter does at once need not be waited for long here. Each module of
+    # checks holds its own binding of the timings it reads.
+    shortened = {"_BUSY_WAIT": 0.2, "_WAKE_WAIT": 0.2, "_CLOSE_WAIT": 0.5}
+    for module in vars(kit).values():
+        for timing, seconds in shortened.items():
+            if isinstance(module, ModuleType) and hasattr(module, timing):
+                monkeypatch.setattr(module, timing, seconds)
     check = kit.get_check(name)
     with pytest.raises(kit.ConformanceError) as caught:
         run(check, broken_pair(cls), "asyncio", timeout=1.5)
@@ -531,10 +536,10 @@ def threaded_socketpair() -> PairFactory:
 
 def test_a_failing_check_ends_despite_a_read_stuck_in_a_thread() -> None:
     async def stuck_then_failing(ctx: kit.CheckContext) -> None:
-        async with kit._tasks(ctx) as group:
+        async with _tasks(ctx) as group:
             group.start_soon(ctx.a.read)  # blocks in a worker thread: cannot be cancelled
             await anyio.sleep(0.05)
-            raise kit._fail("the first failure")
+            raise _fail("the first failure")
 
     check = kit.Check("stuck_then_failing", "a row", stuck_then_failing)
     with pytest.raises(kit.ConformanceError, match=r"the first failure$"):

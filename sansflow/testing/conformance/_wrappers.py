@@ -1,4 +1,8 @@
-"""Flows whose event loop runs in another thread, driven from the caller's loop.
+"""What a flow under test offers, and the wrappers that give other flows that async API.
+
+``AsyncFlowLike`` is the API every check drives; ``BlockingFlowLike`` is the blocking one of
+the socket adapter, which ``threaded(flow)`` turns into the async API, each call running in a
+worker thread.
 
 Cross-adapter checks need both ends in one program: an asyncio client against a trio server,
 say. The server's loop runs in a ``LoopThread``; ``bridged(flow, loop)`` gives its flow the
@@ -13,21 +17,152 @@ import contextvars
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import anyio
 
-from .._adapter import AdapterFlow
-from .._results import ReadResult, WriteResult
-from .._state import Shutdown
+from ..._adapter import AdapterFlow
+from ..._errors import FlowError
+from ..._flow import Flow
+from ..._results import ReadResult, WriteResult
+from ..._state import FlowState, ReceiveState, SendState, Shutdown
 
-if TYPE_CHECKING:
-    from .conformance import AsyncFlowLike
-
-__all__ = ["BridgedFlow", "LoopThread", "asyncio_loop_thread", "bridged", "trio_loop_thread"]
-
+BytesLike = bytes | bytearray | memoryview
 T = TypeVar("T")
-_BytesLike = bytes | bytearray | memoryview
+
+
+# -- what a flow under test offers ---------------------------------------------------------
+
+
+class FlowView(Protocol):
+    """What every flow under test shows, async or blocking: its state and its options."""
+
+    @property
+    def state(self) -> FlowState: ...
+
+    @property
+    def send_state(self) -> SendState: ...
+
+    @property
+    def receive_state(self) -> ReceiveState: ...
+
+    @property
+    def error(self) -> FlowError | None: ...
+
+    @property
+    def high_water(self) -> int: ...
+
+    @property
+    def low_water(self) -> int: ...
+
+    @property
+    def receive_limit(self) -> int: ...
+
+    @property
+    def core(self) -> Flow: ...
+
+
+class AsyncFlowLike(FlowView, Protocol):
+    """The async adapter API that every check drives (asyncio, trio and in-memory flows).
+
+    ``read``/``write``/``writev`` return ``Ok``/``Eof``/``Error``; ``close``, ``shutdown`` and
+    ``abort`` return nothing and never raise for an I/O failure. ``core`` is the sans-IO
+    ``Flow`` underneath: the checks only look at it (``queued``, ``buffered``).
+    """
+
+    async def read(self, max_bytes: int | None = None) -> ReadResult: ...
+
+    async def write(self, data: BytesLike) -> WriteResult: ...
+
+    async def writev(self, buffers: Iterable[BytesLike]) -> WriteResult: ...
+
+    async def close(self, timeout: float | None = None) -> None: ...
+
+    async def shutdown(self, how: Shutdown) -> None: ...
+
+    async def abort(self) -> None: ...
+
+
+class BlockingFlowLike(FlowView, Protocol):
+    """The same API with plain (blocking) methods: the socket adapter's flows."""
+
+    def read(self, max_bytes: int | None = None) -> ReadResult: ...
+
+    def write(self, data: BytesLike) -> WriteResult: ...
+
+    def writev(self, buffers: Iterable[BytesLike]) -> WriteResult: ...
+
+    def close(self, timeout: float | None = None) -> None: ...
+
+    def shutdown(self, how: Shutdown) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+PairFactory = Callable[[], Awaitable[tuple[AsyncFlowLike, AsyncFlowLike]]]
+"""An async callable returning two freshly connected flows ``(a, b)``."""
+
+
+# -- blocking flows ------------------------------------------------------------------------
+
+
+class ThreadedFlow(AdapterFlow):
+    """A blocking flow seen through the async API: each call runs in a worker thread.
+
+    A call cannot be cancelled once it runs (a blocking ``read`` ends only when data, EOF or
+    an error arrives), so run the kit with ``supports_cancellation=False``.
+    """
+
+    __slots__ = ("_flow",)
+
+    def __init__(self, flow: BlockingFlowLike) -> None:
+        super().__init__(flow.core)  # the state view reads the core, as the flow's own does
+        self._flow = flow
+
+    @property
+    def flow(self) -> BlockingFlowLike:
+        return self._flow
+
+
+    async def read(self, max_bytes: int | None = None) -> ReadResult:
+        return await anyio.to_thread.run_sync(self._flow.read, max_bytes)
+
+    async def write(self, data: BytesLike) -> WriteResult:
+        return await anyio.to_thread.run_sync(self._flow.write, data)
+
+    async def writev(self, buffers: Iterable[BytesLike]) -> WriteResult:
+        return await anyio.to_thread.run_sync(self._flow.writev, buffers)
+
+    async def close(self, timeout: float | None = None) -> None:
+        await anyio.to_thread.run_sync(self._flow.close, timeout)
+
+    async def shutdown(self, how: Shutdown) -> None:
+        await anyio.to_thread.run_sync(self._flow.shutdown, how)
+
+    async def abort(self) -> None:
+        # Abandoned if cancelled: an abort that hangs must not hang whoever gave up on it.
+        await anyio.to_thread.run_sync(self._flow.abort, abandon_on_cancel=True)
+
+    def __repr__(self) -> str:
+        return f"threaded({self._flow!r})"
+
+
+def threaded(flow: BlockingFlowLike) -> ThreadedFlow:
+    """``flow`` (a blocking-socket adapter's flow) with the async API the checks drive."""
+    return ThreadedFlow(flow)
+
+
+def swapped(make_pair: PairFactory) -> PairFactory:
+    """``make_pair`` with its two flows exchanged, to check the other end as ``a``."""
+
+    async def make_swapped() -> tuple[AsyncFlowLike, AsyncFlowLike]:
+        a, b = await make_pair()
+        return b, a
+
+    return make_swapped
+
+
+# -- flows whose event loop runs in another thread -----------------------------------------
 
 
 class LoopThread(Protocol):
@@ -161,10 +296,10 @@ class BridgedFlow(AdapterFlow):
     async def read(self, max_bytes: int | None = None) -> ReadResult:
         return await self._call(self._flow.read, max_bytes)
 
-    async def write(self, data: _BytesLike) -> WriteResult:
+    async def write(self, data: BytesLike) -> WriteResult:
         return await self._call(self._flow.write, data)
 
-    async def writev(self, buffers: Iterable[_BytesLike]) -> WriteResult:
+    async def writev(self, buffers: Iterable[BytesLike]) -> WriteResult:
         return await self._call(self._flow.writev, buffers)
 
     async def close(self, timeout: float | None = None) -> None:
