@@ -12,14 +12,16 @@ Where the bytes sit:
   data goes straight to ``transport.write`` (a request, then a wait for its reply, costs no
   extra loop iteration). The rest of the burst is appended to the core's queue behind one
   flush scheduled for the next loop iteration, which hands everything queued to
-  ``transport.writelines`` in one call and acknowledges it all. A task about to wait for a
-  read flushes first. The transport's own buffer is bounded by the flow's water marks
-  (``set_write_buffer_limits``): while asyncio says "pause writing", the data stays in the
-  core, so the core's high-water mark holds writers back.
-- Closing: ``write_eof`` makes the transport shut down once its buffer is flushed; only then
-  does the core count our EOF as sent, so ``close`` ends cleanly only when every byte left
-  the process. When the peer's EOF came first and nothing is left to flush, the transport's
-  ``close`` sends our FIN instead.
+  ``transport.writelines`` in one call. A task about to wait for a read flushes first.
+  What the transport keeps (what the socket did not take at once) is
+  acknowledged to the core only once the transport has sent it, so the core's queue counts
+  every byte still in the process, and its water marks hold writers back against all of it:
+  the flow never holds more than the contract's bound, the high-water mark plus one write.
+  The transport pauses us above the low-water mark; new data then waits in the core.
+- Closing: our EOF is due once the transport has sent every byte; then ``write_eof`` shuts
+  the socket down and the core counts the EOF as sent, so ``close`` ends cleanly only when
+  every byte left the process. When the peer's EOF came first, the transport's ``close``
+  sends our FIN instead.
 - Receiving: the core keeps each read as an exact-size ``bytes``, without copying it again.
   On uvloop the protocol is a plain ``Protocol``: uvloop reads into its own buffer and hands
   out exact-size ``bytes``, one callback per read. On asyncio's own loops it is a
@@ -65,7 +67,7 @@ from sansflow import (
     Shutdown,
     WouldWait,
 )
-from sansflow._flow import buffer_list
+from sansflow._flow import Buffer, buffer_list
 from sansflow._results import ReadResult, WriteResult
 
 from ._common import READ_SIZE, AdapterFlow, set_linger_zero
@@ -121,6 +123,7 @@ class _Driver(asyncio.Protocol):
         "_eof_written",
         "_flush_pending",
         "_flushed_waiters",
+        "_handed",
         "_in_flush",
         "_loop",
         "_lost",
@@ -148,9 +151,12 @@ class _Driver(asyncio.Protocol):
         self._flushed_waiters: list[asyncio.Future[None]] | None = None
         self._lost_waiters: list[asyncio.Future[bool]] | None = None
         self._flush_pending = False
+        # Bytes at the head of the core's queue that the transport holds: handed over, not yet
+        # acknowledged with core.sent() (see _count_sent).
+        self._handed = 0
         self._writable = False  # connected, not paused, EOF not written, not released
         self._direct = False  # _writable, and no write went straight through in this burst
-        self._eof_written = False  # write_eof() called; the EOF is sent once the buffer drains
+        self._eof_written = False  # write_eof() called
         self._in_flush = False
         self._write_paused = False
         self._read_paused = False
@@ -163,10 +169,11 @@ class _Driver(asyncio.Protocol):
         # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
         transport = cast(asyncio.Transport, transport)
         self._transport = transport
-        core = self._core
-        # Bound the transport's buffer like the core's queue: while asyncio has more than
-        # high_water buffered, the data waits in the core, where writers feel it.
-        transport.set_write_buffer_limits(high=core.high_water, low=core.low_water)
+        # Paused while the transport holds more than low water, resumed once it is back at
+        # low water: the core counts those bytes as queued, so a writer waiting for the queue
+        # to drain to low water is woken then (the flush that follows counts them sent).
+        low_water = self._core.low_water
+        transport.set_write_buffer_limits(high=low_water, low=low_water)
         self._writable = self._direct = not self._write_paused
         if self._server is not None:
             self._server._connection_made(self)
@@ -247,34 +254,57 @@ class _Driver(asyncio.Protocol):
         self._wake()
 
     def _pull_out(self) -> None:
-        """Hand everything queued to the transport in one call, then our EOF once it is due."""
+        """Count what the transport sent, hand it everything else queued in one call, then
+        our EOF once it is due."""
         core = self._core
         transport = self._transport
         if self._in_flush or transport is None or transport.is_closing():
             return
         self._in_flush = True
         try:
+            self._count_sent(transport)
             # A loop, because a transport may pause and resume us inside write().
-            while core.queued and not self._write_paused:
-                nbytes = core.queued
-                buffers = core.buffers_to_send()
+            while core.queued > self._handed and not self._write_paused:
+                buffers = _after(core.buffers_to_send(), self._handed)
                 if len(buffers) == 1:
                     transport.write(buffers[0])
                 else:
                     transport.writelines(buffers)
-                    if (not self._write_paused
-                            and transport.get_write_buffer_size() > core.high_water):
-                        # CPython 3.12.0-3.12.8 and 3.13.0-3.13.1 forget to pause the
-                        # protocol in writelines() (gh-127655); setting the limits again
-                        # makes the transport check, through its public API.
-                        transport.set_write_buffer_limits(high=core.high_water,
-                                                          low=core.low_water)
-                # asyncio's transport keeps what the socket did not take: all of it is sent.
-                core.sent(nbytes)
+                self._handed = core.queued
+                self._count_sent(transport)
+                if self._handed > core.low_water and not self._write_paused:
+                    # CPython 3.12.0-3.12.8 and 3.13.0-3.13.1 forget to pause the protocol
+                    # in writelines() (gh-127655); setting the limits again makes the
+                    # transport check, through its public API.
+                    transport.set_write_buffer_limits(high=core.low_water, low=core.low_water)
             if core.eof_due:
                 self._send_eof(transport)
+            elif self._handed and core.send_state is _EOF_QUEUED:
+                # Our EOF waits for the transport to send everything: with both limits at
+                # zero, it pauses us now and resumes us exactly when its buffer is empty.
+                transport.set_write_buffer_limits(high=0, low=0)
         finally:
             self._in_flush = False
+
+    def _count_sent(self, transport: asyncio.Transport) -> None:
+        """Acknowledge to the core what the transport has sent of what we handed it: it keeps
+        the bytes the socket did not take, the last ones handed; the rest left the process."""
+        held = transport.get_write_buffer_size()
+        if held < self._handed:
+            self._core.sent(self._handed - held)
+            self._handed = held
+
+    def _write_through(self, data: bytes) -> None:
+        """Hand ``data`` to the transport past the core's empty queue (which would only take
+        it in and give it back). Whatever of it the socket did not take at once, the core
+        counts as queued, as handed over already."""
+        transport = self._transport
+        assert transport is not None  # only while _direct, so connected
+        transport.write(data)
+        held = transport.get_write_buffer_size()
+        if held:
+            self._core.write(memoryview(data)[len(data) - held:])  # read-only: not copied
+            self._handed = held
 
     def _flush_soon(self) -> None:
         if not self._flush_pending:
@@ -282,32 +312,21 @@ class _Driver(asyncio.Protocol):
             self._loop.call_soon(self._flush)
 
     def _send_eof(self, transport: asyncio.Transport) -> None:
-        """Our EOF is sent once the transport has shut down (for TCP, ``shutdown(SHUT_WR)``),
-        which it does after flushing its buffer: only then is the EOF ``eof_sent()``, so
-        that data stuck in the transport cannot end in a clean-looking CLOSED."""
-        if not self._eof_written:
-            if (self._core.receive_state is _EOF_RECEIVED
-                    and not transport.get_write_buffer_size()):
-                # The peer's EOF came first and nothing is left to flush, so the flow is
-                # CLOSED now and the transport released at once: its close() sends the FIN
-                # (one system call instead of shutdown() then close()).
-                self._core.eof_sent()
-                return
+        """Our EOF, due once the transport has sent every byte (the core counts them queued
+        until then): for TCP, ``shutdown(SHUT_WR)``. So data stuck in the transport cannot
+        end in a clean-looking CLOSED."""
+        core = self._core
+        self._eof_written = True
+        self._writable = self._direct = False
+        if core.receive_state is not _EOF_RECEIVED:
             try:
                 transport.write_eof()
             except OSError as exc:
-                self._core.receive_error(exc)
+                core.receive_error(exc)
                 return
-            self._eof_written = True
-            self._writable = self._direct = False
-            if transport.get_write_buffer_size():
-                # With both limits at zero the transport pauses us now and resumes us exactly
-                # when its buffer is empty, which lands here again (on the next iteration,
-                # once the transport has shut its side down).
-                transport.set_write_buffer_limits(high=0, low=0)
-                return
-        if not transport.get_write_buffer_size():
-            self._core.eof_sent()
+        # else: the peer's EOF came first, so the flow is CLOSED now and the transport
+        # released at once: its close() sends the FIN (one system call instead of two).
+        core.eof_sent()
 
     def _pause_reading(self) -> None:
         transport = self._transport
@@ -540,7 +559,7 @@ class AsyncioFlow(AdapterFlow):
             if type(data) is bytes and core.send_state is _SEND_OPEN:
                 # Past the core's queue, which would only take it in and give it back.
                 driver._direct = False
-                driver._transport.write(data)  # type: ignore[union-attr]  # _direct: connected
+                driver._write_through(data)
                 return _OK
             # Anything else through the queue: the core copies a writable buffer (the
             # transport may keep a reference to what it could not send at once, and the
@@ -556,12 +575,11 @@ class AsyncioFlow(AdapterFlow):
             result = await self._write_slow(lambda: core.write(data))
             if type(result) is not Ok:
                 return result
-            if driver._direct and type(data) is bytes and core.queued == len(data):
+            if driver._direct and core.queued == len(data):
                 # The queue drained while we waited, and the loop had control: this is the
-                # first write of a new burst.
+                # first write of a new burst, handed over now.
                 driver._direct = False
-                driver._transport.write(data)  # type: ignore[union-attr]  # _direct: connected
-                core.sent(len(data))
+                driver._update()
                 return result
         # Per write, in a burst: the flush is already pending, nothing more to do.
         if not driver._flush_pending:
@@ -576,15 +594,15 @@ class AsyncioFlow(AdapterFlow):
             self._claim_write()
         buffers = buffer_list(buffers)  # a one-shot iterator must survive a retry
         core = self._core
+        driver = self._driver
         idle = not core.queued
         result = core.writev(buffers)
         if result is WOULD_WAIT:
             retry = buffers
             result = await self._write_slow(lambda: core.writev(retry))
             if core.queued:
-                self._driver._flush_soon()
+                driver._flush_soon()
             return result
-        driver = self._driver
         if idle and driver._direct:
             driver._direct = False
             driver._update()
@@ -650,6 +668,20 @@ class AsyncioFlow(AdapterFlow):
         driver = self._driver
         driver._abort_now()
         await driver._wait_lost()
+
+
+def _after(buffers: list[Buffer], skip: int) -> list[Buffer]:
+    """``buffers`` without their first ``skip`` bytes (those the transport has already)."""
+    if not skip:
+        return buffers
+    index = 0
+    while skip >= len(buffers[index]):  # the core's buffers are bytes or 1-D byte views
+        skip -= len(buffers[index])
+        index += 1
+    rest = buffers[index:]
+    if skip:
+        rest[0] = memoryview(rest[0])[skip:]
+    return rest
 
 
 def _check_timeout(timeout: object) -> None:
