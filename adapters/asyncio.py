@@ -671,17 +671,18 @@ class AsyncioFlow(AdapterFlow):
 
 
 def _after(buffers: list[Buffer], skip: int) -> list[Buffer]:
-    """``buffers`` without their first ``skip`` bytes (those the transport has already)."""
+    """``buffers`` without their first ``skip`` bytes, which the transport has already.
+
+    Those are whole buffers: the transport keeps the tail of all that was queued when it was
+    last handed data, and the core's first buffer starts where ``sent()`` stopped."""
     if not skip:
         return buffers
     index = 0
-    while skip >= len(buffers[index]):  # the core's buffers are bytes or 1-D byte views
-        skip -= len(buffers[index])
+    while skip > 0:
+        skip -= len(buffers[index])  # the core's buffers are bytes or 1-D byte views
         index += 1
-    rest = buffers[index:]
-    if skip:
-        rest[0] = memoryview(rest[0])[skip:]
-    return rest
+    assert skip == 0  # whole buffers, as above
+    return buffers[index:]
 
 
 def _check_timeout(timeout: object) -> None:
