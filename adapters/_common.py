@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import select
 import socket
 import struct
+from typing import Any, Protocol, overload
 
-from sansflow import AdapterFlow
+from sansflow import AdapterFlow, ErrorKind, Flow, FlowError
 
-__all__ = ["IOV_MAX", "READ_SIZE", "AdapterFlow", "set_linger_zero"]
+__all__ = [
+    "IOV_MAX", "READ_SIZE", "AdapterFlow", "check_connected", "receive_ended", "set_linger_zero",
+]
 
 # sendmsg refuses more buffers than this (EMSGSIZE); 1024 on Linux.
 IOV_MAX: int = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024)
@@ -22,3 +27,110 @@ def set_linger_zero(sock: socket.socket) -> None:
     # Not a TCP socket (a socketpair, say) or already closed: a plain close will do.
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+class SocketLike(Protocol):
+    """What ``check_connected`` needs of a socket: ``socket.socket`` and trio's sockets."""
+
+    @property
+    def family(self) -> int: ...
+    @property
+    def type(self) -> int: ...
+    def fileno(self) -> int: ...
+    def getpeername(self) -> Any: ...
+    @overload
+    def getsockopt(self, level: int, optname: int, /) -> int: ...
+    @overload
+    def getsockopt(self, level: int, optname: int, buflen: int, /) -> bytes: ...
+
+
+# Linux's TCP_INFO (linux/tcp.h): tcpi_state is its first byte. tcpi_delivered (Linux 4.18+)
+# counts the segments the peer acknowledged, the handshake's SYN or SYN-ACK included: it is
+# 0 exactly when the socket never completed a handshake, and stays so after a reset.
+_TCP_INFO = getattr(socket, "TCP_INFO", None)
+_TCPI_DELIVERED = struct.Struct("=I")
+_TCPI_DELIVERED_AT = 192
+_TCP_SYN_SENT = 2
+_TCP_CLOSE = 7
+_SO_ACCEPTCONN = getattr(socket, "SO_ACCEPTCONN", None)
+
+
+def check_connected(sock: SocketLike) -> bool:
+    """Raise ``ValueError`` unless ``sock`` is a stream socket that is connected, or was
+    until its connection ended: an end before ``wrap()`` is an I/O outcome, not a mistake.
+
+    Returns whether the adapter must call ``receive_ended`` rather than read the socket: a
+    TCP connection that ended (state CLOSE) with no error waiting in ``SO_ERROR`` (a reset
+    whose error something read already, or both FINs exchanged before ``wrap()``) reads as
+    a clean EOF from the kernel. Any other end (an error waiting, or only the peer's FIN
+    in) the flow reads from the kernel like an end that comes later.
+
+    Changes nothing on ``sock`` (it does not even read ``SO_ERROR``), so a caller whose
+    socket is refused still owns it as it was.
+    """
+    if sock.fileno() < 0:
+        raise ValueError("wrap() takes an open socket; this one is closed")
+    if sock.type != socket.SOCK_STREAM:
+        kind = getattr(sock.type, "name", sock.type)
+        raise ValueError(f"wrap() takes a stream socket (SOCK_STREAM), not {kind}")
+    if _SO_ACCEPTCONN is not None and sock.getsockopt(socket.SOL_SOCKET, _SO_ACCEPTCONN):
+        raise ValueError("wrap() takes a connected socket, not a listening one: "
+                         "wrap the sockets that accept() returns")
+    try:
+        sock.getpeername()
+    except OSError:
+        # Linux answers ENOTCONN both for a socket never connected and for one whose
+        # connection ended (TCP state CLOSE): TCP_INFO tells them apart.
+        pass
+    else:
+        return False
+    error_waits = _error_waits(sock.fileno())
+    info = _tcp_info(sock)
+    if info is not None and info[0] == _TCP_SYN_SENT:
+        raise ValueError("wrap() takes a connected socket; this one's connect() has not "
+                         "finished: wait until the socket is writable and SO_ERROR is 0")
+    # Without TCP_INFO, a waiting error is the only sign of a past connection.
+    was_connected = error_waits if info is None else info[0] == _TCP_CLOSE and info[1] > 0
+    if not was_connected:
+        raise ValueError("wrap() takes a connected socket; this one was never connected "
+                         "(or its connect() failed)")
+    return not error_waits
+
+
+def receive_ended(sock: SocketLike, core: Flow) -> None:
+    """End ``core`` as ``sock``'s connection ended, when ``check_connected`` said that the
+    kernel no longer tells how: what the peer sent (the kernel keeps it past the end, and a
+    read of it never waits), then a reset, the one end that cannot hide a lost one.
+
+    Everything the kernel kept is buffered at once, even past the receive limit: the
+    connection is over, so the kernel's receive buffer bounds it.
+    """
+    fd = sock.fileno()
+    while data := os.read(fd, READ_SIZE):
+        core.receive_data(data)
+    cause = ConnectionResetError(errno.ECONNRESET, os.strerror(errno.ECONNRESET))
+    core.receive_error(FlowError(ErrorKind.RESET, cause, "the connection ended before wrap(), "
+                                                      "and the kernel no longer says how"))
+
+
+def _error_waits(fd: int) -> bool:
+    """Whether an error waits in ``SO_ERROR``, without taking it as ``getsockopt`` would."""
+    if not hasattr(select, "poll"):  # pragma: no cover - Windows
+        return False
+    poller = select.poll()
+    poller.register(fd, 0)  # POLLERR is always reported
+    ready = poller.poll(0)
+    return bool(ready and ready[0][1] & select.POLLERR)
+
+
+def _tcp_info(sock: SocketLike) -> tuple[int, int] | None:
+    """``(tcpi_state, tcpi_delivered)`` of a TCP socket on Linux 4.18+; else ``None``."""
+    if _TCP_INFO is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 256)
+    except OSError:  # pragma: no cover - not TCP after all (SCTP's stream sockets, say)
+        return None
+    if len(info) < _TCPI_DELIVERED_AT + _TCPI_DELIVERED.size:  # pragma: no cover - old kernel
+        return None
+    return info[0], _TCPI_DELIVERED.unpack_from(info, _TCPI_DELIVERED_AT)[0]

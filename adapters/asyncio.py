@@ -70,7 +70,7 @@ from sansflow import (
 from sansflow._flow import Buffer, buffer_list
 from sansflow._results import ReadResult, WriteResult
 
-from ._common import READ_SIZE, AdapterFlow, set_linger_zero
+from ._common import READ_SIZE, AdapterFlow, check_connected, receive_ended, set_linger_zero
 
 __all__ = ["AsyncioFlow", "Server", "connect", "serve", "wrap"]
 
@@ -710,17 +710,24 @@ async def connect(host: str, port: int, *, high_water: int = 64 * 1024,
 async def wrap(sock: socket.socket, *, high_water: int = 64 * 1024, low_water: int = 16 * 1024,
                receive_limit: int = 256 * 1024) -> AsyncioFlow:
     """Adopt a connected stream socket (TCP, or AF_UNIX such as one end of a
-    ``socket.socketpair()``). The flow owns it from now on: do not use or close it."""
+    ``socket.socketpair()``). The flow owns it from now on: do not use or close it.
+
+    A socket that is not a connected stream socket raises ``ValueError`` and stays as it
+    was; one whose connection already ended gives a flow that reads what the peer sent,
+    then how it ended."""
     if not isinstance(sock, socket.socket):
         raise TypeError(f"wrap() takes a connected socket.socket, not {type(sock).__name__}")
-    if sock.type != socket.SOCK_STREAM:
-        raise ValueError(f"wrap() takes a stream socket, not {sock!r}")
     core = _new_core(high_water, low_water, receive_limit)
+    ended = check_connected(sock)
+    if ended:
+        receive_ended(sock, core)
     loop = asyncio.get_running_loop()
     driver = _new_driver(core, loop)
     # Works for every stream family on asyncio's loop and on uvloop; server_side only
     # matters for TLS, which is not used here.
     await loop.connect_accepted_socket(lambda: driver, sock)
+    if ended:
+        driver._update()  # the flow is CLOSED: let go of the transport now
     return AsyncioFlow(core, driver)
 
 

@@ -95,7 +95,14 @@ from sansflow import (
 )
 from sansflow._flow import buffer_list
 
-from ._common import IOV_MAX, READ_SIZE, AdapterFlow, set_linger_zero
+from ._common import (
+    IOV_MAX,
+    READ_SIZE,
+    AdapterFlow,
+    check_connected,
+    receive_ended,
+    set_linger_zero,
+)
 
 __all__ = ["FLUSH_DELAY", "Server", "SocketFlow", "connect", "serve", "wrap"]
 
@@ -670,17 +677,13 @@ def wrap(sock: socket.socket, **options: int) -> SocketFlow:
             "wrap() cannot carry an ssl.SSLSocket: it sends with sendmsg and MSG_DONTWAIT, "
             "which TLS sockets do not offer; wrap the plain socket and run TLS above the flow"
         )
-    if sock.fileno() < 0:
-        raise ValueError("wrap() takes an open socket; this one is closed")
-    if sock.type != socket.SOCK_STREAM:
-        raise ValueError(f"wrap() takes a stream socket (SOCK_STREAM), not {sock.type!r}")
     core = Flow(**options)
-    try:
-        sock.getpeername()
-    except OSError as exc:
-        raise ValueError(f"wrap() takes a connected socket: {exc}") from exc
+    if check_connected(sock):
+        receive_ended(sock, core)
     sock.setblocking(True)  # also where only the descriptor was left non-blocking
-    return _adopt(sock, core)
+    flow = _adopt(sock, core)
+    flow._release_if_closed()  # a connection that had ended needs its socket no more
+    return flow
 
 
 def _adopt(sock: socket.socket, core: Flow) -> SocketFlow:

@@ -96,7 +96,7 @@ from sansflow import (
 )
 from sansflow._flow import buffer_list
 
-from ._common import IOV_MAX, READ_SIZE, AdapterFlow
+from ._common import IOV_MAX, READ_SIZE, AdapterFlow, check_connected, receive_ended
 
 __all__ = ["FlowStream", "TrioFlow", "connect", "serve", "wrap"]
 
@@ -763,11 +763,17 @@ class TrioFlow(AdapterFlow):
 
 
 def _has_fileno(sock: trio.socket.SocketType) -> bool:
-    """Whether ``sock`` is backed by a real descriptor (a fake socket has none)."""
+    """Whether ``sock`` is backed by a real, open descriptor."""
+    return not _is_fake(sock) and sock.fileno() >= 0
+
+
+def _is_fake(sock: trio.socket.SocketType) -> bool:
+    """Whether ``sock`` is one of ``trio.testing``'s fake sockets, which have no descriptor."""
     try:
-        return sock.fileno() >= 0
+        sock.fileno()
     except NotImplementedError:
-        return False
+        return True
+    return False
 
 
 def _check_timeout(timeout: object) -> None:
@@ -777,18 +783,36 @@ def _check_timeout(timeout: object) -> None:
         raise ValueError(f"timeout must be >= 0, not {timeout!r}")
 
 
-def wrap(stream: trio.abc.Stream, *, high_water: int = _HIGH_WATER,
+def wrap(stream: trio.abc.Stream | _stdlib_socket.socket, *, high_water: int = _HIGH_WATER,
          low_water: int = _LOW_WATER, receive_limit: int = _RECEIVE_LIMIT) -> TrioFlow:
     """A flow over ``stream``, which the flow now owns (it closes it when the flow ends).
 
     Any ``trio.abc.HalfCloseableStream`` works; a ``trio.SocketStream`` gets exact partial
     sends and vectored ``sendmsg``. A plain ``trio.abc.Stream`` (``SSLStream``) works too, but
-    cannot half-close: see the module documentation.
+    cannot half-close: see the module documentation. A connected ``socket.socket`` (TCP, or
+    one end of a ``socket.socketpair()``) is carried by a ``trio.SocketStream``.
+
+    A socket (also the one under a ``SocketStream``) that is not a connected stream socket
+    raises ``ValueError`` and stays as it was; one whose connection already ended gives a
+    flow that reads what the peer sent, then how it ended.
     """
-    if not isinstance(stream, trio.abc.Stream):
-        raise TypeError(f"wrap() takes a trio stream, not {type(stream).__name__}")
+    if not isinstance(stream, (trio.abc.Stream, _stdlib_socket.socket)):
+        raise TypeError(
+            f"wrap() takes a trio stream or a socket.socket, not {type(stream).__name__}")
     core = Flow(high_water=high_water, low_water=low_water, receive_limit=receive_limit)
-    return TrioFlow(stream, core)
+    if isinstance(stream, _stdlib_socket.socket):
+        ended = check_connected(stream)  # before trio makes the socket non-blocking
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(stream))
+    elif isinstance(stream, trio.SocketStream) and not _is_fake(stream.socket):
+        ended = check_connected(stream.socket)
+    else:
+        ended = False  # another kind of stream: nothing underneath to look at
+    flow = TrioFlow(stream, core)
+    if ended:
+        assert isinstance(stream, trio.SocketStream)
+        receive_ended(stream.socket, core)
+        flow._close_socket()  # the connection is over: the flow needs the socket no more
+    return flow
 
 
 async def connect(host: str | bytes, port: int, *, high_water: int = _HIGH_WATER,
