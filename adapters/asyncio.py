@@ -57,6 +57,7 @@ from typing import Any, cast
 
 from sansflow import (
     WOULD_WAIT,
+    AsyncAdapterFlow,
     ErrorKind,
     Flow,
     FlowError,
@@ -70,7 +71,7 @@ from sansflow import (
 from sansflow._flow import Buffer, buffer_list
 from sansflow._results import ReadResult, WriteResult
 
-from ._common import READ_SIZE, AdapterFlow, check_connected, receive_ended, set_linger_zero
+from ._common import READ_SIZE, check_connected, receive_ended, set_linger_zero
 
 __all__ = ["AsyncioFlow", "Server", "connect", "serve", "wrap"]
 
@@ -489,7 +490,7 @@ def _new_driver(core: Flow, loop: asyncio.AbstractEventLoop,
     return _Driver(core, loop, server)
 
 
-class AsyncioFlow(AdapterFlow):
+class AsyncioFlow(AsyncAdapterFlow):
     """A sansflow flow carried by an asyncio transport (asyncio's own loop or uvloop).
 
     Get one from ``connect``, ``wrap`` or a ``serve`` handler. One task may read while another

@@ -5,7 +5,8 @@ The core is ``Flow``; ``sansflow.adapters`` carries it over asyncio, trio and bl
 and ``sansflow.testing`` joins two flows in memory for tests.
 """
 
-from ._adapter import AdapterFlow
+from ._adapter import AdapterFlow, AsyncAdapterFlow, BlockingAdapterFlow
+from ._api import AsyncFlow, BlockingFlow, BrokenFlowError
 from ._errors import BusyError, ErrorKind, FlowError, FlowUsageError, error_message
 from ._flow import Buffer, Flow
 from ._results import WOULD_WAIT, Eof, Error, Ok, ReadResult, WouldWait, WriteResult
@@ -14,6 +15,11 @@ from ._state import FlowState, ReceiveState, SendState, Shutdown
 __all__ = [
     "WOULD_WAIT",
     "AdapterFlow",
+    "AsyncAdapterFlow",
+    "AsyncFlow",
+    "BlockingAdapterFlow",
+    "BlockingFlow",
+    "BrokenFlowError",
     "Buffer",
     "BusyError",
     "Eof",

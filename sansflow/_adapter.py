@@ -1,12 +1,21 @@
-"""``AdapterFlow``: what every adapter's flow shares, with no I/O (state view, busy guard)."""
+"""What every adapter's flow shares, with no I/O: ``AdapterFlow`` (state view, busy guard),
+and ``AsyncAdapterFlow`` / ``BlockingAdapterFlow`` (``with`` and iteration, from the flow's own
+``read``, ``close`` and ``abort``)."""
 
 from __future__ import annotations
 
+from types import TracebackType
+from typing import TypeVar
+
+from ._api import BrokenFlowError
 from ._errors import BusyError, FlowError
 from ._flow import Flow
+from ._results import Eof, Ok, ReadResult
 from ._state import FlowState, ReceiveState, SendState
 
-__all__ = ["AdapterFlow", "check_timeout"]
+__all__ = ["AdapterFlow", "AsyncAdapterFlow", "BlockingAdapterFlow", "check_timeout"]
+
+_Self = TypeVar("_Self")
 
 
 class AdapterFlow:
@@ -71,6 +80,79 @@ class AdapterFlow:
 
     def __repr__(self) -> str:
         return f"<{type(self).__module__}.{type(self).__name__} {self._core!r}>"
+
+
+def _data_or_stop(result: ReadResult, stop: type[Exception]) -> bytes:
+    """What one step of iterating over a flow gives for ``result``."""
+    if type(result) is Ok:
+        return result.value
+    if type(result) is Eof:
+        raise stop
+    raise BrokenFlowError(result.error)  # type: ignore[union-attr]  # neither Ok nor Eof
+
+
+class AsyncAdapterFlow(AdapterFlow):
+    """``AdapterFlow`` for an async adapter: ``async with`` closes on a normal exit and aborts
+    on an exception; ``async for`` yields data until ``Eof`` and raises ``BrokenFlowError`` at
+    an ``Error``. The subclass supplies ``read``, ``close`` and ``abort``."""
+
+    __slots__ = ()
+
+    async def read(self, max_bytes: int | None = None) -> ReadResult:
+        raise NotImplementedError
+
+    async def close(self, timeout: float | None = None) -> None:
+        raise NotImplementedError
+
+    async def abort(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self: _Self) -> _Self:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, traceback: TracebackType | None) -> None:
+        if exc_type is None:
+            await self.close()
+        else:
+            await self.abort()
+
+    def __aiter__(self: _Self) -> _Self:
+        return self
+
+    async def __anext__(self) -> bytes:
+        return _data_or_stop(await self.read(), StopAsyncIteration)
+
+
+class BlockingAdapterFlow(AdapterFlow):
+    """``AsyncAdapterFlow`` without ``await``: ``with`` and ``for`` over a blocking flow."""
+
+    __slots__ = ()
+
+    def read(self, max_bytes: int | None = None) -> ReadResult:
+        raise NotImplementedError
+
+    def close(self, timeout: float | None = None) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _Self) -> _Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None,
+                 exc: BaseException | None, traceback: TracebackType | None) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def __iter__(self: _Self) -> _Self:
+        return self
+
+    def __next__(self) -> bytes:
+        return _data_or_stop(self.read(), StopIteration)
 
 
 def check_timeout(timeout: object) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 import anyio
 
-from .._adapter import AdapterFlow, check_timeout
+from .._adapter import AsyncAdapterFlow, check_timeout
 from .._errors import ErrorKind, FlowError
 from .._flow import Flow, buffer_list
 from .._results import WOULD_WAIT, ReadResult, WriteResult
@@ -42,7 +42,7 @@ class _Link:
         await self._changed.wait()
 
 
-class MemoryFlow(AdapterFlow):
+class MemoryFlow(AsyncAdapterFlow):
     """One end of ``memory_flow_pair``, with the async adapter API.
 
     One reader and one writer at a time; a second concurrent reader (or writer) gets

@@ -21,7 +21,7 @@ from typing import Any, Protocol, TypeVar
 
 import anyio
 
-from ..._adapter import AdapterFlow
+from ..._adapter import AsyncAdapterFlow
 from ..._errors import FlowError
 from ..._flow import Flow
 from ..._results import ReadResult, WriteResult
@@ -106,7 +106,7 @@ PairFactory = Callable[[], Awaitable[tuple[AsyncFlowLike, AsyncFlowLike]]]
 # -- blocking flows ------------------------------------------------------------------------
 
 
-class ThreadedFlow(AdapterFlow):
+class ThreadedFlow(AsyncAdapterFlow):
     """A blocking flow seen through the async API: each call runs in a worker thread.
 
     A call cannot be cancelled once it runs (a blocking ``read`` ends only when data, EOF or
@@ -273,7 +273,7 @@ def asyncio_loop_thread(*, use_uvloop: bool = False) -> Iterator[LoopThread]:
         loop.close()
 
 
-class BridgedFlow(AdapterFlow):
+class BridgedFlow(AsyncAdapterFlow):
     """A flow living in ``loop`` (another thread), with the async API in the caller's loop."""
 
     __slots__ = ("_flow", "_loop")
