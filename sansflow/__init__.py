@@ -8,11 +8,14 @@ and ``sansflow.testing`` joins two flows in memory for tests.
 from ._adapter import AdapterFlow, AsyncAdapterFlow, BlockingAdapterFlow
 from ._api import AsyncFlow, BlockingFlow, BrokenFlowError
 from ._errors import BusyError, ErrorKind, FlowError, FlowUsageError, error_message
-from ._flow import Buffer, Flow
+from ._flow import HIGH_WATER, LOW_WATER, RECEIVE_LIMIT, Buffer, Flow
 from ._results import WOULD_WAIT, Eof, Error, Ok, ReadResult, WouldWait, WriteResult
 from ._state import FlowState, ReceiveState, SendState, Shutdown
 
 __all__ = [
+    "HIGH_WATER",
+    "LOW_WATER",
+    "RECEIVE_LIMIT",
     "WOULD_WAIT",
     "AdapterFlow",
     "AsyncAdapterFlow",

@@ -19,7 +19,14 @@ from ._state import (
     _StateMachine,
 )
 
-__all__ = ["Buffer", "Flow", "buffer_list"]
+__all__ = ["HIGH_WATER", "LOW_WATER", "RECEIVE_LIMIT", "Buffer", "Flow", "buffer_list"]
+
+HIGH_WATER = 64 * 1024
+"""The default high-water mark: a write waits while more than this is queued."""
+LOW_WATER = 16 * 1024
+"""The default low-water mark: a waiting writer resumes once the queue is down to this."""
+RECEIVE_LIMIT = 256 * 1024
+"""The default receive limit: reading from the transport pauses at this many unread bytes."""
 
 Buffer = bytes | memoryview
 """What ``buffers_to_send`` hands out: read-only, byte-addressed (``len`` counts bytes)."""
@@ -63,8 +70,8 @@ class Flow(_StateMachine):
         "_send_queue",
     )
 
-    def __init__(self, *, high_water: int = 64 * 1024, low_water: int = 16 * 1024,
-                 receive_limit: int = 256 * 1024) -> None:
+    def __init__(self, *, high_water: int = HIGH_WATER, low_water: int = LOW_WATER,
+                 receive_limit: int = RECEIVE_LIMIT) -> None:
         _check_size("high_water", high_water, minimum=1)
         _check_size("low_water", low_water, minimum=0)
         _check_size("receive_limit", receive_limit, minimum=1)

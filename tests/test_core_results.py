@@ -220,7 +220,8 @@ def test_usage_errors() -> None:
 
 def test_public_surface() -> None:
     assert set(sansflow.__all__) == {
-        "WOULD_WAIT", "AdapterFlow", "AsyncAdapterFlow", "AsyncFlow", "BlockingAdapterFlow",
+        "HIGH_WATER", "LOW_WATER", "RECEIVE_LIMIT", "WOULD_WAIT", "AdapterFlow",
+        "AsyncAdapterFlow", "AsyncFlow", "BlockingAdapterFlow",
         "BlockingFlow", "BrokenFlowError", "Buffer", "BusyError", "Eof", "Error", "ErrorKind",
         "Flow", "FlowError", "FlowState", "FlowUsageError", "Ok", "ReadResult", "ReceiveState",
         "SendState", "Shutdown", "WouldWait", "WriteResult", "error_message",
