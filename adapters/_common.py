@@ -8,12 +8,15 @@ import os
 import select
 import socket
 import struct
+from collections.abc import Callable
+from functools import partial
 from typing import Any, Protocol, overload
 
-from sansflow import AdapterFlow, ErrorKind, Flow, FlowError
+from sansflow import AdapterFlow, ErrorKind, Flow, FlowError, ReceiveState
 
 __all__ = [
-    "IOV_MAX", "READ_SIZE", "AdapterFlow", "check_connected", "receive_ended", "set_linger_zero",
+    "IOV_MAX", "READ_SIZE", "AdapterFlow", "check_connected", "receive_ended", "receive_kept",
+    "set_linger_zero",
 ]
 
 # sendmsg refuses more buffers than this (EMSGSIZE); 1024 on Linux.
@@ -105,12 +108,37 @@ def receive_ended(sock: SocketLike, core: Flow) -> None:
     Everything the kernel kept is buffered at once, even past the receive limit: the
     connection is over, so the kernel's receive buffer bounds it.
     """
-    fd = sock.fileno()
-    while data := os.read(fd, READ_SIZE):
-        core.receive_data(data)
+    receive_kept(partial(os.read, sock.fileno()), core, past_limit=True)
     cause = ConnectionResetError(errno.ECONNRESET, os.strerror(errno.ECONNRESET))
     core.receive_error(FlowError(ErrorKind.RESET, cause, "the connection ended before wrap(), "
                                                       "and the kernel no longer says how"))
+
+
+def receive_kept(read: Callable[[int], bytes], core: Flow, *, past_limit: bool = False) -> None:
+    """Feed ``core`` what the kernel still holds for it, before the caller ends the flow:
+    the peer's last bytes, which the kernel keeps readable after a reset, and which closing
+    the socket would throw away. ``read(size)`` must never wait; it is called until it
+    returns ``b""`` or raises ``OSError`` (``BlockingIOError``: nothing more now). Its ``b""``
+    is not fed in as an EOF: once the connection failed, the kernel answers ``b""`` whether
+    or not the peer's FIN came first, so the caller's error ends the flow.
+
+    Only while the flow still takes input (its receive direction is open), and only as far
+    as the receive limit has room, unless ``past_limit``: a send that failed may leave a
+    live peer sending (an AF_UNIX peer that shut down only its reading side), and what the
+    limit has no room for is what a flow that reads input as it arrives would not have
+    taken either.
+    """
+    if core.receive_state is not ReceiveState.OPEN:
+        return  # after shutdown(READ) or the peer's EOF nothing more is wanted
+    while past_limit or not core.reading_paused:
+        size = READ_SIZE if past_limit else min(READ_SIZE, core.receive_limit - core.buffered)
+        try:
+            data = read(size)
+        except OSError:
+            return
+        if not data:
+            return
+        core.receive_data(data)
 
 
 def _error_waits(fd: int) -> bool:

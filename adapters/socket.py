@@ -42,7 +42,9 @@ Receiving
 Input is read only by a thread that waits for it: ``read`` (when nothing is buffered) and
 ``close`` (until the peer's EOF, and only while the receive buffer is below its limit). One
 ``recv`` at a time, without the lock; its ``bytes`` go to the reader as they are, or into the
-core.
+core. When a send fails (the peer reset the connection, say), what the kernel still holds
+for the flow is read into the core first, as far as the receive limit has room, and stays
+readable before the send's error: closing the socket would throw it away.
 
 Closing
 -------
@@ -101,6 +103,7 @@ from ._common import (
     AdapterFlow,
     check_connected,
     receive_ended,
+    receive_kept,
     set_linger_zero,
 )
 
@@ -122,6 +125,9 @@ _SEND_OPEN = SendState.OPEN
 _RECEIVE_OPEN = ReceiveState.OPEN
 _RECEIVING_STATES = (ReceiveState.OPEN, ReceiveState.DISCARDING)
 _log = logging.getLogger("sansflow")
+# The longest single wait: poll takes an int of milliseconds and locks a bounded timeout, so
+# a later deadline (an infinite one among them) is waited for in turns.
+_WAIT_MAX = 3600.0
 
 BytesLike = bytes | bytearray | memoryview
 
@@ -134,8 +140,13 @@ def _poll(fd: int, events: int, timeout: float) -> int:
     return ready[0][1] if ready else 0
 
 
+def _left(deadline: float) -> float:
+    """Seconds until ``deadline``, at most ``_WAIT_MAX``: the next wait's timeout."""
+    return min(deadline - monotonic(), _WAIT_MAX)
+
+
 def _remaining(deadline: float | None) -> float | None:
-    return None if deadline is None else deadline - monotonic()
+    return None if deadline is None else _left(deadline)
 
 
 def _passed(deadline: float | None) -> bool:
@@ -356,7 +367,7 @@ class SocketFlow(AdapterFlow):
         try:
             if deadline is None:
                 data = sock.recv(READ_SIZE)
-            elif _poll(sock.fileno(), select.POLLIN, deadline - monotonic()):
+            elif _poll(sock.fileno(), select.POLLIN, _left(deadline)):
                 data = sock.recv(READ_SIZE, socket.MSG_DONTWAIT)
         except BlockingIOError:
             pass
@@ -519,6 +530,14 @@ class SocketFlow(AdapterFlow):
             self._changed.notify_all()
 
     def _fail(self, exc: OSError) -> None:
+        """A send raised ``exc``: the flow fails with it, once it has taken in what the kernel
+        still holds for it (the peer's last bytes; see ``receive_kept``), which closing the
+        socket would lose. Not while another thread is in ``recv``: what the kernel holds is
+        its to take, and reading beside it could leave a gap in the stream."""
+        sock = self._sock
+        assert sock is not None  # a send just used it
+        if not self._receiving:
+            receive_kept(lambda size: sock.recv(size, socket.MSG_DONTWAIT), self._core)
         self._core.receive_error(exc)
         self._notify()
         self._release_if_closed()
@@ -769,14 +788,14 @@ class Server:
                 sock.close()
         deadline = monotonic() + self._grace
         for thread in self._threads():
-            thread.join(max(0.0, deadline - monotonic()))
+            _join(thread, deadline)
         with self._lock:
             stragglers = [flow for flow in self._connections.values() if flow is not None]
         for flow in stragglers:
             flow.abort()
         deadline = monotonic() + max(self._grace, 1.0)
         for thread in self._threads():
-            thread.join(max(0.0, deadline - monotonic()))
+            _join(thread, deadline)
         if alive := [thread.name for thread in self._threads()]:
             _log.warning("sansflow: handler threads still running after abort: %s", alive)
 
@@ -842,6 +861,12 @@ class Server:
                 del self._connections[me]
 
 
+def _join(thread: threading.Thread, deadline: float) -> None:
+    """Wait until ``thread`` ends or ``deadline`` passes."""
+    while thread.is_alive() and (left := _left(deadline)) > 0:
+        thread.join(left)
+
+
 def serve(handler: Handler, host: str, port: int, *, backlog: int = 4096,
           grace: float = 5.0, **options: int) -> Server:
     """A server running ``handler(flow)`` on its own thread for each accepted connection.
@@ -854,12 +879,14 @@ def serve(handler: Handler, host: str, port: int, *, backlog: int = 4096,
     When the handler returns, the flow is closed (``close(timeout=10)``) unless it is CLOSED;
     if it raises, the exception is logged (``logging.getLogger("sansflow")``) and the flow is
     aborted. ``options`` are each flow's ``high_water``, ``low_water`` and ``receive_limit``
-    (checked here). ``grace`` is how long leaving the ``with`` block lets handlers finish
-    before their flows are aborted.
+    (checked here). ``grace`` is how many seconds leaving the ``with`` block lets handlers
+    finish before their flows are aborted (``math.inf``: as long as they take).
     """
     if not callable(handler):
         raise TypeError(f"serve() takes a callable handler, not {type(handler).__name__}")
     Flow(**options)  # refuse bad options now, not in every connection's thread
-    if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not grace >= 0:
-        raise ValueError(f"grace must be a number of seconds, at least 0, not {grace!r}")
+    if isinstance(grace, bool) or not isinstance(grace, (int, float)):
+        raise TypeError(f"grace must be a number of seconds, not {grace!r}")
+    if not grace >= 0:  # also refuses NaN
+        raise ValueError(f"grace must be at least 0 seconds, not {grace!r}")
     return Server(handler, host, port, backlog=backlog, grace=grace, options=options)

@@ -31,7 +31,9 @@ How bytes move:
   finds it taken parks until the holder lets go, so trio's conflict detection never fires.
 - ``close()`` and ``shutdown(WRITE)`` wait until the queue is flushed and our EOF sent. A
   failure while sending ends the flow with that error; readers, writers and closers waiting
-  wake up with it.
+  wake up with it. On a socket, what the kernel still holds for the flow (the peer's last
+  bytes before its reset) is taken in first, as far as the receive limit has room, and is
+  read before the error: closing the socket would throw it away.
 
 On a ``trio.SocketStream`` over a real descriptor (POSIX), sends never wait: they are
 ``os.write`` / ``os.writev`` (at most ``IOV_MAX`` buffers) on the socket's non-blocking
@@ -96,7 +98,14 @@ from sansflow import (
 )
 from sansflow._flow import buffer_list
 
-from ._common import IOV_MAX, READ_SIZE, AdapterFlow, check_connected, receive_ended
+from ._common import (
+    IOV_MAX,
+    READ_SIZE,
+    AdapterFlow,
+    check_connected,
+    receive_ended,
+    receive_kept,
+)
 
 __all__ = ["FlowStream", "TrioFlow", "connect", "serve", "wrap"]
 
@@ -562,16 +571,28 @@ class TrioFlow(AdapterFlow):
 
     async def _receive(self) -> None:
         """One receive into the core; the caller checked that no other task receives.
-        Never takes more than the receive limit has room for."""
+        Never takes more than the receive limit has room for.
+
+        What a receive took is in the core before it lets other tasks run: a send failing
+        meanwhile takes in what the kernel still holds (``_fail_now``), which must come after.
+        """
         core = self._core
         self._receiving = True
         try:
             size = min(READ_SIZE, core.receive_limit - core.buffered)
             sock = self._socket
             data: bytes | bytearray
+            at_once = False  # read without waiting: the checkpoint comes once it is fed in
             try:
                 if self._sync:
-                    data = await self._receive_now(size)
+                    assert sock is not None
+                    await _checkpoint_if_cancelled()  # close()'s receive loop must see its deadline
+                    try:
+                        # fileno() is -1 once the socket is closed: never read a reused number.
+                        data = _os_read(sock.fileno(), size)
+                        at_once = True
+                    except BlockingIOError:
+                        data = await self._receive_when_readable(size)
                 elif sock is not None:
                     data = await sock.recv(size)
                 else:
@@ -585,26 +606,19 @@ class TrioFlow(AdapterFlow):
                 core.receive_eof()
                 if core.state is _CLOSED:
                     await self._release(graceful=core.error is None)
+            if at_once:
+                await _cancel_shielded_checkpoint()  # a checkpoint either way, like trio's recv
         finally:
             self._receiving = False
             if self._parked:
                 self._lot.unpark_all()
 
-    async def _receive_now(self, size: int) -> bytes:
-        """What the socket has (sync sends' twin): a read on its non-blocking descriptor,
-        waiting for it to be readable only if nothing is there; a checkpoint either way,
-        like trio's ``recv`` (whose wrapping costs more than the read)."""
+    async def _receive_when_readable(self, size: int) -> bytes:
+        """What the socket has once it is readable (sync sends' twin): a read on its
+        non-blocking descriptor after each wait, the checkpoints of trio's ``recv`` without
+        its per-call wrapping (which costs more than the read)."""
         sock = self._socket
         assert sock is not None
-        await _checkpoint_if_cancelled()  # close()'s receive loop must see its deadline
-        try:
-            # fileno() is -1 once the socket is closed: never read from a reused number.
-            data = _os_read(sock.fileno(), size)
-        except BlockingIOError:
-            pass
-        else:
-            await _cancel_shielded_checkpoint()
-            return data
         while True:
             await _wait_readable(sock)
             try:
@@ -671,9 +685,20 @@ class TrioFlow(AdapterFlow):
     # -- ending --------------------------------------------------------------------------
 
     def _fail_now(self, exc: OSError) -> None:
-        """A socket call raised ``exc``: fail the core with it, close the socket."""
+        """A send on the socket raised ``exc``: fail the core with it, close the socket.
+
+        Where the flow reads the descriptor itself (sync sends), the core first takes in what
+        the kernel still holds for it (the peer's last bytes, readable after a reset; see
+        ``receive_kept``), which closing the socket would lose. No task holds input it has
+        read but not fed in: a receive feeds the core before it lets others run. Through the
+        trio socket (Windows) that input cannot be taken without waiting, and is lost.
+        """
         core = self._core
         if core.state is not _CLOSED:
+            if self._sync:
+                sock = self._socket
+                assert sock is not None
+                receive_kept(lambda size: _os_read(sock.fileno(), size), core)
             core.receive_error(exc)
         self._stop_sender()
         self._wake()
@@ -842,6 +867,8 @@ async def serve(
     CLOSED; if it raises, the flow is aborted and the exception propagates, crashing the
     server, as with ``trio.serve_tcp``. Runs until cancelled.
     """
+    if not callable(handler):  # refused here, not once per connection
+        raise TypeError(f"serve() takes an async handler function, not {handler!r}")
     options: dict[str, Any] = {
         "high_water": high_water, "low_water": low_water, "receive_limit": receive_limit,
     }

@@ -7,15 +7,18 @@ An autouse fixture checks that each test leaves no file descriptor and no thread
 from __future__ import annotations
 
 import errno
+import fcntl
 import importlib.util
 import logging
 import math
 import os
 import queue
 import random
+import select
 import socket
 import ssl
 import struct
+import termios
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -436,6 +439,19 @@ def test_an_interrupted_close_aborts_the_flow(monkeypatch: pytest.MonkeyPatch) -
         assert recv_to_end(peer) == b""  # our EOF went out before the interruption
 
 
+@pytest.mark.parametrize("timeout", [math.inf, 1e300], ids=["infinite", "huge"])
+def test_close_with_an_endless_timeout_waits_for_the_peer(timeout: float) -> None:
+    """A timeout past what poll and locks take (an int of milliseconds) is waited for in
+    turns: the close ends cleanly when the peer's EOF comes, not with an OverflowError."""
+    with flow_pair() as (a, b):
+        closing = Background(partial(a.close, timeout=timeout))
+        assert b.read() == Eof()  # a's EOF: a now waits for b's
+        assert closing.running
+        b.close(timeout=TIMEOUT)
+        closing.join()
+        assert (a.state, a.error) == (FlowState.CLOSED, None)
+
+
 def test_close_with_timeout_zero_completes_when_the_peer_is_done() -> None:
     with flow_pair() as (a, b):
         b.shutdown(Shutdown.WRITE)
@@ -565,6 +581,51 @@ def test_peer_reset_mid_transfer_fails_the_writer() -> None:
         assert a.state is FlowState.CLOSED
         assert a.core.queued == 0  # the queue went with the connection
         wait_until(lambda: a._sock is None, "the socket to be released")
+
+
+def peer_sends_then_resets(peer: socket.socket, data: bytes, ours: int) -> None:
+    """``peer`` sends ``data`` and, once all of it waits in the kernel for descriptor
+    ``ours``, resets the connection; returns once the reset has arrived."""
+    peer.sendall(data)
+    wait_until(lambda: struct.unpack("i", fcntl.ioctl(ours, termios.FIONREAD, b"\0" * 4))[0]
+               >= len(data), "the data to arrive")
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    peer.close()
+    poller = select.poll()
+    poller.register(ours, select.POLLERR)
+    assert poller.poll(int(TIMEOUT * 1000)), "the reset did not arrive"
+
+
+def test_a_failed_send_keeps_what_the_kernel_holds_as_far_as_the_receive_limit() -> None:
+    """The peer's last bytes, in the kernel when our send fails on its reset, are read before
+    the send's error; the receive limit bounds how much the flow takes in."""
+    limit = 4096
+    with flow_and_peer(receive_limit=limit) as (a, peer):
+        assert a._sock is not None
+        data = pattern(3 * limit)
+        peer_sends_then_resets(peer, data, a._sock.fileno())
+        assert a.write(b"x") == Ok(None)
+        a.flush()  # its send fails
+        assert a.state is FlowState.CLOSED
+        assert a.error is not None
+        assert a.error.kind is ErrorKind.RESET
+        assert a._sock is None  # released
+        assert read_to_end(a) == (data[:limit], Error(a.error))
+
+
+def test_a_failed_send_to_a_live_peer_takes_only_what_is_there() -> None:
+    """A peer that shut down only its reading side fails our send (EPIPE) yet could go on
+    sending: the flow takes what the kernel holds now, then fails with the send's error."""
+    ours, theirs = socket.socketpair()
+    with theirs:
+        a = sf.wrap(ours)
+        theirs.shutdown(socket.SHUT_RD)
+        theirs.sendall(b"last words")
+        failed = a.write(b"x" * a.low_water)  # large: straight to the kernel, which refuses
+        assert isinstance(failed, Error)
+        assert failed.error.kind is ErrorKind.BROKEN_PIPE
+        assert a._sock is None  # released
+        assert read_to_end(a) == (b"last words", failed)
 
 
 def test_peer_never_reads_the_writer_waits_and_the_queue_stays_bounded() -> None:
@@ -1009,6 +1070,29 @@ def test_serve_closes_the_flow_when_the_handler_returns() -> None:
         assert flow.state is FlowState.CLOSED
         assert flow.error is None
     assert seen == [Ok(b"hi")]
+
+
+def test_leaving_serve_with_an_endless_grace_waits_for_the_handlers() -> None:
+    """``grace=math.inf``: leaving the ``with`` block waits for running handlers, however
+    long, and aborts nothing."""
+    seen: list[ReadResult] = []
+
+    def handler(flow: sf.SocketFlow) -> None:
+        seen.append(flow.read())
+
+    with sf.serve(handler, HOST, 0, grace=math.inf) as server:
+        flow = sf.connect(HOST, server.port)
+        wait_until(lambda: any(server._connections.values()), "the handler to run")
+
+        def write_once_leaving() -> None:
+            wait_until(lambda: server._stopping, "the server to be left")
+            assert flow.write(b"late") == Ok(None)
+            flow.close(timeout=TIMEOUT)
+
+        late = Background(write_once_leaving)
+    late.join()
+    assert seen == [Ok(b"late")]
+    assert (flow.state, flow.error) == (FlowState.CLOSED, None)
 
 
 @pytest.mark.expect_log("sansflow", "connection handler")

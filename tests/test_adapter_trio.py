@@ -7,10 +7,15 @@ can hang. Waits are bounded; no test depends on how long something takes.
 from __future__ import annotations
 
 import errno
+import fcntl
 import importlib.util
 import os
 import random
+import select
 import socket
+import struct
+import termios
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -559,6 +564,125 @@ def test_peer_reset_mid_transfer() -> None:
             assert a.state is FlowState.CLOSED
             assert a.core.queued == 0
             assert await released(a)
+
+    run(main)
+
+
+def peer_sends_then_resets(peer: socket.socket, data: bytes, ours: int) -> None:
+    """``peer`` sends ``data`` and, once all of it waits in the kernel for descriptor
+    ``ours``, resets the connection; returns once the reset has arrived."""
+    peer.setblocking(True)
+    peer.sendall(data)
+    deadline = time.monotonic() + 10
+    while struct.unpack("i", fcntl.ioctl(ours, termios.FIONREAD, b"\0" * 4))[0] < len(data):
+        assert time.monotonic() < deadline, "the data did not arrive"
+        time.sleep(0.001)
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    peer.close()
+    poller = select.poll()
+    poller.register(ours, select.POLLERR)
+    assert poller.poll(10_000), "the reset did not arrive"
+
+
+def test_a_failed_send_keeps_what_the_kernel_holds_as_far_as_the_receive_limit() -> None:
+    """The peer's last bytes, in the kernel when our send fails on its reset, are read before
+    the send's error; the receive limit bounds how much the flow takes in."""
+    async def main() -> None:
+        ours, theirs = tcp_sockets()
+        limit = 4096
+        flow = sf.wrap(ours, receive_limit=limit)
+        data = payload(3 * limit)
+        peer_sends_then_resets(theirs, data, flow.stream.socket.fileno())  # type: ignore[attr-defined]
+        assert await flow.write(b"x") == Ok(None)  # queued, then its send fails at once
+        assert flow.state is FlowState.CLOSED
+        assert flow.error is not None
+        assert flow.error.kind is ErrorKind.RESET
+        failed = Error(flow.error)
+        assert await released(flow)
+        assert await read_all(flow) == (data[:limit], failed)
+
+    run(main)
+
+
+def test_a_failed_send_to_a_live_peer_takes_only_what_is_there() -> None:
+    """A peer that shut down only its reading side fails our send (EPIPE) yet could go on
+    sending: the flow takes what the kernel holds now, then fails with the send's error."""
+    async def main() -> None:
+        ours, theirs = socket.socketpair()
+        with theirs:
+            flow = sf.wrap(ours)
+            theirs.shutdown(socket.SHUT_RD)
+            theirs.sendall(b"last words")
+            assert await flow.write(b"x") == Ok(None)  # queued, then its send fails at once
+            assert flow.error is not None
+            assert flow.error.kind is ErrorKind.BROKEN_PIPE
+            failed = Error(flow.error)
+            assert await released(flow)
+            assert await read_all(flow) == (b"last words", failed)
+
+    run(main)
+
+
+@pytest.mark.parametrize("sync", [True, False], ids=["sync sends", "trio socket sends"])
+def test_our_eof_failing_on_a_reset_connection_ends_the_flow(
+        sync: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``shutdown(SHUT_WR)`` on a connection the peer reset fails (ENOTCONN) and ends the
+    flow. Where the flow reads the descriptor itself (sync sends), the peer's last bytes
+    are read first; through the trio socket (no writev: Windows) they cannot be taken
+    without waiting, and are lost with the socket."""
+    if not sync:
+        monkeypatch.setattr(sf, "_HAVE_WRITEV", False)
+
+    async def main() -> None:
+        ours, theirs = tcp_sockets()
+        flow = sf.wrap(ours)
+        peer_sends_then_resets(theirs, b"last words", flow.stream.socket.fileno())  # type: ignore[attr-defined]
+        await flow.shutdown(Shutdown.WRITE)
+        assert flow.state is FlowState.CLOSED
+        assert flow.error is not None
+        assert isinstance(flow.error.cause, OSError)
+        assert flow.error.cause.errno == errno.ENOTCONN
+        assert await released(flow)
+        assert await read_all(flow) == (b"last words" if sync else b"", Error(flow.error))
+
+    run(main)
+
+
+def test_a_send_failing_while_a_receive_lets_others_run_loses_nothing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A receive that read at once feeds the core before it lets other tasks run: a send
+    failing meanwhile takes the rest from the kernel after it, so the stream has no gap."""
+    async def main() -> None:
+        ours, theirs = tcp_sockets()
+        flow = sf.wrap(ours)
+        data = payload(80_000)  # more than one receive takes
+        peer_sends_then_resets(theirs, data, flow.stream.socket.fileno())  # type: ignore[attr-defined]
+        receiving = trio.Event()
+        written: list[object] = []
+        checkpoint = sf._cancel_shielded_checkpoint
+
+        async def others_run_here() -> None:
+            """At the receive's checkpoint, the writer runs its whole write."""
+            if flow._receiving and not receiving.is_set():
+                receiving.set()
+                await trio.testing.wait_all_tasks_blocked()
+            await checkpoint()
+
+        async def writer() -> None:
+            await receiving.wait()
+            written.append(await flow.write(b"x"))
+
+        monkeypatch.setattr(sf, "_cancel_shielded_checkpoint", others_run_here)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer)
+            await trio.testing.wait_all_tasks_blocked()  # the writer waits for the receive
+            first = await flow.read()
+        assert written == [Ok(None)]  # queued, then its send failed at once
+        assert flow.error is not None
+        assert flow.error.kind is ErrorKind.RESET
+        assert isinstance(first, Ok)
+        rest, end = await read_all(flow)
+        assert (first.value + rest, end) == (data, Error(flow.error))
 
     run(main)
 

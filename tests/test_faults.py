@@ -545,22 +545,9 @@ class Writer:
 # -- peers that die -----------------------------------------------------------------------------
 
 # A flow that receives only when asked (trio, and the socket adapter) leaves input in the kernel
-# until a read or close() wants it. When its own send fails, it closes the socket, and input
-# the kernel still held is gone, though Linux keeps it readable after an RST.
-LOSES_KERNEL_INPUT = (
-    "input that reached the kernel but not the flow is dropped when a send fails: the socket "
-    "is closed at once, so the peer's last bytes (readable from the kernel after the RST) never "
-    "reach read(), which returns the Error instead"
-)
-PEER_GONE_WHILE_READING = [
-    pytest.param(name, marks=pytest.mark.xfail(strict=True, raises=AssertionError,
-                                               reason=LOSES_KERNEL_INPUT))
-    if name in ("trio", "socket") else name
-    for name in ADAPTERS
-]
-
-
-@pytest.mark.parametrize("adapter", PEER_GONE_WHILE_READING)
+# until a read or close() wants it; Linux keeps it readable after an RST, so when the flow's own
+# send fails it takes that input in before it closes the socket.
+@pytest.mark.parametrize("adapter", ADAPTERS)
 @pytest.mark.parametrize("fault", ["kill", "reset"])
 def test_peer_dies_while_reading_our_stream(adapter: str, fault: str) -> None:
     """We send a large stream; the peer (which greeted us first) stops reading, then is killed
@@ -1139,18 +1126,7 @@ def test_bad_options_are_refused_by_every_factory_and_change_nothing(driver: Dri
     run(driver, scenario)
 
 
-SERVE_HANDLER_UNCHECKED = (
-    "trio's serve() does not check that the handler is callable: it starts listening and "
-    "would fail on the first connection, where asyncio's and the socket adapter's serve() "
-    "raise TypeError at once"
-)
-
-
-@pytest.mark.parametrize("adapter", [
-    pytest.param(name, marks=pytest.mark.xfail(strict=True, raises=pytest.fail.Exception,
-                                               reason=SERVE_HANDLER_UNCHECKED))
-    if name == "trio" else name for name in ADAPTERS
-])
+@pytest.mark.parametrize("adapter", ADAPTERS)
 def test_serve_refuses_a_handler_that_is_not_callable(adapter: str) -> None:
     driver = make_driver(adapter)
 
@@ -1163,20 +1139,11 @@ def test_serve_refuses_a_handler_that_is_not_callable(adapter: str) -> None:
     run(driver, scenario)
 
 
-GRACE_TYPE = (
-    "the socket adapter's serve() answers a grace of the wrong type (a str, a bool, None) "
-    "with ValueError; every other argument of the wrong type, close()'s timeout among them, "
-    "gets TypeError"
-)
-
-
 @pytest.mark.parametrize(("grace", "expected"), [
     pytest.param(-1, ValueError, id="negative"),
     pytest.param(math.nan, ValueError, id="nan"),
     pytest.param(-math.inf, ValueError, id="minus-infinity"),
-    *[pytest.param(grace, TypeError, id=repr(grace), marks=pytest.mark.xfail(
-        strict=True, raises=ValueError, reason=GRACE_TYPE))
-      for grace in ("5", True, None)],
+    *[pytest.param(grace, TypeError, id=repr(grace)) for grace in ("5", True, None)],
 ])
 def test_socket_serve_refuses_a_bad_grace(grace: object, expected: type[Exception]) -> None:
     fds = open_fds()
