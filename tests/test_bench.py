@@ -13,8 +13,14 @@ from typing import Any
 
 import pytest
 
-from sansflow import bench
-from sansflow.bench import _harness
+# The benchmark is not installed: it lives at the root of the clone, which python -m pytest puts
+# on sys.path and a bare pytest does not.
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.append(str(ROOT))
+
+import bench  # noqa: E402
+from bench import _harness  # noqa: E402
 
 RUN_KEYS = {"stack", "scenario", "rep", "ok", "error", "measurement", "rss_base_kib",
             "rss_peak_kib", "wall_s"}
@@ -115,10 +121,10 @@ def test_table_names_every_stack_that_ran(report: dict[str, Any]) -> None:
 def test_subprocess_runs_measure_peak_rss(tmp_path: Path) -> None:
     path = tmp_path / "report.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "sansflow.bench", "--tiny", "--quiet", "--no-idle",
+        [sys.executable, "-m", "bench", "--tiny", "--quiet", "--no-idle",
          "--only", "blocking-sendall,asyncio-protocol", "--only", "bulk,pingpong",
          "--json", str(path)],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True, text=True, timeout=120, check=False, cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(path.read_text())
@@ -233,7 +239,7 @@ def test_ratios_are_sansflow_over_peer() -> None:
 
 
 def test_core_alone_comparison_runs_and_verifies_its_bytes() -> None:
-    from sansflow.bench import core
+    from bench import core
 
     rows = core.run(small_count=640, large_count=64, reps=1)
     assert {row["name"] for row in rows} == set(core.CONTENDERS)
@@ -242,7 +248,7 @@ def test_core_alone_comparison_runs_and_verifies_its_bytes() -> None:
 
 
 def test_core_measure_refuses_a_wrong_byte_count(monkeypatch: pytest.MonkeyPatch) -> None:
-    from sansflow.bench import core
+    from bench import core
 
     monkeypatch.setitem(core.CONTENDERS, "broken", lambda count, payload: 1)
     with pytest.raises(AssertionError, match="received 1 bytes"):

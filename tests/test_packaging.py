@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
 import venv
 import zipfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 
@@ -24,10 +25,9 @@ EXPECTED = {
     "sansflow/adapters/asyncio.py",
     "sansflow/adapters/trio.py",
     "sansflow/adapters/socket.py",
-    "sansflow/bench/__main__.py",
 }
 
-# Walks the installed package and imports every module (running the bench is not importing it).
+# Walks the installed package and imports every module (a __main__ would run a program).
 IMPORT_ALL = """
 import importlib, json, pkgutil, sansflow
 names = ["sansflow"]
@@ -42,10 +42,15 @@ print(json.dumps({"file": sansflow.__file__, "modules": names}))
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # Built from a copy, as from a fresh clone: setuptools ships whatever an earlier build left
+    # in build/lib, modules that have since left the package included.
+    source = tmp_path_factory.mktemp("source") / "sansflow"
+    shutil.copytree(ROOT, source, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", "build", "*.egg-info", ".*cache", ".hypothesis", ".venv*", "__pycache__"))
     out = tmp_path_factory.mktemp("dist")
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-         "--wheel-dir", str(out), str(ROOT)],
+         "--wheel-dir", str(out), str(source)],
         check=True, cwd=out,
     )
     (built,) = out.glob("sansflow-*.whl")
@@ -57,6 +62,13 @@ def test_wheel_contains_every_package(wheel: Path) -> None:
     missing = EXPECTED - names
     assert not missing, f"missing from the wheel: {sorted(missing)}"
     assert not any(name.startswith(("tests/", "adapters/", "examples/")) for name in names)
+
+
+def test_wheel_ships_no_benchmark(wheel: Path) -> None:
+    # The benchmark runs from a clone (python -m bench); in the wheel it was a third of the size.
+    shipped = [name for name in zipfile.ZipFile(wheel).namelist()
+               if {"bench", "bench.py"} & set(PurePosixPath(name).parts)]
+    assert shipped == []
 
 
 def test_wheel_carries_every_module_of_the_source_tree(wheel: Path) -> None:

@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="python -m sansflow.bench.core",
+        prog="python -m bench.core",
         description="The sans-IO core alone against in-memory streams, no I/O.")
     parser.add_argument("--quick", action="store_true", help="a tenth of the writes, 3 reps")
     args = parser.parse_args(argv)

@@ -32,7 +32,7 @@ class StackSpec:
     name: str
     kind: Kind
     loader: str
-    """``module:function`` under ``sansflow.bench``; the function returns the ``Stack``."""
+    """``module:function`` in this package; the function returns the ``Stack``."""
     description: str
     optional: tuple[str, ...] = ()
     """The optional libraries it needs (extras): without one it is skipped with a note. Any

@@ -43,8 +43,8 @@ SCENARIO_TITLES = {
 
 
 def _source_root() -> Path:
-    # The directory holding the ``sansflow`` package this code was imported from.
-    return Path(__file__).resolve().parents[2]
+    # The clone's root, which holds this package: the benchmark is not installed with sansflow.
+    return Path(__file__).resolve().parents[1]
 
 
 def _run_in_child(job: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -52,7 +52,7 @@ def _run_in_child(job: dict[str, Any], timeout: float) -> dict[str, Any]:
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(_source_root()), env.get("PYTHONPATH", "")) if p
     )
-    command = [sys.executable, "-m", "sansflow.bench._worker", json.dumps(job)]
+    command = [sys.executable, "-m", "bench._worker", json.dumps(job)]
     try:
         proc = subprocess.run(
             command, capture_output=True, text=True, timeout=timeout, env=env, check=False
@@ -429,7 +429,7 @@ def _with_peers(stacks: list[StackSpec]) -> list[StackSpec]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m sansflow.bench",
+        prog="python -m bench",
         description="sansflow's adapters against native asyncio, uvloop, trio, anyio and "
                     "blocking sockets, on 127.0.0.1.",
         epilog="The exit status is 1 when a run fails or a selected stack cannot run; only a "

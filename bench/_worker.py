@@ -1,6 +1,6 @@
 """One job (one scenario on one stack, or one idle-memory count), run where it is called.
 
-The harness runs each job as ``python -m sansflow.bench._worker JOB_JSON`` in a fresh process so
+The harness runs each job as ``python -m bench._worker JOB_JSON`` in a fresh process so
 that ``ru_maxrss`` is that job's peak alone; the last line of stdout is the JSON result.
 """
 
@@ -187,7 +187,7 @@ def _run_job(job: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m sansflow.bench._worker JOB_JSON", file=sys.stderr)
+        print("usage: python -m bench._worker JOB_JSON", file=sys.stderr)
         return 2
     result = _run_job(json.loads(args[0]))
     sys.stdout.flush()

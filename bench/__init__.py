@@ -1,9 +1,9 @@
 """Benchmarks: sansflow's adapters against the native stacks they stand in for.
 
-``python -m sansflow.bench --help`` says how to run them. Four scenarios on 127.0.0.1 (bulk,
-ping-pong, small writes, many connections), both ends on the stack under test, every byte count
-verified; medians of interleaved repetitions, the ratio sansflow / peer per pair, peak RSS per
-run and bytes per idle flow.
+``python -m bench --help``, from the root of a clone, says how to run them. Four scenarios on
+127.0.0.1 (bulk, ping-pong, small writes, many connections), both ends on the stack under test,
+every byte count verified; medians of interleaved repetitions, the ratio sansflow / peer per
+pair, peak RSS per run and bytes per idle flow. Not part of the wheel: it ships the library only.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ __all__ = [
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m sansflow.bench``: run the suite, print the tables, return the exit status."""
+    """``python -m bench``: run the suite, print the tables, return the exit status."""
     # The harness is imported on use: each run's worker process imports this package too, and
     # should carry as little as possible into its peak RSS and its start-up time.
     from ._harness import main as harness_main
