@@ -51,8 +51,10 @@ def connect_failed(where: str, errors: Sequence[OSError]) -> OSError:
     if not errors:
         raise ValueError("connect_failed() needs the errors the attempts ended with")
     first = errors[0]
+    failed: OSError
+    cause: OSError
     if isinstance(first, socket.gaierror):
-        failed: OSError = socket.gaierror(first.errno, f"{first.strerror}: {where}")
+        failed = socket.gaierror(first.errno, f"{first.strerror}: {where}")
         cause = first
     elif all(isinstance(error, ConnectionRefusedError) for error in errors):
         tried = f" (all {len(errors)} addresses)" if len(errors) > 1 else ""
