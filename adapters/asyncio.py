@@ -48,14 +48,18 @@ Usage::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import math
+import os
 import socket
 from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any, cast
 
 from sansflow import (
+    HIGH_WATER,
+    LOW_WATER,
+    RECEIVE_LIMIT,
     WOULD_WAIT,
     AsyncAdapterFlow,
     ErrorKind,
@@ -68,16 +72,29 @@ from sansflow import (
     Shutdown,
     WouldWait,
 )
+from sansflow._adapter import check_timeout
 from sansflow._flow import Buffer, buffer_list
 from sansflow._results import ReadResult, WriteResult
 
 from ._common import READ_SIZE, check_connected, receive_ended, set_linger_zero
+from ._connect import (
+    BACKLOG,
+    check_address,
+    check_path,
+    connect_failed,
+    connect_timed_out,
+    where,
+)
 
-__all__ = ["AsyncioFlow", "Server", "connect", "serve", "wrap"]
+__all__ = [
+    "ATTEMPT_DELAY", "BACKLOG", "AsyncioFlow", "Server", "connect", "connect_unix", "serve",
+    "serve_unix", "wrap",
+]
 
 logger = logging.getLogger("sansflow")
 
 Handler = Callable[["AsyncioFlow"], Awaitable[object]]
+UnixPath = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 
 _SERVER_CLOSE_TIMEOUT = 10.0
 _OK: Ok[None] = Ok(None)
@@ -498,11 +515,28 @@ class AsyncioFlow(AsyncAdapterFlow):
     a coroutine; none raises for an I/O failure (it shows as an ``Error`` result).
     """
 
-    __slots__ = ("_driver",)
+    __slots__ = ("_driver", "_peername", "_sockname")
 
     def __init__(self, core: Flow, driver: _Driver) -> None:
         super().__init__(core)
         self._driver = driver
+        transport = driver._transport
+        assert transport is not None  # made once connected
+        sock = transport.get_extra_info("socket")
+        self._peername = _address_or_none(sock.getpeername)
+        self._sockname = _address_or_none(sock.getsockname)
+
+    @property
+    def peername(self) -> Any:
+        """The peer's address, as the socket's ``getpeername()`` gave it when the flow was made
+        (``None`` if it had none: a connection that ended before ``wrap``)."""
+        return self._peername
+
+    @property
+    def sockname(self) -> Any:
+        """Our own address, as the socket's ``getsockname()`` gave it when the flow was
+        made."""
+        return self._sockname
 
     @property
     def transport(self) -> asyncio.Transport | None:
@@ -637,8 +671,7 @@ class AsyncioFlow(AsyncAdapterFlow):
         with a ``TIMED_OUT`` error and the connection reset. If the task is cancelled, the
         flow is aborted and the cancellation propagates. Never raises for an I/O failure.
         """
-        if timeout is not None:
-            _check_timeout(timeout)
+        check_timeout(timeout)
         driver = self._driver
         self._core.close()
         driver._update()
@@ -671,6 +704,13 @@ class AsyncioFlow(AsyncAdapterFlow):
         await driver._wait_lost()
 
 
+def _address_or_none(get: Callable[[], Any]) -> Any:
+    try:
+        return get()
+    except OSError:
+        return None
+
+
 def _after(buffers: list[Buffer], skip: int) -> list[Buffer]:
     """``buffers`` without their first ``skip`` bytes, which the transport has already.
 
@@ -686,30 +726,47 @@ def _after(buffers: list[Buffer], skip: int) -> list[Buffer]:
     return buffers[index:]
 
 
-def _check_timeout(timeout: object) -> None:
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
-    if math.isnan(timeout) or timeout < 0:
-        raise ValueError(f"timeout must be a number of seconds >= 0, not {timeout!r}")
+# -- opening flows ---------------------------------------------------------------------------
 
 
-def _new_core(high_water: int, low_water: int, receive_limit: int) -> Flow:
-    return Flow(high_water=high_water, low_water=low_water, receive_limit=receive_limit)
+async def connect(host: str, port: int, *, timeout: float | None = None,
+                  high_water: int = HIGH_WATER, low_water: int = LOW_WATER,
+                  receive_limit: int = RECEIVE_LIMIT) -> AsyncioFlow:
+    """Open a TCP connection to ``host`` (a name, an IPv4 or an IPv6 address) and return its
+    flow.
+
+    Every address the name resolves to is tried in turn, the next one as soon as the last
+    failed or ``ATTEMPT_DELAY`` seconds after it started (happy eyeballs); the first to connect
+    wins. A connect that fails raises ``ConnectionRefusedError`` when every address refused,
+    ``socket.gaierror`` when the name does not resolve, ``TimeoutError`` when ``timeout``
+    seconds pass first (for the whole connect), else the ``OSError`` of the first address
+    that failed otherwise; each names host and port. After that, I/O failures are ``Error``
+    results.
+    """
+    check_address(host, port)
+    check_timeout(timeout)
+    core = Flow(high_water=high_water, low_water=low_water, receive_limit=receive_limit)
+    sock = await _opened(_open_tcp(host, port), where(host, port), timeout)
+    return await _adopt(sock, core)
 
 
-async def connect(host: str, port: int, *, high_water: int = 64 * 1024,
-                  low_water: int = 16 * 1024, receive_limit: int = 256 * 1024) -> AsyncioFlow:
-    """Open a TCP connection and return its flow. A failure to connect raises ``OSError``
-    (as ``loop.create_connection`` does); after that, I/O failures are ``Error`` results."""
-    core = _new_core(high_water, low_water, receive_limit)
-    loop = asyncio.get_running_loop()
-    driver = _new_driver(core, loop)
-    await loop.create_connection(lambda: driver, host, port)
-    return AsyncioFlow(core, driver)
+async def connect_unix(path: UnixPath, *,
+                       timeout: float | None = None, high_water: int = HIGH_WATER,
+                       low_water: int = LOW_WATER,
+                       receive_limit: int = RECEIVE_LIMIT) -> AsyncioFlow:
+    """``connect`` for an AF_UNIX stream socket at ``path``: the same flow and failures (a
+    path where nothing listens is ``ConnectionRefusedError``, a missing one
+    ``FileNotFoundError``). ``abort()`` cannot send a reset over AF_UNIX: the peer sees the
+    connection end, as it would after ``close``."""
+    check_path(path)
+    check_timeout(timeout)
+    core = Flow(high_water=high_water, low_water=low_water, receive_limit=receive_limit)
+    sock = await _opened(_open_unix(path), os.fsdecode(path), timeout)
+    return await _adopt(sock, core)
 
 
-async def wrap(sock: socket.socket, *, high_water: int = 64 * 1024, low_water: int = 16 * 1024,
-               receive_limit: int = 256 * 1024) -> AsyncioFlow:
+async def wrap(sock: socket.socket, *, high_water: int = HIGH_WATER, low_water: int = LOW_WATER,
+               receive_limit: int = RECEIVE_LIMIT) -> AsyncioFlow:
     """Adopt a connected stream socket (TCP, or AF_UNIX such as one end of a
     ``socket.socketpair()``). The flow owns it from now on: do not use or close it.
 
@@ -718,43 +775,151 @@ async def wrap(sock: socket.socket, *, high_water: int = 64 * 1024, low_water: i
     then how it ended."""
     if not isinstance(sock, socket.socket):
         raise TypeError(f"wrap() takes a connected socket.socket, not {type(sock).__name__}")
-    core = _new_core(high_water, low_water, receive_limit)
+    core = Flow(high_water=high_water, low_water=low_water, receive_limit=receive_limit)
     ended = check_connected(sock)
     if ended:
         receive_ended(sock, core)
+    flow = await _adopt(sock, core)
+    if ended:
+        flow._driver._update()  # the flow is CLOSED: let go of the transport now
+    return flow
+
+
+ATTEMPT_DELAY = 0.25
+"""Seconds ``connect`` gives an address before it tries the next one as well (RFC 8305's
+recommended delay, trio's default)."""
+
+
+async def _opened(opening: Awaitable[socket.socket | list[OSError]], where: str,
+                  timeout: float | None) -> socket.socket:
+    """The socket ``opening`` connected within ``timeout``, or the exception that says why not.
+
+    ``opening`` answers its errors instead of raising them, so that a ``TimeoutError`` here is
+    always the deadline (a kernel's ``ETIMEDOUT`` is also a ``TimeoutError``)."""
+    try:
+        opened = await asyncio.wait_for(opening, timeout)
+    except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
+        assert timeout is not None
+        raise connect_timed_out(where, timeout) from None
+    if isinstance(opened, list):
+        raise connect_failed(where, opened)
+    return opened
+
+
+async def _adopt(sock: socket.socket, core: Flow) -> AsyncioFlow:
+    """The flow over the connected ``sock``; its transport owns the socket from now on."""
     loop = asyncio.get_running_loop()
     driver = _new_driver(core, loop)
     # Works for every stream family on asyncio's loop and on uvloop; server_side only
     # matters for TLS, which is not used here.
     await loop.connect_accepted_socket(lambda: driver, sock)
-    if ended:
-        driver._update()  # the flow is CLOSED: let go of the transport now
     return AsyncioFlow(core, driver)
+
+
+async def _resolve(host: str | None, port: int, flags: int = 0
+                   ) -> list[tuple[Any, Any, int, str, Any]]:
+    """``getaddrinfo`` for stream sockets; a numeric address without the resolver's thread."""
+    try:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                  flags=flags | socket.AI_NUMERICHOST)
+    except socket.gaierror:
+        loop = asyncio.get_running_loop()
+        return await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=flags)
+
+
+async def _open_tcp(host: str, port: int) -> socket.socket | list[OSError]:
+    """A socket connected to the first of ``host``'s addresses that answers, or the error of
+    each address in order (a ``gaierror`` alone if the name does not resolve).
+
+    Each address gets its own task; the next starts when the last one failed or
+    ``ATTEMPT_DELAY`` after it started, and the attempts still running when one connects are
+    cancelled."""
+    try:
+        addresses = await _resolve(host, port)
+    except socket.gaierror as exc:
+        return [exc]
+    loop = asyncio.get_running_loop()
+    errors: list[OSError | None] = [None] * len(addresses)
+    attempts: dict[asyncio.Task[socket.socket], int] = {}
+    try:
+        for index, (family, kind, proto, _, address) in enumerate(addresses):
+            attempts[loop.create_task(_attempt(family, kind, proto, address))] = index
+            more = index + 1 < len(addresses)
+            while attempts:
+                done, _ = await asyncio.wait(attempts, timeout=ATTEMPT_DELAY if more else None,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    tried = attempts.pop(task)
+                    try:
+                        return task.result()
+                    except OSError as exc:
+                        errors[tried] = exc
+                if more:
+                    break  # failed, or took too long: the next address now
+    finally:
+        for task in attempts:
+            task.cancel()
+        if attempts:
+            await asyncio.wait(attempts)
+            for task in attempts:  # one that connected as well as the winner, or too late
+                if not task.cancelled() and task.exception() is None:
+                    task.result().close()
+    return [error for error in errors if error is not None]
+
+
+async def _open_unix(path: UnixPath
+                     ) -> socket.socket | list[OSError]:
+    try:
+        return await _attempt(socket.AF_UNIX, socket.SOCK_STREAM, 0, path)
+    except OSError as exc:
+        return [exc]
+
+
+async def _attempt(family: int, kind: int, proto: int, address: Any) -> socket.socket:
+    """A new socket connected to ``address``; closed again if that fails."""
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+# -- serving ---------------------------------------------------------------------------------
+
+
+Listen = Callable[[asyncio.AbstractEventLoop, Callable[[], asyncio.BaseProtocol]],
+                  Awaitable[list[asyncio.Server]]]
 
 
 class Server:
     """A listening server that runs a handler per accepted flow; an async context manager.
 
     ``async with serve(handler, "127.0.0.1", 0) as server:`` listens on entry; ``server.port``
-    is the bound port. Each handler gets its own flow; when it returns, the flow is closed
-    (``close(timeout=10)``) unless already CLOSED; if it raises, the flow is aborted and the
-    exception logged on the ``"sansflow"`` logger. Leaving the block stops accepting, cancels
-    the handlers still running (their flows are aborted) and waits for them: no task and no
-    socket outlives the block.
+    is the bound port (``server.path`` for ``serve_unix``), ``await server.serve_forever()``
+    waits until the server stops. Each handler gets its own flow; when it returns, the flow is
+    closed (``close(timeout=10)``) unless already CLOSED; if it raises, the exception is logged
+    on the ``"sansflow"`` logger, the flow is aborted and the server keeps serving. Leaving the
+    block stops accepting, cancels the handlers still running (their flows are aborted) and
+    waits for them: no task and no socket outlives the block.
     """
 
-    __slots__ = ("_backlog", "_drivers", "_handler", "_host", "_loop", "_options", "_port_arg",
-                 "_server", "_stopping", "_tasks")
+    __slots__ = ("_drivers", "_handler", "_listen", "_loop", "_options", "_path", "_servers",
+                 "_stopped", "_stopping", "_tasks", "_unix_inode")
 
-    def __init__(self, handler: Handler, host: str | None, port: int, *, backlog: int,
-                 options: dict[str, int]) -> None:
+    def __init__(self, handler: Handler, listen: Listen, *, options: dict[str, int],
+                 path: UnixPath | None = None
+                 ) -> None:
         self._handler = handler
-        self._host = host
-        self._port_arg = port
-        self._backlog = backlog
+        self._listen = listen
         self._options = options
+        self._path = path
+        self._unix_inode: int | None = None  # the socket file we made, to remove on exit
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: asyncio.Server | None = None
+        self._servers: list[asyncio.Server] = []
+        self._stopped: asyncio.Event | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._drivers: set[_Driver] = set()
         self._stopping = False
@@ -762,33 +927,48 @@ class Server:
     @property
     def sockets(self) -> tuple[Any, ...]:
         """The listening sockets (asyncio's socket wrappers)."""
-        if self._server is None:
-            return ()
-        return tuple(self._server.sockets)
+        return tuple(sock for server in self._servers for sock in server.sockets)
 
     @property
     def port(self) -> int:
-        """The port of the first listening socket (useful after asking for port 0)."""
+        """The bound port (useful after asking for port 0), the same on every listening
+        socket."""
         sockets = self.sockets
         if not sockets:
             raise RuntimeError("the server is not listening; use it as `async with serve(...)`")
+        if self._path is not None:
+            raise RuntimeError("a serve_unix() server has a path, not a port")
         return int(sockets[0].getsockname()[1])
 
+    @property
+    def path(self) -> UnixPath | None:
+        """The AF_UNIX path of a ``serve_unix`` server; ``None`` for TCP."""
+        return self._path
+
+    async def serve_forever(self) -> None:
+        """Wait until the server stops: its ``async with`` block is left (cancel this task
+        to leave it from here)."""
+        if self._stopped is None:
+            raise RuntimeError("the server is not listening; use it as `async with serve(...)`")
+        await self._stopped.wait()
+
     async def __aenter__(self) -> Server:
-        if self._server is not None:
+        if self._loop is not None:
             raise RuntimeError("this server is already running")
         self._loop = asyncio.get_running_loop()
-        self._server = await self._loop.create_server(
-            self._new_driver, self._host, self._port_arg, backlog=self._backlog
-        )
+        self._stopped = asyncio.Event()
+        self._servers = await self._listen(self._loop, self._new_driver)
+        if self._path is not None and not _abstract(self._path):
+            self._unix_inode = os.stat(self._path).st_ino
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
-        server = self._server
-        assert server is not None
+        assert self._stopped is not None
         self._stopping = True
-        server.close()
+        self._stopped.set()
+        for server in self._servers:
+            server.close()
         # Let connections the server already accepted reach connection_made (which, now that
         # we are stopping, aborts them) before collecting what is left.
         await asyncio.sleep(0)
@@ -802,7 +982,10 @@ class Server:
             if driver._transport is not None or driver._released:
                 await driver._wait_lost()
             # else: not yet connected; connection_made will abort it (we are stopping).
-        await server.wait_closed()
+        for server in self._servers:
+            await server.wait_closed()
+        if self._path is not None and self._unix_inode is not None:
+            _remove_socket_file(self._path, self._unix_inode)
 
     def _new_driver(self) -> _Driver:
         assert self._loop is not None
@@ -838,17 +1021,72 @@ class Server:
             await flow._driver._wait_lost()
 
 
-def serve(handler: Handler, host: str | None, port: int, *, backlog: int = 100,
-          high_water: int = 64 * 1024, low_water: int = 16 * 1024,
-          receive_limit: int = 256 * 1024) -> Server:
-    """A ``Server`` that gives each accepted connection's flow to ``handler``.
+def serve(handler: Handler, host: str | None, port: int, *, backlog: int = BACKLOG,
+          high_water: int = HIGH_WATER, low_water: int = LOW_WATER,
+          receive_limit: int = RECEIVE_LIMIT) -> Server:
+    """A ``Server`` that gives each accepted TCP connection's flow to ``handler``.
 
     Use it as ``async with serve(handler, host, port) as server:``; ``server.port`` is the
-    bound port. Flow options (``high_water``, ``low_water``, ``receive_limit``) apply to every
-    accepted flow and are checked here.
+    bound port. ``host`` ``None`` listens on every interface; a name listens on each of its
+    addresses, all on one port (with port 0, the one picked for the first). Flow options
+    (``high_water``, ``low_water``, ``receive_limit``) apply to every accepted flow and are
+    checked here, with the address.
     """
+    check_address(host, port, server=True)
+    options = _server_options(handler, high_water, low_water, receive_limit)
+
+    async def listen(loop: asyncio.AbstractEventLoop,
+                     factory: Callable[[], asyncio.BaseProtocol]) -> list[asyncio.Server]:
+        bound = port
+        servers: list[asyncio.Server] = []
+        try:
+            addresses = await _resolve(host, port, socket.AI_PASSIVE)
+            for address in dict.fromkeys(info[4][0] for info in addresses):
+                server = await loop.create_server(factory, address, bound, backlog=backlog)
+                servers.append(server)
+                bound = server.sockets[0].getsockname()[1]
+        except BaseException:
+            for server in servers:
+                server.close()
+            raise
+        return servers
+
+    return Server(handler, listen, options=options)
+
+
+def serve_unix(handler: Handler, path: UnixPath, *,
+               backlog: int = BACKLOG, high_water: int = HIGH_WATER, low_water: int = LOW_WATER,
+               receive_limit: int = RECEIVE_LIMIT) -> Server:
+    """``serve`` on an AF_UNIX stream socket at ``path`` (``server.path``). A stale socket
+    file there is replaced; the one made is removed when the server stops."""
+    check_path(path)
+    options = _server_options(handler, high_water, low_water, receive_limit)
+
+    async def listen(loop: asyncio.AbstractEventLoop,
+                     factory: Callable[[], asyncio.BaseProtocol]) -> list[asyncio.Server]:
+        return [await loop.create_unix_server(factory, os.fsdecode(path), backlog=backlog)]
+
+    return Server(handler, listen, options=options, path=path)
+
+
+def _server_options(handler: object, high_water: int, low_water: int,
+                    receive_limit: int) -> dict[str, int]:
+    """The flow options of a server's flows, refused now if bad rather than on the first
+    connection, like a handler that cannot be called."""
     if not callable(handler):
         raise TypeError(f"serve() takes an async handler function, not {handler!r}")
     options = {"high_water": high_water, "low_water": low_water, "receive_limit": receive_limit}
-    Flow(**options)  # reject bad options now rather than on the first connection
-    return Server(handler, host, port, backlog=backlog, options=options)
+    Flow(**options)
+    return options
+
+
+def _abstract(path: UnixPath) -> bool:
+    """Whether ``path`` names a Linux abstract socket, which has no file."""
+    return os.fsencode(path).startswith(b"\0")
+
+
+def _remove_socket_file(path: UnixPath, inode: int) -> None:
+    """Remove the socket file a server made, unless something else took its place since."""
+    with contextlib.suppress(OSError):
+        if os.stat(path).st_ino == inode:
+            os.unlink(path)

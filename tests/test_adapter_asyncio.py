@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import errno
 import importlib.util
+import inspect
 import logging
 import os
 import random
@@ -20,7 +21,7 @@ import struct
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -28,6 +29,9 @@ from typing import Any
 import pytest
 
 from sansflow import (
+    HIGH_WATER,
+    LOW_WATER,
+    RECEIVE_LIMIT,
     BusyError,
     Eof,
     Error,
@@ -41,6 +45,7 @@ from sansflow import (
     error_message,
 )
 from sansflow.adapters import asyncio as sf
+from sansflow.adapters._connect import BACKLOG
 
 uvloop: ModuleType | None
 try:
@@ -1027,13 +1032,262 @@ def test_bad_options_and_sockets_are_refused(loop_kind: str) -> None:
     run(loop_kind, main)
 
 
-def test_connect_failure_raises_oserror(loop_kind: str) -> None:
+# -- connecting: addresses, failures, timeouts --------------------------------------------
+
+
+def has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+needs_ipv6 = pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback here")
+
+
+def unused_port() -> int:
+    """A loopback port nobody listens on (bound, then let go)."""
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+@contextlib.contextmanager
+def stuck_listener() -> Iterator[int]:
+    """A loopback port whose connects hang: a listener with ``listen(0)`` whose queue is full
+    of connections it never accepts, so the kernel drops new SYNs."""
+    with socket.socket() as listener:
+        listener.bind((HOST, 0))
+        listener.listen(0)
+        port: int = listener.getsockname()[1]
+        fillers: list[socket.socket] = []
+        try:
+            for _ in range(3):
+                filler = socket.socket()
+                fillers.append(filler)
+                filler.setblocking(False)
+                filler.connect_ex((HOST, port))
+            yield port
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
+def tcp_address(port: int) -> tuple[Any, Any, int, str, Any]:
+    return (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (HOST, port))
+
+
+async def echo_once(flow: sf.AsyncioFlow, message: bytes) -> None:
+    assert await flow.write(message) == Ok(None)
+    await flow.shutdown(Shutdown.WRITE)
+    assert await read_all(flow) == (message, Eof())
+    await flow.close(timeout=10)
+    assert flow.error is None
+
+
+def test_connect_refused_names_the_address(loop_kind: str) -> None:
     async def main() -> None:
-        with socket.socket() as probe:
-            probe.bind((HOST, 0))
-            port = probe.getsockname()[1]
-        with pytest.raises(ConnectionRefusedError):
+        port = unused_port()
+        with pytest.raises(ConnectionRefusedError, match=f"refused by 127.0.0.1:{port}$"):
             await sf.connect(HOST, port)
+
+    run(loop_kind, main)
+
+
+def test_connect_to_a_name_that_does_not_resolve(loop_kind: str) -> None:
+    async def main() -> None:
+        with pytest.raises(socket.gaierror, match=r"nothing\.invalid:80$") as caught:
+            await sf.connect("nothing.invalid", 80)
+        assert isinstance(caught.value.__cause__, socket.gaierror)
+
+    run(loop_kind, main)
+
+
+@pytest.mark.parametrize("timeout", [0.2, 0, 1e-9])
+def test_connect_timeout_covers_the_whole_connect(loop_kind: str, timeout: float) -> None:
+    async def main() -> None:
+        with stuck_listener() as port:
+            with pytest.raises(TimeoutError, match=f"127.0.0.1:{port} timed out") as caught:
+                await sf.connect(HOST, port, timeout=timeout)
+            assert isinstance(caught.value, OSError)
+            assert caught.value.errno == errno.ETIMEDOUT
+        # the socket of the abandoned attempt is closed: run() checks that no fd is left
+
+    run(loop_kind, main)
+
+
+def test_cancelled_connect_leaves_nothing_behind(loop_kind: str) -> None:
+    async def main() -> None:
+        with stuck_listener() as port:
+            connecting = asyncio.ensure_future(sf.connect(HOST, port))
+            await settle()
+            connecting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await connecting
+
+    run(loop_kind, main)
+
+
+def test_connect_tries_each_address_in_turn(loop_kind: str,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    async def main() -> None:
+        async with sf.serve(echo, HOST, 0) as server:
+            with stuck_listener() as stuck:
+                refused = unused_port()
+                # refused at once, then one that hangs past the attempt delay, then the server
+                addresses = [tcp_address(refused), tcp_address(stuck), tcp_address(server.port)]
+
+                async def resolve(host: str | None, port: int, flags: int = 0
+                                  ) -> list[tuple[Any, Any, int, str, Any]]:
+                    assert (host, port, flags) == ("several.test", 80, 0)
+                    return addresses
+
+                monkeypatch.setattr(sf, "_resolve", resolve)
+                monkeypatch.setattr(sf, "ATTEMPT_DELAY", 0.05)
+                flow = await sf.connect("several.test", 80, timeout=10)
+                assert flow.peername == (HOST, server.port)
+                await echo_once(flow, b"third time lucky")
+
+                addresses = [tcp_address(refused), tcp_address(unused_port())]
+                with pytest.raises(ConnectionRefusedError,
+                                   match=r"refused by several\.test:80 \(all 2 addresses\)$"):
+                    await sf.connect("several.test", 80)
+
+    run(loop_kind, main)
+
+
+@needs_ipv6
+def test_ipv6_connect_and_serve(loop_kind: str) -> None:
+    async def main() -> None:
+        async with sf.serve(echo, "::1", 0) as server:
+            port = server.port
+            flow = await sf.connect("::1", port)
+            assert flow.peername[:2] == ("::1", port)
+            await echo_once(flow, b"over IPv6")
+        with pytest.raises(ConnectionRefusedError, match=rf"refused by \[::1\]:{port}$"):
+            await sf.connect("::1", port)
+
+    run(loop_kind, main)
+
+
+async def called(call: Callable[[], object]) -> None:
+    """``call()``, and what it returned awaited if it is a coroutine."""
+    result = call()
+    if asyncio.iscoroutine(result):
+        await result
+
+
+def test_addresses_are_checked_before_any_io(loop_kind: str) -> None:
+    async def main() -> None:
+        bad_calls: list[tuple[Callable[[], object], type[Exception], str]] = [
+            (lambda: sf.connect(HOST, "80"), TypeError, "port"),  # type: ignore[arg-type]
+            (lambda: sf.connect(HOST, 80.0), TypeError, "port"),  # type: ignore[arg-type]
+            (lambda: sf.connect(HOST, 65536), ValueError, "port"),
+            (lambda: sf.connect(None, 80), TypeError, "host"),  # type: ignore[arg-type]
+            (lambda: sf.connect(HOST, 80, timeout=-1), ValueError, "timeout"),
+            (lambda: sf.connect(HOST, 80, timeout="1"), TypeError, "timeout"),  # type: ignore
+            (lambda: sf.connect_unix(5), TypeError, "path"),  # type: ignore[arg-type]
+            (lambda: sf.connect_unix("/x", timeout=-1), ValueError, "timeout"),
+            (lambda: sf.serve(echo, HOST, "80"), TypeError, "port"),  # type: ignore[arg-type]
+            (lambda: sf.serve(echo, 5, 80), TypeError, "host"),  # type: ignore[arg-type]
+            (lambda: sf.serve_unix(echo, None), TypeError, "path"),  # type: ignore[arg-type]
+            (lambda: sf.serve_unix(echo, "/x", high_water=0), ValueError, "high_water"),
+        ]
+        for call, exc_type, text in bad_calls:
+            with pytest.raises(exc_type, match=text):
+                await called(call)
+
+    run(loop_kind, main)
+
+
+def test_every_option_is_named_with_the_shared_default() -> None:
+    options = {"high_water": HIGH_WATER, "low_water": LOW_WATER, "receive_limit": RECEIVE_LIMIT}
+    functions: list[tuple[Callable[..., object], dict[str, object]]] = [
+        (sf.connect, {"timeout": None}), (sf.connect_unix, {"timeout": None}), (sf.wrap, {}),
+        (sf.serve, {"backlog": BACKLOG}), (sf.serve_unix, {"backlog": BACKLOG}),
+    ]
+    for function, extra in functions:
+        named = {name: parameter.default
+                 for name, parameter in inspect.signature(function).parameters.items()
+                 if parameter.kind is inspect.Parameter.KEYWORD_ONLY}
+        assert named == {**extra, **options}, function
+
+
+# -- AF_UNIX ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def socket_path() -> Iterator[str]:
+    """A path for an AF_UNIX socket, short enough for ``sun_path``."""
+    with tempfile.TemporaryDirectory() as directory:
+        yield os.path.join(directory, "flow.sock")
+
+
+def test_connect_unix_and_serve_unix(loop_kind: str, socket_path: str) -> None:
+    async def main() -> None:
+        served: list[sf.AsyncioFlow] = []
+
+        async def handler(flow: sf.AsyncioFlow) -> None:
+            served.append(flow)
+            await echo(flow)
+
+        async with sf.serve_unix(handler, socket_path) as server:
+            assert server.path == socket_path
+            with pytest.raises(RuntimeError, match="path, not a port"):
+                _ = server.port
+            flow = await sf.connect_unix(socket_path, timeout=10)
+            assert flow.peername == socket_path
+            await echo_once(flow, b"over AF_UNIX")
+            assert served[0].sockname == socket_path
+        assert not os.path.exists(socket_path)  # the server removes the file it made
+
+    run(loop_kind, main)
+
+
+def test_connect_unix_failures_name_the_path(loop_kind: str, socket_path: str) -> None:
+    async def main() -> None:
+        with pytest.raises(FileNotFoundError, match=socket_path):
+            await sf.connect_unix(socket_path)
+        with socket.socket(socket.AF_UNIX) as unlistened:
+            unlistened.bind(socket_path)  # a socket file nobody listens on
+            with pytest.raises(ConnectionRefusedError, match=f"refused by {socket_path}$"):
+                await sf.connect_unix(socket_path)
+            unlistened.listen()
+            with pytest.raises(TimeoutError, match=f"{socket_path} timed out after 0 s"):
+                await sf.connect_unix(socket_path, timeout=0)
+
+    run(loop_kind, main)
+
+
+# -- addresses of a flow -------------------------------------------------------------------
+
+
+def test_peername_and_sockname_outlive_the_flow(loop_kind: str) -> None:
+    async def main() -> None:
+        served: list[sf.AsyncioFlow] = []
+
+        async def handler(flow: sf.AsyncioFlow) -> None:
+            served.append(flow)
+
+        async with sf.serve(handler, HOST, 0) as server:
+            port = server.port
+            flow = await sf.connect(HOST, port)
+            assert await read_all(flow) == (b"", Eof())
+            await flow.close()
+            await until(lambda: bool(served) and served[0].transport is None,
+                        "the server flow ends")
+        assert flow.peername == (HOST, port)
+        assert flow.sockname[0] == HOST
+        assert (served[0].peername, served[0].sockname) == (flow.sockname, flow.peername)
+        left, right = socket.socketpair()
+        wrapped = await sf.wrap(left)
+        right.close()
+        assert await read_all(wrapped) == (b"", Eof())
+        await wrapped.close()
+        assert (wrapped.peername, wrapped.sockname) == ("", "")
 
     run(loop_kind, main)
 
@@ -1099,13 +1353,68 @@ def test_handler_that_raises_is_logged_and_aborted(loop_kind: str,
             assert isinstance(end, Error)
             assert end.error.kind is ErrorKind.RESET
             await flow.close()
+            records = [r for r in caplog.records if r.name == "sansflow"]
+            assert [r.levelno for r in records] == [logging.ERROR]
+            # the server keeps serving: the next handler runs (and fails) the same way
+            flow = await sf.connect(HOST, server.port)
+            assert await flow.write(b"trigger") == Ok(None)
+            assert is_reset((await read_all(flow))[1])
+            await flow.close()
 
     with caplog.at_level(logging.ERROR, logger="sansflow"):
         run(loop_kind, main)
     records = [r for r in caplog.records if r.name == "sansflow"]
-    assert len(records) == 1
-    assert records[0].exc_info is not None
-    assert "handler bug" in str(records[0].exc_info[1])
+    assert len(records) == 2
+    for record in records:
+        assert record.exc_info is not None
+        assert "handler bug" in str(record.exc_info[1])
+
+
+def test_serve_forever_waits_until_the_server_stops(loop_kind: str) -> None:
+    async def main() -> None:
+        server = sf.serve(echo, HOST, 0)
+        with pytest.raises(RuntimeError, match="not listening"):
+            await server.serve_forever()
+        async with server:
+            forever = asyncio.ensure_future(server.serve_forever())
+            await settle()
+            assert not forever.done()
+            flow = await sf.connect(HOST, server.port)
+            await echo_once(flow, b"still serving")
+        await asyncio.wait_for(forever, 5)  # leaving the block ends it
+
+        async def serve_until_cancelled(ready: asyncio.Future[int]) -> None:
+            async with sf.serve(echo, HOST, 0) as server:
+                ready.set_result(server.port)
+                await server.serve_forever()
+
+        ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        serving = asyncio.ensure_future(serve_until_cancelled(ready))
+        port = await ready
+        flow = await sf.connect(HOST, port)
+        await echo_once(flow, b"until cancelled")
+        serving.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await serving
+        with pytest.raises(ConnectionRefusedError):
+            await sf.connect(HOST, port)
+
+    run(loop_kind, main)
+
+
+def test_serve_on_every_interface_has_one_port(loop_kind: str) -> None:
+    async def main() -> None:
+        async with sf.serve(echo, None, 0) as server:
+            families = {sock.family for sock in server.sockets}
+            assert socket.AF_INET in families
+            assert {sock.getsockname()[1] for sock in server.sockets} == {server.port}
+            hosts = [HOST, "::1"] if socket.AF_INET6 in families and has_ipv6_loopback() \
+                else [HOST]
+            for host in hosts:
+                flow = await sf.connect(host, server.port)
+                await echo_once(flow, host.encode())
+
+    run(loop_kind, main)
 
 
 def test_leaving_serve_ends_running_handlers(loop_kind: str) -> None:
