@@ -1,4 +1,5 @@
-"""sansflow over asyncio (and uvloop): ``connect``, ``wrap``, ``serve`` and ``AsyncioFlow``.
+"""sansflow over asyncio (and uvloop): ``connect``, ``connect_unix``, ``wrap``, ``serve``,
+``serve_unix`` and ``AsyncioFlow``.
 
 The adapter is one protocol object, ``_Driver`` (``_BufferedDriver`` on asyncio's own
 loops), sitting on an asyncio transport. It runs the sans-IO loop: feed what arrives into the
@@ -36,7 +37,7 @@ Usage::
     from sansflow import Ok, Eof, Error, error_message
     from sansflow.adapters import asyncio as sf
 
-    flow = await sf.connect("127.0.0.1", 8000)
+    flow = await sf.connect("127.0.0.1", 8000, timeout=10)
     await flow.write(b"hello")
     match await flow.read():
         case Ok(data): ...
@@ -756,8 +757,8 @@ async def connect_unix(path: UnixPath, *,
                        receive_limit: int = RECEIVE_LIMIT) -> AsyncioFlow:
     """``connect`` for an AF_UNIX stream socket at ``path``: the same flow and failures (a
     path where nothing listens is ``ConnectionRefusedError``, a missing one
-    ``FileNotFoundError``). ``abort()`` cannot send a reset over AF_UNIX: the peer sees the
-    connection end, as it would after ``close``."""
+    ``FileNotFoundError``). ``abort()`` cannot send a reset over AF_UNIX, which has none: the
+    peer sees the connection end, usually as a plain EOF, as after ``close``."""
     check_path(path)
     check_timeout(timeout)
     core = Flow(high_water=high_water, low_water=low_water, receive_limit=receive_limit)

@@ -19,10 +19,11 @@ from sansflow.adapters import asyncio as sf
 async def echo(host: str, port: int, message: bytes) -> bytes:
     """Send ``message``, then EOF; return what came back before the server's EOF.
 
-    Raises ``ConnectionError`` if the connection fails midway (``OSError`` if it cannot be
-    opened at all).
+    Raises ``ConnectionError`` if the connection fails midway; if it cannot be opened at all,
+    ``ConnectionRefusedError``, ``socket.gaierror`` (unknown name) or ``TimeoutError`` (no
+    answer within 10 s), each naming the address.
     """
-    flow = await sf.connect(host, port)
+    flow = await sf.connect(host, port, timeout=10)
     try:
         match await flow.write(message):
             case Error(err):

@@ -44,14 +44,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 async def main(argv: Sequence[str] | None = None, *,
                ready: Callable[[int], object] | None = None,
                stop: asyncio.Event | None = None) -> int:
-    """Serve until ``stop`` is set (or the task is cancelled); ``ready(port)`` is called
-    once listening. Leaving stops accepting and ends the connections still open."""
+    """Serve until ``stop`` is set, or forever (until the task is cancelled: Ctrl-C);
+    ``ready(port)`` is called once listening. Leaving stops accepting and ends the
+    connections still open."""
     args = parse_args(argv)
     async with sf.serve(echo, args.host, args.port) as server:
         print(f"echo server listening on {args.host}:{server.port}", flush=True)
         if ready is not None:
             ready(server.port)
-        await (stop or asyncio.Event()).wait()
+        if stop is None:
+            await server.serve_forever()
+        else:
+            await stop.wait()
     return 0
 
 
