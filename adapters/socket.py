@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import heapq
 import itertools
 import logging
@@ -74,14 +75,21 @@ import math
 import os
 import select
 import socket
+import stat
 import sys
 import threading
 from collections.abc import Callable, Iterable
+from functools import partial
 from time import monotonic
 from types import TracebackType
+from typing import Any
 
 from sansflow import (
+    HIGH_WATER,
+    LOW_WATER,
+    RECEIVE_LIMIT,
     WOULD_WAIT,
+    BlockingAdapterFlow,
     BusyError,
     ErrorKind,
     Flow,
@@ -95,19 +103,30 @@ from sansflow import (
     WouldWait,
     WriteResult,
 )
+from sansflow._adapter import check_timeout
 from sansflow._flow import buffer_list
 
 from ._common import (
     IOV_MAX,
     READ_SIZE,
-    AdapterFlow,
     check_connected,
     receive_ended,
     receive_kept,
     set_linger_zero,
 )
+from ._connect import (
+    BACKLOG,
+    check_address,
+    check_path,
+    connect_failed,
+    connect_timed_out,
+    where,
+)
 
-__all__ = ["FLUSH_DELAY", "Server", "SocketFlow", "connect", "serve", "wrap"]
+__all__ = [
+    "FLUSH_DELAY", "Server", "SocketFlow", "connect", "connect_unix", "serve", "serve_unix",
+    "wrap",
+]
 
 FLUSH_DELAY = 0.0005
 """Seconds a small write may wait in the queue for more to join it before it is sent."""
@@ -130,6 +149,7 @@ _log = logging.getLogger("sansflow")
 _WAIT_MAX = 3600.0
 
 BytesLike = bytes | bytearray | memoryview
+UnixPath = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 
 
 def _poll(fd: int, events: int, timeout: float) -> int:
@@ -153,13 +173,16 @@ def _passed(deadline: float | None) -> bool:
     return deadline is not None and monotonic() >= deadline
 
 
-class SocketFlow(AdapterFlow):
-    """A flow over a connected, blocking stream socket. Create one with ``connect`` or ``wrap``.
+class SocketFlow(BlockingAdapterFlow):
+    """A flow over a connected, blocking stream socket. Create one with ``connect``,
+    ``connect_unix`` or ``wrap``.
 
     Methods block the calling thread and return ``Ok``/``Eof``/``Error`` values; an ``OSError``
     from the socket never escapes them: it ends the flow and shows up as an ``Error`` result
     that keeps the exception as its ``cause``. The flow owns the socket and closes it once the
-    flow is CLOSED.
+    flow is CLOSED. ``with flow:`` closes it on a normal exit and aborts it on an exception;
+    ``for data in flow:`` yields data until ``Eof`` and raises ``BrokenFlowError`` at an
+    ``Error``.
     """
 
     __slots__ = (
@@ -168,11 +191,13 @@ class SocketFlow(AdapterFlow):
         "_flush_at",
         "_lock",
         "_outside",
+        "_peername",
         "_receiving",
         "_retry",
         "_scheduled",
         "_shut_rd",
         "_sock",
+        "_sockname",
         "_waiters",
     )
 
@@ -189,6 +214,20 @@ class SocketFlow(AdapterFlow):
         self._retry = FLUSH_DELAY  # the flusher's next delay while the kernel buffer is full
         self._answering = False  # a read came after the last write: the next write answers it
         self._flush_at = max(core.low_water, 1)
+        # Taken now, so that they still answer once the socket is closed.
+        self._peername = _address_or_none(sock.getpeername)
+        self._sockname = _address_or_none(sock.getsockname)
+
+    @property
+    def peername(self) -> Any:
+        """The peer's address when the flow was made (``(host, port)`` for IPv4, a 4-tuple for
+        IPv6, the path for AF_UNIX), or ``None`` if the connection had ended by then."""
+        return self._peername
+
+    @property
+    def sockname(self) -> Any:
+        """The socket's own address when the flow was made."""
+        return self._sockname
 
     # -- the application side --------------------------------------------------------------
 
@@ -572,13 +611,15 @@ class SocketFlow(AdapterFlow):
 
 
 def _deadline(timeout: float | None) -> float | None:
-    if timeout is None:
+    check_timeout(timeout)
+    return None if timeout is None else monotonic() + timeout
+
+
+def _address_or_none(get: Callable[[], Any]) -> Any:
+    try:
+        return get()
+    except OSError:  # the connection ended before the flow was made
         return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
-    if not timeout >= 0:  # also refuses NaN
-        raise ValueError(f"timeout must be at least 0 seconds, not {timeout!r}")
-    return monotonic() + timeout
 
 
 # -- the flusher -----------------------------------------------------------------------------
@@ -672,20 +713,109 @@ if hasattr(os, "register_at_fork"):
 # -- making flows ----------------------------------------------------------------------------
 
 
-def connect(host: str, port: int, **options: int) -> SocketFlow:
-    """Open a TCP connection to ``host``:``port`` and return its flow.
+def connect(host: str, port: int, *, timeout: float | None = None,
+            high_water: int = HIGH_WATER, low_water: int = LOW_WATER,
+            receive_limit: int = RECEIVE_LIMIT) -> SocketFlow:
+    """Open a TCP connection to ``host`` (a name, an IPv4 or an IPv6 address) and return its
+    flow.
 
-    ``options`` are the flow's ``high_water``, ``low_water`` and ``receive_limit``; they are
-    checked before connecting. A failure to connect raises the ``OSError`` (no flow exists
-    yet); for a connect timeout, make the socket yourself and ``wrap`` it.
+    The addresses the name resolves to are tried in turn, each with the time left, until one
+    connects. ``timeout`` bounds the whole connect (every address; the name lookup itself
+    cannot be cut short, the deadline is checked after it). A connect that fails raises
+    ``ConnectionRefusedError`` when every address refused, ``socket.gaierror`` when the name
+    does not resolve, ``TimeoutError`` when ``timeout`` seconds passed first, else the
+    ``OSError`` of the first address that failed otherwise; each names host and port. The
+    arguments are checked before any I/O.
     """
-    core = Flow(**options)
-    return _adopt(socket.create_connection((host, port)), core)
+    check_address(host, port)
+    deadline = _deadline(timeout)
+    core = Flow(high_water=high_water, low_water=low_water, receive_limit=receive_limit)
+    place = where(host, port)
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise connect_failed(place, [exc]) from None
+    errors: list[OSError] = []
+    for family, kind, proto, _, address in addresses:
+        sock = _attempt(family, kind, proto, address, deadline, errors)
+        if sock is not None:
+            return _adopt(sock, core)
+        if _passed(deadline):
+            break
+    if not errors or _passed(deadline):
+        assert timeout is not None  # only a deadline ends the attempts without an error
+        raise connect_timed_out(place, timeout)
+    raise connect_failed(place, errors)
 
 
-def wrap(sock: socket.socket, **options: int) -> SocketFlow:
-    """The flow over ``sock``, a connected stream socket (TCP, or one end of a
-    ``socket.socketpair()``). The flow takes the socket over: it puts it in blocking mode,
+def connect_unix(path: UnixPath, *,
+                 timeout: float | None = None, high_water: int = HIGH_WATER,
+                 low_water: int = LOW_WATER, receive_limit: int = RECEIVE_LIMIT) -> SocketFlow:
+    """``connect`` for an AF_UNIX stream socket at ``path``: the same flow and failures (a
+    path where nothing listens is ``ConnectionRefusedError``, a missing one
+    ``FileNotFoundError``; a listener whose backlog is full is waited for, up to
+    ``timeout``). ``abort()`` cannot send a reset over AF_UNIX: the peer sees the connection
+    end, as it would after ``close``."""
+    check_path(path)
+    deadline = _deadline(timeout)
+    core = Flow(high_water=high_water, low_water=low_water, receive_limit=receive_limit)
+    errors: list[OSError] = []
+    sock = _attempt(socket.AF_UNIX, socket.SOCK_STREAM, 0, os.fspath(path), deadline, errors)
+    if sock is None:
+        if errors:
+            raise connect_failed(os.fsdecode(path), errors)
+        assert timeout is not None  # only a deadline ends an attempt without an error
+        raise connect_timed_out(os.fsdecode(path), timeout)
+    return _adopt(sock, core)
+
+
+def _attempt(family: int, kind: int, proto: int, address: Any, deadline: float | None,
+             errors: list[OSError]) -> socket.socket | None:
+    """A new socket connected to ``address`` before ``deadline``; else ``None``, with the
+    attempt's error added to ``errors`` (none when the deadline passed first).
+
+    With a deadline, the connect runs non-blocking and waits in ``poll``, so that the
+    deadline is ours alone: a kernel's ``ETIMEDOUT`` is an error of this address."""
+    if _passed(deadline):
+        return None
+    sock = socket.socket(family, kind, proto)
+    try:
+        if deadline is None:
+            sock.connect(address)
+            return sock
+        sock.setblocking(False)
+        error = sock.connect_ex(address)
+        pause = 0.001
+        while error == errno.EAGAIN:  # an AF_UNIX listener's backlog is full: try again
+            if _passed(deadline):
+                sock.close()
+                return None
+            threading.Event().wait(min(pause, max(_left(deadline), 0.0)))
+            pause = min(pause * 2, _POLL_SLICE)
+            error = sock.connect_ex(address)
+        if error == errno.EINPROGRESS:
+            while not _poll(sock.fileno(), select.POLLOUT, _left(deadline)):
+                if _passed(deadline):
+                    sock.close()
+                    return None
+            error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if error:
+            raise OSError(error, os.strerror(error))  # of the class errno names
+        sock.setblocking(True)
+    except OSError as exc:
+        sock.close()
+        errors.append(exc)
+        return None
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def wrap(sock: socket.socket, *, high_water: int = HIGH_WATER, low_water: int = LOW_WATER,
+         receive_limit: int = RECEIVE_LIMIT) -> SocketFlow:
+    """The flow over ``sock``, a connected stream socket (TCP, or AF_UNIX such as one end of
+    a ``socket.socketpair()``). The flow takes the socket over: it puts it in blocking mode,
     sets ``TCP_NODELAY`` (the flow coalesces small writes itself) and closes it once CLOSED.
     """
     if not isinstance(sock, socket.socket):
@@ -696,7 +826,7 @@ def wrap(sock: socket.socket, **options: int) -> SocketFlow:
             "wrap() cannot carry an ssl.SSLSocket: it sends with sendmsg and MSG_DONTWAIT, "
             "which TLS sockets do not offer; wrap the plain socket and run TLS above the flow"
         )
-    core = Flow(**options)
+    core = Flow(high_water=high_water, low_water=low_water, receive_limit=receive_limit)
     if check_connected(sock):
         receive_ended(sock, core)
     sock.setblocking(True)  # also where only the descriptor was left non-blocking
@@ -721,49 +851,76 @@ Handler = Callable[[SocketFlow], object]
 
 
 class Server:
-    """A listening TCP socket and a thread per accepted connection, as a context manager.
+    """Listening sockets and a thread per accepted connection, as a context manager.
 
-    Made by ``serve``; the socket is bound and listening from ``__enter__`` on, and ``port``
-    is the port it got. On exit it stops accepting, closes the listening socket, gives running
-    handlers ``grace`` seconds to finish, aborts the flows of those still running (which wakes
-    them with an ``Error``), and waits for their threads.
+    Made by ``serve`` or ``serve_unix``; the sockets are bound and listening from
+    ``__enter__`` on. ``port`` is the port they got (``path`` the AF_UNIX path).
+    ``serve_forever()`` blocks until the server is closed. ``close()`` (leaving the block
+    calls it) stops accepting, closes the listening sockets, gives running handlers ``grace``
+    seconds to finish, aborts the flows of those still running (which wakes them with an
+    ``Error``), and waits for their threads.
     """
 
-    def __init__(self, handler: Handler, host: str, port: int, *, backlog: int,
-                 grace: float, options: dict[str, int]) -> None:
+    def __init__(self, handler: Handler, listen: Callable[[], list[socket.socket]], *,
+                 grace: float, options: dict[str, int], path: UnixPath | None = None) -> None:
         self._handler = handler
-        self._address = (host, port)
-        self._backlog = backlog
+        self._listen = listen
         self._grace = grace
         self._options = options
-        self._listener: socket.socket | None = None
+        self._path = path
+        self._unix_inode: int | None = None  # the socket file we made, to remove on close
+        self._listeners: list[socket.socket] = []
         self._wake: tuple[socket.socket, socket.socket] | None = None
         self._acceptor: threading.Thread | None = None
         self._lock = threading.Lock()
         self._connections: dict[threading.Thread, SocketFlow | None] = {}
         self._stopping = False
+        self._stopped = threading.Event()
         self._numbers = itertools.count(1)
 
     @property
     def port(self) -> int:
-        """The port the server listens on (useful after asking for port 0)."""
-        if self._listener is None:
+        """The port the server listens on (useful after asking for port 0), the same on every
+        listening socket."""
+        if not self._listeners:
             raise RuntimeError("the server is not listening; use it in a with statement")
-        return int(self._listener.getsockname()[1])
+        if self._path is not None:
+            raise RuntimeError("a serve_unix() server has a path, not a port")
+        return int(self._listeners[0].getsockname()[1])
+
+    @property
+    def path(self) -> UnixPath | None:
+        """The AF_UNIX path of a ``serve_unix`` server; ``None`` for TCP."""
+        return self._path
+
+    def serve_forever(self) -> None:
+        """Block until the server is closed: ``close()`` from another thread (a handler, say),
+        or a signal's exception (Ctrl-C's ``KeyboardInterrupt``), which propagates; leaving
+        the ``with`` block then closes the server. Connections are served on their own
+        threads either way: call this only to keep the calling thread waiting."""
+        if not self._listeners and not self._stopping:
+            raise RuntimeError("the server is not listening; use it in a with statement")
+        self._stopped.wait()
 
     def __enter__(self) -> Server:
-        if self._listener is not None or self._stopping:
+        if self._listeners or self._stopping:
             raise RuntimeError("a Server can be entered once")
-        listener = socket.create_server(self._address, backlog=self._backlog)
-        listener.setblocking(False)  # poll says when; a connection reset before accept is skipped
+        listeners = self._listen()
         try:
+            for listener in listeners:
+                # poll says when; a connection reset before accept is skipped
+                listener.setblocking(False)
             self._wake = socket.socketpair()
         except BaseException:
-            listener.close()
+            for listener in listeners:
+                listener.close()
             raise
-        self._listener = listener
+        self._listeners = listeners
+        if self._path is not None and not _abstract(self._path):
+            self._unix_inode = os.stat(self._path).st_ino
+        name = os.fsdecode(self._path) if self._path is not None else self.port
         self._acceptor = threading.Thread(
-            target=self._accept_loop, name=f"sansflow-socket-accept-{self.port}", daemon=True
+            target=self._accept_loop, name=f"sansflow-socket-accept-{name}", daemon=True
         )
         self._acceptor.start()
         return self
@@ -773,24 +930,32 @@ class Server:
         self.close()
 
     def close(self) -> None:
-        """Stop accepting, then end every connection as described above. Idempotent."""
+        """Stop accepting, then end every connection as described above. Any thread may call
+        it, a handler too (its own thread is not waited for); a later call waits for the
+        handlers again, so leaving the block after a handler's ``close()`` still joins them."""
         with self._lock:
-            if self._stopping:
-                return
+            first = not self._stopping
             self._stopping = True
-        if self._wake is not None:
-            with contextlib.suppress(OSError):
-                self._wake[1].send(b"x")
-        if self._acceptor is not None:
-            self._acceptor.join()
-        for sock in (self._listener, *(self._wake or ())):
-            if sock is not None:
+        self._stopped.set()
+        if first:
+            if self._wake is not None:
+                with contextlib.suppress(OSError):
+                    self._wake[1].send(b"x")
+            if self._acceptor is not None:
+                self._acceptor.join()
+            for sock in (*self._listeners, *(self._wake or ())):
                 sock.close()
+            if self._path is not None and self._unix_inode is not None:
+                _remove_socket_file(self._path, self._unix_inode)
+        elif self._acceptor is not None:
+            self._acceptor.join()  # no handler starts after this
         deadline = monotonic() + self._grace
         for thread in self._threads():
             _join(thread, deadline)
+        me = threading.current_thread()
         with self._lock:
-            stragglers = [flow for flow in self._connections.values() if flow is not None]
+            stragglers = [flow for thread, flow in self._connections.items()
+                          if flow is not None and thread is not me]
         for flow in stragglers:
             flow.abort()
         deadline = monotonic() + max(self._grace, 1.0)
@@ -800,33 +965,40 @@ class Server:
             _log.warning("sansflow: handler threads still running after abort: %s", alive)
 
     def _threads(self) -> list[threading.Thread]:
+        """The handler threads, but the caller's own."""
+        me = threading.current_thread()
         with self._lock:
-            return list(self._connections)
+            return [thread for thread in self._connections if thread is not me]
 
     def _accept_loop(self) -> None:
-        listener, wake = self._listener, self._wake
-        assert listener is not None
+        wake = self._wake
         assert wake is not None
+        listeners = {listener.fileno(): listener for listener in self._listeners}
         poller = select.poll()
-        poller.register(listener.fileno(), select.POLLIN)
-        poller.register(wake[0].fileno(), select.POLLIN)
+        for fd in (*listeners, wake[0].fileno()):
+            poller.register(fd, select.POLLIN)
         while True:
-            poller.poll()
+            ready = poller.poll()
             if self._stopping:
                 return
-            try:
-                conn, _ = listener.accept()
-            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                continue
-            except OSError:
-                # Out of file descriptors, say: the connection stays queued; try again later.
-                _log.exception("sansflow: accept() failed")
-                with self._lock:
-                    if self._stopping:
-                        return
-                threading.Event().wait(0.1)
-                continue
-            self._start(conn)
+            for fd, _ in ready:
+                listener = listeners.get(fd)
+                if listener is None:
+                    continue
+                try:
+                    conn, _ = listener.accept()
+                except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                    continue
+                except OSError:
+                    # Out of file descriptors, say: the connection stays queued; try again
+                    # later.
+                    _log.exception("sansflow: accept() failed")
+                    with self._lock:
+                        if self._stopping:
+                            return
+                    threading.Event().wait(0.1)
+                    continue
+                self._start(conn)
 
     def _start(self, conn: socket.socket) -> None:
         thread = threading.Thread(target=self._serve_one, args=(conn,), daemon=True,
@@ -851,7 +1023,8 @@ class Server:
             try:
                 self._handler(flow)
             except BaseException:
-                _log.exception("sansflow: connection handler %r failed", self._handler)
+                _log.exception("sansflow: connection handler %r failed; aborting its flow",
+                               self._handler)
                 flow.abort()
             else:
                 if flow.state is not _CLOSED:
@@ -867,26 +1040,113 @@ def _join(thread: threading.Thread, deadline: float) -> None:
         thread.join(left)
 
 
-def serve(handler: Handler, host: str, port: int, *, backlog: int = 4096,
-          grace: float = 5.0, **options: int) -> Server:
-    """A server running ``handler(flow)`` on its own thread for each accepted connection.
+def serve(handler: Handler, host: str | None, port: int, *, backlog: int = BACKLOG,
+          grace: float = 5.0, high_water: int = HIGH_WATER, low_water: int = LOW_WATER,
+          receive_limit: int = RECEIVE_LIMIT) -> Server:
+    """A server running ``handler(flow)`` on its own thread for each accepted TCP connection.
 
     ::
 
         with sf.serve(handler, "127.0.0.1", 0) as server:
             print(server.port)
+            server.serve_forever()
 
-    When the handler returns, the flow is closed (``close(timeout=10)``) unless it is CLOSED;
-    if it raises, the exception is logged (``logging.getLogger("sansflow")``) and the flow is
-    aborted. ``options`` are each flow's ``high_water``, ``low_water`` and ``receive_limit``
-    (checked here). ``grace`` is how many seconds leaving the ``with`` block lets handlers
-    finish before their flows are aborted (``math.inf``: as long as they take).
+    ``host`` ``None`` listens on every interface (IPv4 and IPv6); a name listens on each of
+    its addresses, all on one port (with port 0, the one picked for the first). When the
+    handler returns, the flow is closed (``close(timeout=10)``) unless it is CLOSED; if it
+    raises, the exception is logged (``logging.getLogger("sansflow")``), the flow is aborted
+    and the server keeps serving. ``high_water``, ``low_water`` and ``receive_limit`` apply
+    to every accepted flow and are checked here, with the address. ``grace`` is how many
+    seconds closing the server lets handlers finish before their flows are aborted
+    (``math.inf``: as long as they take).
     """
+    check_address(host, port, server=True)
+    options = _server_options(handler, grace, high_water, low_water, receive_limit)
+    return Server(handler, partial(_listen_tcp, host, port, backlog), grace=grace,
+                  options=options)
+
+
+def serve_unix(handler: Handler, path: UnixPath, *, backlog: int = BACKLOG, grace: float = 5.0,
+               high_water: int = HIGH_WATER, low_water: int = LOW_WATER,
+               receive_limit: int = RECEIVE_LIMIT) -> Server:
+    """``serve`` on an AF_UNIX stream socket at ``path`` (``server.path``). A stale socket
+    file there is replaced; the one made is removed when the server closes."""
+    check_path(path)
+    options = _server_options(handler, grace, high_water, low_water, receive_limit)
+    return Server(handler, partial(_listen_unix, path, backlog), grace=grace, options=options,
+                  path=path)
+
+
+def _server_options(handler: object, grace: object, high_water: int, low_water: int,
+                    receive_limit: int) -> dict[str, int]:
+    """The flow options of a server's flows, refused now if bad rather than in every
+    connection's thread, like a handler that cannot be called or a bad grace."""
     if not callable(handler):
         raise TypeError(f"serve() takes a callable handler, not {type(handler).__name__}")
-    Flow(**options)  # refuse bad options now, not in every connection's thread
+    options = {"high_water": high_water, "low_water": low_water, "receive_limit": receive_limit}
+    Flow(**options)
     if isinstance(grace, bool) or not isinstance(grace, (int, float)):
         raise TypeError(f"grace must be a number of seconds, not {grace!r}")
     if not grace >= 0:  # also refuses NaN
         raise ValueError(f"grace must be at least 0 seconds, not {grace!r}")
-    return Server(handler, host, port, backlog=backlog, grace=grace, options=options)
+    return options
+
+
+# These errors mean the system has no such family (no IPv6, say), not that something is wrong.
+_FAMILY_MISSING = (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL)
+
+
+def _listen_tcp(host: str | None, port: int, backlog: int) -> list[socket.socket]:
+    """A listening socket on each of ``host``'s addresses, all on one port. For ``None``
+    (every interface) an address family the system lacks is skipped."""
+    addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    listeners: list[socket.socket] = []
+    missing: list[OSError] = []
+    bound = port
+    try:
+        for family, address in dict.fromkeys((info[0], info[4]) for info in addresses):
+            try:
+                listener = socket.create_server((address[0], bound, *address[2:]),
+                                                family=family, backlog=backlog)
+            except OSError as exc:
+                if host is None and exc.errno in _FAMILY_MISSING:
+                    missing.append(exc)
+                    continue
+                raise
+            listeners.append(listener)
+            bound = listener.getsockname()[1]
+        if not listeners:
+            raise missing[0]
+    except BaseException:
+        for listener in listeners:
+            listener.close()
+        raise
+    return listeners
+
+
+def _listen_unix(path: UnixPath, backlog: int) -> list[socket.socket]:
+    if not _abstract(path):
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISSOCK(os.stat(path).st_mode):
+                os.unlink(path)  # a stale socket file, left by a server that is gone
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(os.fspath(path))
+        listener.listen(backlog)
+    except BaseException:
+        listener.close()
+        raise
+    return [listener]
+
+
+def _abstract(path: UnixPath) -> bool:
+    """Whether ``path`` names a Linux abstract socket, which has no file."""
+    return os.fsencode(path).startswith(b"\0")
+
+
+def _remove_socket_file(path: UnixPath, inode: int) -> None:
+    """Remove the socket file a server made, unless something else took its place since."""
+    with contextlib.suppress(OSError):
+        if os.stat(path).st_ino == inode:
+            os.unlink(path)

@@ -974,7 +974,7 @@ def test_wrap_refuses_what_is_not_a_connected_stream_socket() -> None:
         with pytest.raises(ValueError, match="high_water"):
             sf.wrap(left, high_water=0)
         with pytest.raises(TypeError):
-            sf.wrap(left, bogus=1)
+            sf.wrap(left, bogus=1)  # type: ignore[call-arg]
         assert left.fileno() != -1  # a refused wrap leaves the socket to its owner
 
 
@@ -1002,7 +1002,7 @@ def test_connect_checks_options_before_connecting_and_raises_when_refused() -> N
         with pytest.raises(ValueError, match="low_water"):
             sf.connect(HOST, port, low_water=10, high_water=5)
         with pytest.raises(TypeError):
-            sf.connect(HOST, port, bogus=1)
+            sf.connect(HOST, port, bogus=1)  # type: ignore[call-arg]
     with pytest.raises(ConnectionRefusedError):
         sf.connect(HOST, port)  # nobody listens there any more
 
