@@ -870,6 +870,7 @@ class Server:
         self._path = path
         self._unix_inode: int | None = None  # the socket file we made, to remove on close
         self._listeners: list[socket.socket] = []
+        self._port: int | None = None
         self._wake: tuple[socket.socket, socket.socket] | None = None
         self._acceptor: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -882,11 +883,11 @@ class Server:
     def port(self) -> int:
         """The port the server listens on (useful after asking for port 0), the same on every
         listening socket."""
-        if not self._listeners:
-            raise RuntimeError("the server is not listening; use it in a with statement")
         if self._path is not None:
             raise RuntimeError("a serve_unix() server has a path, not a port")
-        return int(self._listeners[0].getsockname()[1])
+        if self._port is None:
+            raise RuntimeError("the server is not listening; use it in a with statement")
+        return self._port
 
     @property
     def path(self) -> UnixPath | None:
@@ -898,7 +899,7 @@ class Server:
         or a signal's exception (Ctrl-C's ``KeyboardInterrupt``), which propagates; leaving
         the ``with`` block then closes the server. Connections are served on their own
         threads either way: call this only to keep the calling thread waiting."""
-        if not self._listeners and not self._stopping:
+        if self._acceptor is None:
             raise RuntimeError("the server is not listening; use it in a with statement")
         self._stopped.wait()
 
@@ -916,9 +917,11 @@ class Server:
                 listener.close()
             raise
         self._listeners = listeners
-        if self._path is not None and not _abstract(self._path):
+        if self._path is None:
+            self._port = int(listeners[0].getsockname()[1])  # also answers once closed
+        elif not _abstract(self._path):
             self._unix_inode = os.stat(self._path).st_ino
-        name = os.fsdecode(self._path) if self._path is not None else self.port
+        name = self._port if self._path is None else os.fsdecode(self._path)
         self._acceptor = threading.Thread(
             target=self._accept_loop, name=f"sansflow-socket-accept-{name}", daemon=True
         )
@@ -936,7 +939,6 @@ class Server:
         with self._lock:
             first = not self._stopping
             self._stopping = True
-        self._stopped.set()
         if first:
             if self._wake is not None:
                 with contextlib.suppress(OSError):
@@ -947,6 +949,7 @@ class Server:
                 sock.close()
             if self._path is not None and self._unix_inode is not None:
                 _remove_socket_file(self._path, self._unix_inode)
+            self._stopped.set()  # serve_forever() returns: the server accepts no more
         elif self._acceptor is not None:
             self._acceptor.join()  # no handler starts after this
         deadline = monotonic() + self._grace

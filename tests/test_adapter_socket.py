@@ -9,15 +9,18 @@ from __future__ import annotations
 import errno
 import fcntl
 import importlib.util
+import inspect
 import logging
 import math
 import os
 import queue
 import random
+import re
 import select
 import socket
 import ssl
 import struct
+import tempfile
 import termios
 import threading
 import time
@@ -32,6 +35,10 @@ import anyio
 import pytest
 
 from sansflow import (
+    HIGH_WATER,
+    LOW_WATER,
+    RECEIVE_LIMIT,
+    BrokenFlowError,
     BusyError,
     Eof,
     Error,
@@ -46,6 +53,7 @@ from sansflow import (
 )
 from sansflow.adapters import socket as sf
 from sansflow.adapters._common import READ_SIZE
+from sansflow.adapters._connect import BACKLOG
 from sansflow.testing.conformance import AsyncFlowLike, check_flow_pair, threaded
 
 HOST = "127.0.0.1"
@@ -1140,6 +1148,296 @@ def test_leaving_serve_aborts_handlers_still_running_after_the_grace() -> None:
     finally:
         if client_sock is not None:
             client_sock.close()
+
+
+# -- the one API: with, for, names, connect, unix, serve_forever -------------------------------
+
+
+class Boom(Exception):
+    pass
+
+
+def test_with_closes_on_a_normal_exit_and_aborts_on_an_exception() -> None:
+    with flow_and_peer() as (flow, peer):
+        with flow as entered:
+            assert entered is flow
+            assert flow.write(b"bye") == Ok(None)
+            peer.shutdown(socket.SHUT_WR)
+        assert (flow.state, flow.error) == (FlowState.CLOSED, None)
+        assert recv_to_end(peer) == b"bye"  # then EOF: a clean close
+    with flow_and_peer() as (flow, peer):
+        with pytest.raises(Boom), flow:
+            raise Boom
+        result = flow.read()
+        assert isinstance(result, Error)
+        assert result.error.kind is ErrorKind.ABORTED
+        with pytest.raises(ConnectionResetError):
+            peer.recv(1)
+
+
+def test_for_yields_data_until_eof_and_raises_broken_flow_error_at_an_error() -> None:
+    with flow_and_peer() as (flow, peer):
+        peer.sendall(b"one")
+        peer.shutdown(socket.SHUT_WR)
+        assert b"".join(flow) == b"one"
+    with flow_and_peer() as (flow, peer):
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        peer.close()
+        with pytest.raises(BrokenFlowError) as caught:
+            list(flow)
+        assert caught.value.error.kind is ErrorKind.RESET
+        assert isinstance(caught.value, ConnectionError)
+
+
+def test_peername_and_sockname_are_taken_when_the_flow_is_made_and_outlive_it() -> None:
+    a_sock, b_sock = tcp_sockets()
+    names = (a_sock.getpeername(), a_sock.getsockname())
+    a, b = sf.wrap(a_sock), sf.wrap(b_sock)
+    assert (a.peername, a.sockname) == names
+    assert (b.peername, b.sockname) == names[::-1]
+    a.abort()
+    b.abort()
+    assert (a.peername, a.sockname) == names  # the socket is closed: still the same
+
+
+OPTIONS = {"high_water": HIGH_WATER, "low_water": LOW_WATER, "receive_limit": RECEIVE_LIMIT}
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("connect", {"timeout": None, **OPTIONS}),
+    ("connect_unix", {"timeout": None, **OPTIONS}),
+    ("wrap", OPTIONS),
+    ("serve", {"backlog": BACKLOG, "grace": 5.0, **OPTIONS}),
+    ("serve_unix", {"backlog": BACKLOG, "grace": 5.0, **OPTIONS}),
+])
+def test_options_are_named_keywords_with_the_shared_defaults(
+        name: str, expected: dict[str, object]) -> None:
+    """Visible to help() and mypy; a misspelt option is a TypeError naming the function."""
+    function = getattr(sf, name)
+    parameters = inspect.signature(function).parameters.values()
+    assert {p.name: p.default for p in parameters if p.kind is p.KEYWORD_ONLY} == expected
+    with pytest.raises(TypeError, match=rf"{name}\(\) got an unexpected keyword"):
+        function(*[None] * (len(parameters) - len(expected)), bogus=1)
+
+
+def test_bad_addresses_and_timeouts_raise_before_any_io() -> None:
+    with socket.create_server((HOST, 0)) as listener:  # it would accept: nothing may connect
+        port = listener.getsockname()[1]
+        with pytest.raises(TypeError, match="port"):
+            sf.connect(HOST, str(port))  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="host"):
+            sf.connect(None, port)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="timeout"):
+            sf.connect(HOST, port, timeout=-1)
+        with pytest.raises(TypeError, match="timeout"):
+            sf.connect(HOST, port, timeout="1")  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="port"):
+            sf.serve(echo_handler, HOST, str(port))  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="path"):
+            sf.connect_unix(3)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="path"):
+            sf.serve_unix(echo_handler, 3)  # type: ignore[arg-type]
+        listener.settimeout(0)
+        with pytest.raises(BlockingIOError):
+            listener.accept()
+
+
+@contextmanager
+def refusing_port(host: str = HOST) -> Iterator[int]:
+    """A port that is bound but not listening: a connect to it is refused."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as bound:
+        bound.bind((host, 0))
+        yield bound.getsockname()[1]
+
+
+@contextmanager
+def full_backlog_port() -> Iterator[int]:
+    """A port whose listen queue is full: the kernel drops a new SYN, the connect hangs."""
+    with socket.socket() as listener:
+        listener.bind((HOST, 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        fillers: list[socket.socket] = []
+        try:
+            for _ in range(64):
+                filler = socket.socket()
+                fillers.append(filler)
+                filler.setblocking(False)
+                filler.connect_ex((HOST, port))
+                if not select.select([], [filler], [], 0.25)[1]:
+                    break  # this one hangs: the queue is full
+            else:
+                pytest.fail("the listen queue never filled")
+            yield port
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
+def test_connect_refused_is_connection_refused_error_naming_host_and_port() -> None:
+    with refusing_port() as port, pytest.raises(ConnectionRefusedError) as caught:
+        sf.connect(HOST, port)
+    assert f"connection refused by {HOST}:{port}" in str(caught.value)
+
+
+def test_connect_to_a_name_that_does_not_resolve_is_gaierror_naming_it() -> None:
+    with pytest.raises(socket.gaierror) as caught:
+        sf.connect("nowhere.invalid", 80)
+    assert "nowhere.invalid:80" in str(caught.value)
+
+
+def test_connect_timeout_is_timeout_error_naming_host_and_port() -> None:
+    with full_backlog_port() as port, pytest.raises(TimeoutError) as caught:
+        sf.connect(HOST, port, timeout=0.1)
+    assert str(caught.value) == (f"[Errno {errno.ETIMEDOUT}] connect to {HOST}:{port} "
+                                 "timed out after 0.1 s")
+
+
+def test_a_timeout_that_passed_during_the_lookup_connects_nowhere() -> None:
+    with socket.create_server((HOST, 0)) as listener:
+        port = listener.getsockname()[1]
+        with pytest.raises(TimeoutError, match="timed out after 1e-09 s"):
+            sf.connect(HOST, port, timeout=1e-9)
+        listener.settimeout(0)
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # no connection was even attempted
+
+
+def resolving_to(*ports: int) -> Callable[..., list[tuple[object, ...]]]:
+    """A ``getaddrinfo`` that resolves any name to 127.0.0.1 on each of ``ports`` in turn."""
+    def getaddrinfo(*args: object, **kwargs: object) -> list[tuple[object, ...]]:
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (HOST, port))
+                for port in ports]
+    return getaddrinfo
+
+
+def test_connect_tries_each_address_in_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    with refusing_port() as refused, refusing_port() as refused_too, \
+            sf.serve(echo_handler, HOST, 0) as server:
+        monkeypatch.setattr(socket, "getaddrinfo", resolving_to(refused, server.port))
+        with sf.connect("several.test", 80) as flow:
+            assert flow.peername == (HOST, server.port)
+        monkeypatch.setattr(socket, "getaddrinfo", resolving_to(refused, refused_too))
+        with pytest.raises(ConnectionRefusedError,
+                           match=r"refused by several\.test:80 \(all 2 addresses\)"):
+            sf.connect("several.test", 80)
+
+
+def test_the_timeout_is_for_the_whole_connect_not_each_address(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first address takes all the time: the connect times out without trying the next
+    (each address with its own timeout would end with its refusal)."""
+    with full_backlog_port() as silent, refusing_port() as refused:
+        monkeypatch.setattr(socket, "getaddrinfo", resolving_to(silent, refused))
+        with pytest.raises(TimeoutError, match=r"connect to two\.test:80 timed out after 0\.1 s"):
+            sf.connect("two.test", 80, timeout=0.1)
+
+
+def has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback")
+def test_connect_and_serve_over_ipv6() -> None:
+    with sf.serve(echo_handler, "::1", 0) as server, sf.connect("::1", server.port) as flow:
+        assert flow.peername[:2] == ("::1", server.port)
+        assert flow.write(b"over IPv6") == Ok(None)
+        flow.shutdown(Shutdown.WRITE)
+        assert b"".join(flow) == b"over IPv6"
+    with refusing_port("::1") as port, pytest.raises(ConnectionRefusedError,
+                                                     match=rf"\[::1\]:{port}"):
+        sf.connect("::1", port)
+
+
+def test_serve_on_host_none_listens_on_every_interface() -> None:
+    hosts = [HOST, "::1"] if has_ipv6_loopback() else [HOST]
+    with sf.serve(echo_handler, None, 0) as server:
+        for host in hosts:
+            with sf.connect(host, server.port) as flow:
+                assert flow.write(host.encode()) == Ok(None)
+                flow.shutdown(Shutdown.WRITE)
+                assert b"".join(flow) == host.encode()
+
+
+@pytest.fixture
+def unix_path() -> Iterator[str]:
+    """A path for an AF_UNIX socket, short enough for sun_path."""
+    with tempfile.TemporaryDirectory() as directory:
+        yield os.path.join(directory, "flow.sock")
+
+
+def test_connect_unix_and_serve_unix(unix_path: str) -> None:
+    with sf.serve_unix(echo_handler, unix_path) as server:
+        assert server.path == unix_path
+        with pytest.raises(RuntimeError, match="path, not a port"):
+            _ = server.port
+        with sf.connect_unix(Path(unix_path)) as flow:
+            assert flow.peername == unix_path
+            assert flow.writev([b"over ", b"AF_UNIX"]) == Ok(None)
+            flow.shutdown(Shutdown.WRITE)
+            assert b"".join(flow) == b"over AF_UNIX"
+        assert (flow.state, flow.error) == (FlowState.CLOSED, None)
+    assert not os.path.exists(unix_path)  # the server removes the socket file it made
+
+
+def test_serve_unix_replaces_a_stale_socket_file(unix_path: str) -> None:
+    with socket.socket(socket.AF_UNIX) as gone:
+        gone.bind(unix_path)  # a server that ended without removing its file
+    with sf.serve_unix(echo_handler, unix_path), sf.connect_unix(unix_path) as flow:
+        assert flow.write(b"x") == Ok(None)
+        assert read_exactly(flow, 1) == b"x"
+
+
+def test_connect_unix_failures_name_the_path(unix_path: str) -> None:
+    with pytest.raises(FileNotFoundError, match=re.escape(unix_path)):
+        sf.connect_unix(unix_path)
+    with socket.socket(socket.AF_UNIX) as bound:
+        bound.bind(unix_path)  # not listening
+        with pytest.raises(ConnectionRefusedError, match=re.escape(unix_path)):
+            sf.connect_unix(unix_path, timeout=TIMEOUT)
+
+
+def test_connect_unix_to_a_full_backlog_times_out(unix_path: str) -> None:
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(unix_path)
+        listener.listen(0)
+        fillers = []
+        try:
+            while True:  # fill the backlog until a connect would have to wait
+                filler = socket.socket(socket.AF_UNIX)
+                fillers.append(filler)
+                filler.setblocking(False)
+                if filler.connect_ex(unix_path) == errno.EAGAIN:
+                    break
+            with pytest.raises(TimeoutError, match=re.escape(f"connect to {unix_path} timed")):
+                sf.connect_unix(unix_path, timeout=0.05)
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
+def test_serve_forever_returns_once_a_handler_closes_the_server() -> None:
+    def stop_serving(flow: sf.SocketFlow) -> None:
+        assert flow.read() == Ok(b"stop")
+        server.close()  # from the handler's own thread: it does not wait for itself
+        assert flow.write(b"stopped") == Ok(None)
+
+    server = sf.serve(stop_serving, HOST, 0)
+    with pytest.raises(RuntimeError, match="with statement"):
+        server.serve_forever()
+    with server:
+        with sf.connect(HOST, server.port) as flow:
+            assert flow.write(b"stop") == Ok(None)
+            server.serve_forever()
+            assert b"".join(flow) == b"stopped"
+        with pytest.raises(ConnectionRefusedError):
+            sf.connect(HOST, server.port)  # no longer listening
+    server.serve_forever()  # closed: returns at once
 
 
 # -- resources -------------------------------------------------------------------------------
