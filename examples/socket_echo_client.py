@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from sansflow import Eof, Error, Ok, Shutdown, error_message
+from sansflow import BrokenFlowError, Shutdown
 from sansflow.adapters import socket as sf
 
 
@@ -19,29 +19,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8007)
+    parser.add_argument("--timeout", type=float, default=5.0, help="seconds to connect")
     parser.add_argument("words", nargs="*", default=["hello"])
     args = parser.parse_args(argv)
 
-    flow = sf.connect(args.host, args.port)
-    for i, word in enumerate(args.words):  # small writes: the flow coalesces them
-        flow.write(word.encode() if i == 0 else b" " + word.encode())
-    flow.shutdown(Shutdown.WRITE)  # flush, then EOF: the server's handler sees Eof()
-
-    echoed = bytearray()
-    while True:
-        match flow.read():
-            case Ok(data):
-                echoed += data
-            case Eof():
-                break
-            case Error(err):
-                print(f"failed: {error_message(err)}")
-                flow.abort()
-                return 1
-    flow.close(timeout=5)  # our EOF is out and the server's arrived: CLOSED at once
+    try:
+        flow = sf.connect(args.host, args.port, timeout=args.timeout)
+    except OSError as exc:  # refused, unknown name, timed out: each names host and port
+        print(f"cannot connect: {exc}")
+        return 1
+    # Leaving the block closes the flow (our EOF is out and the server's arrived: CLOSED at
+    # once), or aborts it if something raised.
+    with flow:
+        for i, word in enumerate(args.words):  # small writes: the flow coalesces them
+            flow.write(word.encode() if i == 0 else b" " + word.encode())
+        flow.shutdown(Shutdown.WRITE)  # flush, then EOF: the server's handler sees Eof()
+        try:
+            echoed = b"".join(flow)  # every chunk until the server's EOF
+        except BrokenFlowError as exc:
+            print(f"failed: {exc}")
+            return 1
     print(echoed.decode())
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -14,22 +14,18 @@ import contextlib
 import threading
 from collections.abc import Callable, Sequence
 
-from sansflow import Eof, Error, Ok, error_message
+from sansflow import BrokenFlowError, Ok
 from sansflow.adapters import socket as sf
 
 
 def handle(flow: sf.SocketFlow) -> None:
     """Echo until the client's EOF; the server then closes the flow (flush, EOF, wait)."""
-    while True:
-        match flow.read():
-            case Ok(data):
-                if flow.write(data) != Ok(None):
-                    return  # the flow failed: the next read says how
-            case Eof():
-                return
-            case Error(err):
-                print(f"connection failed: {error_message(err)}", flush=True)
-                return
+    try:
+        for data in flow:  # until Eof; BrokenFlowError if the connection fails
+            if flow.write(data) != Ok(None):
+                return  # the flow failed: the server's close finds it so
+    except BrokenFlowError as exc:
+        print(f"connection failed: {exc}", flush=True)
 
 
 def main(argv: Sequence[str] | None = None, *, ready: Callable[[int], object] | None = None,
@@ -43,10 +39,15 @@ def main(argv: Sequence[str] | None = None, *, ready: Callable[[int], object] | 
         print(f"echo server listening on {args.host}:{server.port}", flush=True)
         if ready is not None:
             ready(server.port)
-        with contextlib.suppress(KeyboardInterrupt):
-            (stop or threading.Event()).wait()
-    return 0
+        if stop is not None:
+            def close_when_stopped() -> None:
+                stop.wait()
+                server.close()
 
+            threading.Thread(target=close_when_stopped, daemon=True).start()
+        with contextlib.suppress(KeyboardInterrupt):
+            server.serve_forever()  # returns once closed; leaving the block joins handlers
+    return 0
 
 if __name__ == "__main__":
     raise SystemExit(main())
