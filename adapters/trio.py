@@ -5,13 +5,19 @@ Usage::
     from sansflow import Ok, Eof, Error, error_message
     from sansflow.adapters import trio as sf
 
-    flow = await sf.connect("127.0.0.1", 8000)
-    await flow.write(b"hello")
-    match await flow.read():
-        case Ok(data): ...
-        case Eof(): ...
-        case Error(err): print(error_message(err))
-    await flow.close()
+    async with await sf.connect("127.0.0.1", 8000) as flow:  # closed at the end
+        await flow.write(b"hello")
+        match await flow.read():
+            case Ok(data): ...
+            case Eof(): ...
+            case Error(err): print(error_message(err))
+
+    async with sf.serve(handler, "127.0.0.1", 0) as server:  # server.port: the bound port
+        await server.serve_forever()
+
+``connect``, ``connect_unix``, ``wrap``, ``serve`` and ``serve_unix`` take the same arguments and
+raise the same exceptions as on the other adapters; ``serve`` also runs under
+``await nursery.start(sf.serve, handler, host, port)``, trio's way, which returns the port.
 
 How bytes move:
 
@@ -69,18 +75,27 @@ read, and ``shutdown(WRITE)`` ends both directions.
 
 from __future__ import annotations
 
+import logging
+import math
 import os as _os
 import socket as _stdlib_socket
+import stat
 import struct
-from collections.abc import Awaitable, Callable, Iterable
-from contextlib import suppress
-from typing import Any, NoReturn
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from contextlib import AbstractAsyncContextManager, suppress
+from functools import partial
+from types import TracebackType
+from typing import Any, NoReturn, overload
 
 import trio
 from trio.lowlevel import Abort, RaiseCancelT, Task
 
 from sansflow import (
+    HIGH_WATER,
+    LOW_WATER,
+    RECEIVE_LIMIT,
     WOULD_WAIT,
+    AsyncAdapterFlow,
     Eof,
     Error,
     ErrorKind,
@@ -96,22 +111,27 @@ from sansflow import (
     WriteResult,
     error_message,
 )
+from sansflow._adapter import check_timeout
 from sansflow._flow import buffer_list
 
-from ._common import (
-    IOV_MAX,
-    READ_SIZE,
-    AdapterFlow,
-    check_connected,
-    receive_ended,
-    receive_kept,
+from ._common import IOV_MAX, READ_SIZE, check_connected, receive_ended, receive_kept
+from ._connect import (
+    BACKLOG,
+    check_address,
+    check_path,
+    connect_failed,
+    connect_timed_out,
+    where,
 )
 
-__all__ = ["FlowStream", "TrioFlow", "connect", "serve", "wrap"]
+__all__ = [
+    "FlowStream", "Server", "TrioFlow", "connect", "connect_unix", "serve", "serve_unix", "wrap",
+]
 
-_HIGH_WATER = 64 * 1024
-_LOW_WATER = 16 * 1024
-_RECEIVE_LIMIT = 256 * 1024
+logger = logging.getLogger("sansflow")
+
+UnixPath = str | bytes | _os.PathLike[str] | _os.PathLike[bytes]
+
 _CLOSE_TIMEOUT = 10.0  # what serve() gives a flow that its handler left open
 
 # What a stream (or a trio socket, used directly) raises when the transport fails or was
@@ -142,8 +162,9 @@ _wait_readable = trio.lowlevel.wait_readable
 _os_writev: Any = getattr(_os, "writev", None)
 
 
-class TrioFlow(AdapterFlow):
-    """A flow over a trio stream. Every method is async.
+class TrioFlow(AsyncAdapterFlow):
+    """A flow over a trio stream. Every method is async; ``async with flow:`` closes it (aborts
+    it on an exception) and ``async for data in flow`` reads it until ``Eof``.
 
     One task may read and another write at the same time; a second concurrent reader (or
     writer) gets ``sansflow.BusyError``. ``close``, ``shutdown`` and ``abort`` may run from any
@@ -152,9 +173,9 @@ class TrioFlow(AdapterFlow):
     run only when they had to wait (see the module documentation).
     """
 
-    __slots__ = ("_corked", "_in_send", "_lot", "_parked", "_receiving", "_released",
-                 "_sender", "_sender_idle", "_sender_scope", "_socket", "_stream", "_sync",
-                 "_write_waiter")
+    __slots__ = ("_corked", "_in_send", "_lot", "_parked", "_peername", "_receiving",
+                 "_released", "_sender", "_sender_idle", "_sender_scope", "_socket", "_sockname",
+                 "_stream", "_sync", "_write_waiter")
 
     def __init__(self, stream: trio.abc.Stream, core: Flow) -> None:
         super().__init__(core)
@@ -162,6 +183,9 @@ class TrioFlow(AdapterFlow):
         # A SocketStream's socket is used directly: exact partial sends, vectored sends.
         sock = stream.socket if isinstance(stream, trio.SocketStream) else None
         self._socket = sock if sock is not None and hasattr(sock, "sendmsg") else None
+        # Taken now, so that they still answer once the socket is closed.
+        self._peername = None if sock is None else _address_or_none(sock.getpeername)
+        self._sockname = None if sock is None else _address_or_none(sock.getsockname)
         # On POSIX, a socket with a real descriptor is sent to without waiting (os.write /
         # os.writev on its non-blocking descriptor): any task may then flush it on the spot.
         self._sync = self._socket is not None and _HAVE_WRITEV and _has_fileno(self._socket)
@@ -186,6 +210,18 @@ class TrioFlow(AdapterFlow):
     def stream(self) -> trio.abc.Stream:
         """The trio stream underneath (let the flow drive it)."""
         return self._stream
+
+    @property
+    def peername(self) -> Any:
+        """The peer's address, as the socket's ``getpeername()`` gave it when the flow was made;
+        ``None`` over a stream that is not a socket (or a connection that had already ended)."""
+        return self._peername
+
+    @property
+    def sockname(self) -> Any:
+        """Our own address, as the socket's ``getsockname()`` gave it when the flow was made;
+        ``None`` over a stream that is not a socket."""
+        return self._sockname
 
     # -- application side ----------------------------------------------------------------
 
@@ -292,8 +328,7 @@ class TrioFlow(AdapterFlow):
         ``close`` returns. If ``close`` is cancelled, the flow is aborted first (the stream is
         never left open), then ``trio.Cancelled`` propagates.
         """
-        if timeout is not None:
-            _check_timeout(timeout)
+        check_timeout(timeout)
         core = self._core
         if core.state is not _CLOSED:
             core.close()
@@ -801,30 +836,37 @@ def _is_fake(sock: trio.socket.SocketType) -> bool:
     return False
 
 
-def _check_timeout(timeout: object) -> None:
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
-    if not timeout >= 0:  # also rejects NaN
-        raise ValueError(f"timeout must be >= 0, not {timeout!r}")
+def _address_or_none(get: Callable[[], Any]) -> Any:
+    try:
+        return get()
+    except OSError:  # not connected (any more)
+        return None
 
 
-def wrap(stream: trio.abc.Stream | _stdlib_socket.socket, *, high_water: int = _HIGH_WATER,
-         low_water: int = _LOW_WATER, receive_limit: int = _RECEIVE_LIMIT) -> TrioFlow:
-    """A flow over ``stream``, which the flow now owns (it closes it when the flow ends).
+# -- opening flows ---------------------------------------------------------------------------
 
-    Any ``trio.abc.HalfCloseableStream`` works; a ``trio.SocketStream`` gets exact partial
-    sends and vectored ``sendmsg``. A plain ``trio.abc.Stream`` (``SSLStream``) works too, but
-    cannot half-close: see the module documentation. A connected ``socket.socket`` (TCP, or
-    one end of a ``socket.socketpair()``) is carried by a ``trio.SocketStream``.
+
+async def wrap(sock: _stdlib_socket.socket | trio.abc.Stream, *, high_water: int = HIGH_WATER,
+               low_water: int = LOW_WATER, receive_limit: int = RECEIVE_LIMIT) -> TrioFlow:
+    """A flow over ``sock``, which the flow now owns (it closes it when the flow ends).
+
+    ``sock`` is a connected ``socket.socket`` (TCP, or AF_UNIX such as one end of a
+    ``socket.socketpair()``), carried by a ``trio.SocketStream``, or any trio stream: a
+    ``trio.abc.HalfCloseableStream`` works as it is (a ``SocketStream`` gets exact partial
+    sends and vectored ``sendmsg``); a plain ``trio.abc.Stream`` (``SSLStream``) works too, but
+    cannot half-close: see the module documentation.
 
     A socket (also the one under a ``SocketStream``) that is not a connected stream socket
     raises ``ValueError`` and stays as it was; one whose connection already ended gives a
-    flow that reads what the peer sent, then how it ended.
+    flow that reads what the peer sent, then how it ended. Cancelled, it leaves ``sock`` to
+    its owner as it was.
     """
-    if not isinstance(stream, (trio.abc.Stream, _stdlib_socket.socket)):
+    if not isinstance(sock, (trio.abc.Stream, _stdlib_socket.socket)):
         raise TypeError(
-            f"wrap() takes a trio stream or a socket.socket, not {type(stream).__name__}")
+            f"wrap() takes a socket.socket or a trio stream, not {type(sock).__name__}")
     core = Flow(high_water=high_water, low_water=low_water, receive_limit=receive_limit)
+    await _checkpoint_if_cancelled()  # before anything is taken from the socket
+    stream = sock
     if isinstance(stream, _stdlib_socket.socket):
         ended = check_connected(stream)  # before trio makes the socket non-blocking
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(stream))
@@ -840,56 +882,274 @@ def wrap(stream: trio.abc.Stream | _stdlib_socket.socket, *, high_water: int = _
     return flow
 
 
-async def connect(host: str | bytes, port: int, *, high_water: int = _HIGH_WATER,
-                  low_water: int = _LOW_WATER, receive_limit: int = _RECEIVE_LIMIT) -> TrioFlow:
-    """Open a TCP connection (``trio.open_tcp_stream``) and return a flow over it."""
+async def connect(host: str, port: int, *, timeout: float | None = None,
+                  high_water: int = HIGH_WATER, low_water: int = LOW_WATER,
+                  receive_limit: int = RECEIVE_LIMIT) -> TrioFlow:
+    """Open a TCP connection to ``host`` (a name, an IPv4 or an IPv6 address) and return its
+    flow.
+
+    Every address the name resolves to is tried in turn, the next one as soon as the last
+    failed or 0.25 s after it started (``trio.open_tcp_stream``'s happy eyeballs); the first
+    to connect wins. A connect that fails raises ``ConnectionRefusedError`` when every address
+    refused, ``socket.gaierror`` when the name does not resolve, ``TimeoutError`` when
+    ``timeout`` seconds pass first (for the whole connect), else the ``OSError`` of the first
+    address that failed otherwise; each names host and port. After that, I/O failures are
+    ``Error`` results.
+    """
+    check_address(host, port)
+    check_timeout(timeout)
     core = Flow(high_water=high_water, low_water=low_water, receive_limit=receive_limit)
-    stream = await trio.open_tcp_stream(host, port)
+    stream = await _opened(partial(trio.open_tcp_stream, host, port), where(host, port), timeout)
     return TrioFlow(stream, core)
 
 
-async def serve(
-    handler: Callable[[TrioFlow], Awaitable[object]],
-    host: str | bytes | None,
-    port: int,
-    *,
-    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
-    backlog: int | None = None,
-    high_water: int = _HIGH_WATER,
-    low_water: int = _LOW_WATER,
-    receive_limit: int = _RECEIVE_LIMIT,
-) -> NoReturn:
-    """Accept TCP connections and run ``handler(flow)`` for each, like ``trio.serve_tcp``.
+async def connect_unix(path: UnixPath, *, timeout: float | None = None,
+                       high_water: int = HIGH_WATER, low_water: int = LOW_WATER,
+                       receive_limit: int = RECEIVE_LIMIT) -> TrioFlow:
+    """``connect`` for an AF_UNIX stream socket at ``path``: the same flow and failures (a
+    path where nothing listens is ``ConnectionRefusedError``, a missing one
+    ``FileNotFoundError``). ``abort()`` cannot send a reset over AF_UNIX: the peer sees the
+    connection end, as it would after ``close``."""
+    check_path(path)
+    check_timeout(timeout)
+    core = Flow(high_water=high_water, low_water=low_water, receive_limit=receive_limit)
+    stream = await _opened(partial(trio.open_unix_socket, path), _os.fsdecode(path), timeout)
+    return TrioFlow(stream, core)
 
-    Use ``port = await nursery.start(serve, handler, "127.0.0.1", 0)``: the bound port (of
-    the first listener, should ``host`` resolve to several addresses) is what ``start``
-    returns. When the handler returns, the flow is closed (``close(timeout=10)``) unless it is
-    CLOSED; if it raises, the flow is aborted and the exception propagates, crashing the
-    server, as with ``trio.serve_tcp``. Runs until cancelled.
+
+async def _opened(opening: Callable[[], Awaitable[trio.SocketStream]], where: str,
+                  timeout: float | None) -> trio.SocketStream:
+    """The stream ``opening`` connects within ``timeout``, or the exception that says why not
+    (``connect_failed``, ``connect_timed_out``), the same as on every adapter."""
+    try:
+        with trio.move_on_after(math.inf if timeout is None else timeout):
+            return await opening()
+    except OSError as exc:
+        # trio.open_tcp_stream raises one OSError for all its attempts, caused by the group
+        # of each address's own error; anything else is the one attempt's error.
+        attempts = getattr(exc.__cause__, "exceptions", None)
+        raise connect_failed(where, list(attempts) if attempts else [exc])  # noqa: B904
+    assert timeout is not None
+    raise connect_timed_out(where, timeout)
+
+
+# -- serving ---------------------------------------------------------------------------------
+
+Handler = Callable[[TrioFlow], Awaitable[object]]
+
+
+class Server:
+    """A listening server that runs a handler per accepted flow; an async context manager.
+
+    ``async with serve(handler, "127.0.0.1", 0) as server:`` listens on entry; ``server.port``
+    is the bound port (``server.path`` for ``serve_unix``), ``await server.serve_forever()``
+    waits until the server stops. Each handler runs in its own task with its own flow; when it
+    returns, the flow is closed (``close(timeout=10)``) unless already CLOSED; if it raises,
+    the exception is logged on the ``"sansflow"`` logger, the flow is aborted and the server
+    keeps serving. Leaving the block stops accepting, cancels the handlers still running
+    (their flows are aborted) and waits for them: no task and no socket outlives the block.
+    An exception leaving the block comes out as it is, not in an exception group.
     """
-    if not callable(handler):  # refused here, not once per connection
-        raise TypeError(f"serve() takes an async handler function, not {handler!r}")
-    options: dict[str, Any] = {
-        "high_water": high_water, "low_water": low_water, "receive_limit": receive_limit,
-    }
-    Flow(**options)  # bad options fail here, not once per connection
-    listeners = await trio.open_tcp_listeners(port, host=host, backlog=backlog)
-    bound = int(listeners[0].socket.getsockname()[1])
 
-    async def run(stream: trio.SocketStream) -> None:
-        flow = TrioFlow(stream, Flow(**options))
+    __slots__ = ("_handler", "_listen", "_listeners", "_nursery", "_nursery_manager",
+                 "_options", "_path", "_stopped", "_unix_inode")
+
+    def __init__(self, handler: Handler,
+                 listen: Callable[[], Awaitable[list[trio.SocketListener]]], *,
+                 options: dict[str, int], path: UnixPath | None = None) -> None:
+        self._handler = handler
+        self._listen = listen
+        self._options = options
+        self._path = path
+        self._unix_inode: int | None = None  # the socket file we made, to remove on exit
+        self._listeners: list[trio.SocketListener] = []
+        self._nursery_manager: AbstractAsyncContextManager[trio.Nursery] | None = None
+        self._nursery: trio.Nursery | None = None
+        self._stopped: trio.Event | None = None
+
+    @property
+    def listeners(self) -> tuple[trio.SocketListener, ...]:
+        """The listeners, while the server listens."""
+        return tuple(self._listeners)
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful after asking for port 0), the same on every listener."""
+        if not self._listeners:
+            raise RuntimeError("the server is not listening; use it as `async with serve(...)`")
+        if self._path is not None:
+            raise RuntimeError("a serve_unix() server has a path, not a port")
+        return int(self._listeners[0].socket.getsockname()[1])
+
+    @property
+    def path(self) -> UnixPath | None:
+        """The AF_UNIX path of a ``serve_unix`` server; ``None`` for TCP."""
+        return self._path
+
+    async def serve_forever(self) -> None:
+        """Wait until the server stops: its ``async with`` block is left (cancel this task
+        to leave it from here)."""
+        if self._stopped is None:
+            raise RuntimeError("the server is not listening; use it as `async with serve(...)`")
+        await self._stopped.wait()
+
+    async def __aenter__(self) -> Server:
+        if self._stopped is not None:
+            raise RuntimeError("a server runs once")
+        self._stopped = trio.Event()
+        self._listeners = await self._listen()
+        if self._path is not None and not _abstract(self._path):
+            self._unix_inode = _os.stat(self._path).st_ino
+        self._nursery_manager = trio.open_nursery()
+        self._nursery = await self._nursery_manager.__aenter__()
+        # The listeners already listen: connections wait in the kernel until it accepts.
+        self._nursery.start_soon(trio.serve_listeners, self._run, self._listeners)
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        assert self._nursery is not None
+        assert self._nursery_manager is not None
+        assert self._stopped is not None
+        self._stopped.set()
+        self._nursery.cancel_scope.cancel()
+        # Only a Cancelled goes into the nursery (it may be the nursery's own, which it takes
+        # back); any other exception leaves the block as it is, where the nursery would wrap
+        # it in an exception group.
+        cancelled = exc if isinstance(exc, trio.Cancelled) else None
         try:
-            await handler(flow)
-        except BaseException:
+            await self._nursery_manager.__aexit__(
+                type(cancelled) if cancelled else None, cancelled, tb if cancelled else None)
+        finally:
+            for listener in self._listeners:  # in case accepting never started
+                listener.socket.close()
+            self._listeners = []
+            if self._path is not None and self._unix_inode is not None:
+                _remove_socket_file(self._path, self._unix_inode)
+
+    async def _run(self, stream: trio.SocketStream) -> None:
+        flow = TrioFlow(stream, Flow(**self._options))
+        try:
+            await self._handler(flow)
+        except Exception:
+            logger.exception("sansflow: connection handler raised; aborting its flow")
+            await flow.abort()
+            return
+        except BaseException:  # cancelled (the server stops), or the program is interrupted
             await flow.abort()
             raise
         if flow.state is not _CLOSED:
             await flow.close(timeout=_CLOSE_TIMEOUT)
 
-    async with trio.open_nursery() as nursery:
-        await nursery.start(trio.serve_listeners, run, listeners)
-        task_status.started(bound)
-    raise AssertionError("serve_listeners returned")  # pragma: no cover
+
+@overload
+def serve(handler: Handler, host: str | None, port: int, *, task_status: None = None,
+          backlog: int = BACKLOG, high_water: int = HIGH_WATER, low_water: int = LOW_WATER,
+          receive_limit: int = RECEIVE_LIMIT) -> Server: ...
+@overload
+def serve(handler: Handler, host: str | None, port: int, *, task_status: trio.TaskStatus[int],
+          backlog: int = BACKLOG, high_water: int = HIGH_WATER, low_water: int = LOW_WATER,
+          receive_limit: int = RECEIVE_LIMIT) -> Coroutine[Any, Any, NoReturn]: ...
+def serve(handler: Handler, host: str | None, port: int, *,
+          task_status: trio.TaskStatus[int] | None = None, backlog: int = BACKLOG,
+          high_water: int = HIGH_WATER, low_water: int = LOW_WATER,
+          receive_limit: int = RECEIVE_LIMIT) -> Server | Coroutine[Any, Any, NoReturn]:
+    """A ``Server`` that gives each accepted TCP connection's flow to ``handler``.
+
+    Use it as ``async with serve(handler, host, port) as server:``; ``server.port`` is the
+    bound port. Or trio's way, ``port = await nursery.start(serve, handler, host, port)``:
+    given ``task_status``, ``serve`` is a coroutine that listens, reports the bound port and
+    serves until cancelled. ``host`` ``None`` listens on every interface; a name listens on
+    each of its addresses, all on one port (with port 0, the one picked for the first). The
+    address and the flow options (``high_water``, ``low_water``, ``receive_limit``), which
+    apply to every accepted flow, are checked here.
+    """
+    check_address(host, port, server=True)
+    options = _server_options(handler, high_water, low_water, receive_limit)
+    server = Server(handler, partial(_listen_tcp, host, port, backlog), options=options)
+    return server if task_status is None else _serve_until_cancelled(server, task_status)
+
+
+@overload
+def serve_unix(handler: Handler, path: UnixPath, *, task_status: None = None,
+               backlog: int = BACKLOG, high_water: int = HIGH_WATER, low_water: int = LOW_WATER,
+               receive_limit: int = RECEIVE_LIMIT) -> Server: ...
+@overload
+def serve_unix(handler: Handler, path: UnixPath, *, task_status: trio.TaskStatus[UnixPath],
+               backlog: int = BACKLOG, high_water: int = HIGH_WATER, low_water: int = LOW_WATER,
+               receive_limit: int = RECEIVE_LIMIT) -> Coroutine[Any, Any, NoReturn]: ...
+def serve_unix(handler: Handler, path: UnixPath, *,
+               task_status: trio.TaskStatus[UnixPath] | None = None, backlog: int = BACKLOG,
+               high_water: int = HIGH_WATER, low_water: int = LOW_WATER,
+               receive_limit: int = RECEIVE_LIMIT) -> Server | Coroutine[Any, Any, NoReturn]:
+    """``serve`` on an AF_UNIX stream socket at ``path`` (``server.path``; what
+    ``nursery.start`` returns). A stale socket file there is replaced; the one made is removed
+    when the server stops."""
+    check_path(path)
+    options = _server_options(handler, high_water, low_water, receive_limit)
+    server = Server(handler, partial(_listen_unix, path, backlog), options=options, path=path)
+    return server if task_status is None else _serve_until_cancelled(server, task_status)
+
+
+async def _serve_until_cancelled(server: Server, task_status: trio.TaskStatus[Any]) -> NoReturn:
+    """``serve`` run by ``nursery.start``."""
+    async with server:
+        task_status.started(server.port if server.path is None else server.path)
+        await trio.sleep_forever()
+
+
+def _server_options(handler: object, high_water: int, low_water: int,
+                    receive_limit: int) -> dict[str, int]:
+    """The flow options of a server's flows, refused now if bad rather than on the first
+    connection, like a handler that cannot be called."""
+    if not callable(handler):
+        raise TypeError(f"serve() takes an async handler function, not {handler!r}")
+    options = {"high_water": high_water, "low_water": low_water, "receive_limit": receive_limit}
+    Flow(**options)
+    return options
+
+
+async def _listen_tcp(host: str | None, port: int, backlog: int) -> list[trio.SocketListener]:
+    """Listeners on each of ``host``'s addresses, all on the same port."""
+    listeners: list[trio.SocketListener] = []
+    try:
+        addresses = await trio.socket.getaddrinfo(host, port, type=_stdlib_socket.SOCK_STREAM,
+                                                  flags=_stdlib_socket.AI_PASSIVE)
+        for address in dict.fromkeys(str(info[4][0]) for info in addresses):
+            bound = port if not listeners else listeners[0].socket.getsockname()[1]
+            listeners += await trio.open_tcp_listeners(bound, host=address, backlog=backlog)
+    except BaseException:
+        for listener in listeners:
+            listener.socket.close()
+        raise
+    return listeners
+
+
+async def _listen_unix(path: UnixPath, backlog: int) -> list[trio.SocketListener]:
+    sock = trio.socket.socket(_stdlib_socket.AF_UNIX, _stdlib_socket.SOCK_STREAM)
+    try:
+        if not _abstract(path):
+            with suppress(FileNotFoundError):
+                if stat.S_ISSOCK(_os.stat(path).st_mode):  # a stale one: not a file of data
+                    _os.unlink(path)
+        await sock.bind(_os.fspath(path))
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return [trio.SocketListener(sock)]
+
+
+def _abstract(path: UnixPath) -> bool:
+    """Whether ``path`` names a Linux abstract socket, which has no file."""
+    return _os.fsencode(path).startswith(b"\0")
+
+
+def _remove_socket_file(path: UnixPath, inode: int) -> None:
+    """Remove the socket file a server made, unless something else took its place since."""
+    with suppress(OSError):
+        if _os.stat(path).st_ino == inode:
+            _os.unlink(path)
 
 
 class FlowStream(trio.abc.HalfCloseableStream):

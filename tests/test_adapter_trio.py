@@ -29,6 +29,7 @@ import trio
 import trio.testing
 
 from sansflow import (
+    AsyncAdapterFlow,
     BusyError,
     Eof,
     Error,
@@ -97,7 +98,7 @@ async def flow_pair(kind: str, bufsize: int | None = None,
                     **options: int) -> AsyncIterator[tuple[sf.TrioFlow, sf.TrioFlow]]:
     """Two connected flows; whatever a test leaves open is aborted at the end."""
     a_stream, b_stream = streams(kind, bufsize)
-    a, b = sf.wrap(a_stream, **options), sf.wrap(b_stream, **options)
+    a, b = await sf.wrap(a_stream, **options), await sf.wrap(b_stream, **options)
     try:
         yield a, b
     finally:
@@ -590,7 +591,7 @@ def test_a_failed_send_keeps_what_the_kernel_holds_as_far_as_the_receive_limit()
     async def main() -> None:
         ours, theirs = tcp_sockets()
         limit = 4096
-        flow = sf.wrap(ours, receive_limit=limit)
+        flow = await sf.wrap(ours, receive_limit=limit)
         data = payload(3 * limit)
         peer_sends_then_resets(theirs, data, flow.stream.socket.fileno())  # type: ignore[attr-defined]
         assert await flow.write(b"x") == Ok(None)  # queued, then its send fails at once
@@ -610,7 +611,7 @@ def test_a_failed_send_to_a_live_peer_takes_only_what_is_there() -> None:
     async def main() -> None:
         ours, theirs = socket.socketpair()
         with theirs:
-            flow = sf.wrap(ours)
+            flow = await sf.wrap(ours)
             theirs.shutdown(socket.SHUT_RD)
             theirs.sendall(b"last words")
             assert await flow.write(b"x") == Ok(None)  # queued, then its send fails at once
@@ -635,7 +636,7 @@ def test_our_eof_failing_on_a_reset_connection_ends_the_flow(
 
     async def main() -> None:
         ours, theirs = tcp_sockets()
-        flow = sf.wrap(ours)
+        flow = await sf.wrap(ours)
         peer_sends_then_resets(theirs, b"last words", flow.stream.socket.fileno())  # type: ignore[attr-defined]
         await flow.shutdown(Shutdown.WRITE)
         assert flow.state is FlowState.CLOSED
@@ -654,7 +655,7 @@ def test_a_send_failing_while_a_receive_lets_others_run_loses_nothing(
     failing meanwhile takes the rest from the kernel after it, so the stream has no gap."""
     async def main() -> None:
         ours, theirs = tcp_sockets()
-        flow = sf.wrap(ours)
+        flow = await sf.wrap(ours)
         data = payload(80_000)  # more than one receive takes
         peer_sends_then_resets(theirs, data, flow.stream.socket.fileno())  # type: ignore[attr-defined]
         receiving = trio.Event()
@@ -963,7 +964,7 @@ def test_flows_still_sending_when_the_run_ends_are_aborted(kind: str) -> None:
 
     async def main() -> None:
         a_stream, b_stream = streams(kind, bufsize=4096)
-        a = sf.wrap(a_stream)
+        a = await sf.wrap(a_stream)
         flows.append(a)
         peers.append(b_stream)
         assert await a.write(payload(1024 * 1024)) == Ok(None)  # nobody reads it
@@ -1033,7 +1034,7 @@ class FailingSend(trio.abc.HalfCloseableStream):
 def test_an_unexpected_exception_from_the_stream_ends_the_flow_not_the_run() -> None:
     async def main() -> None:
         left, right = trio.testing.memory_stream_pair()
-        a, b = sf.wrap(FailingSend(left)), sf.wrap(right)
+        a, b = await sf.wrap(FailingSend(left)), await sf.wrap(right)
         results: list[ReadResult] = []
 
         async def reader() -> None:
@@ -1228,14 +1229,14 @@ def test_bad_input_raises_and_changes_nothing() -> None:
 def test_bad_construction() -> None:
     async def main() -> None:
         with pytest.raises(TypeError, match="trio stream"):
-            sf.wrap(object())  # type: ignore[arg-type]
+            await sf.wrap(object())  # type: ignore[arg-type]
         with pytest.raises(TypeError, match="TrioFlow"):
             sf.FlowStream(object())  # type: ignore[arg-type]
         left, right = trio.testing.memory_stream_pair()
         with pytest.raises(ValueError, match="high_water"):
-            sf.wrap(left, high_water=0)
+            await sf.wrap(left, high_water=0)
         with pytest.raises(ValueError, match="low_water"):
-            sf.wrap(left, high_water=10, low_water=100)
+            await sf.wrap(left, high_water=10, low_water=100)
         await left.aclose()
         await right.aclose()
         # Options are checked before connecting: nothing listens on this port.
@@ -1245,7 +1246,7 @@ def test_bad_construction() -> None:
         with pytest.raises(ValueError, match="receive_limit"):
             await sf.connect(HOST, port, receive_limit=0)
         with pytest.raises(ValueError, match="high_water"):
-            await sf.serve(echo_handler, HOST, 0, high_water=-1)
+            sf.serve(echo_handler, HOST, 0, high_water=-1)
 
     run(main)
 
@@ -1296,30 +1297,337 @@ def test_serve_closes_what_the_handler_leaves_open() -> None:
     run(main)
 
 
-def test_serve_aborts_and_propagates_when_the_handler_raises() -> None:
+@pytest.mark.expect_log("sansflow", "handler raised")
+def test_a_handler_that_raises_is_logged_its_flow_aborted_and_the_server_keeps_serving() -> None:
     async def main() -> None:
         server_flows: list[sf.TrioFlow] = []
 
         async def handler(flow: sf.TrioFlow) -> None:
             server_flows.append(flow)
-            assert await flow.read() == Ok(b"boom?")
-            raise LookupError("handler failed")
-
-        async def server(task_status: trio.TaskStatus[int]) -> None:
-            with pytest.RaisesGroup(LookupError, flatten_subgroups=True):
-                await sf.serve(handler, HOST, 0, task_status=task_status)
+            if len(server_flows) == 1:
+                assert await flow.read() == Ok(b"boom?")
+                raise LookupError("handler failed")
+            await echo_handler(flow)
 
         async with trio.open_nursery() as nursery:
-            port = await nursery.start(server)
+            port = await nursery.start(sf.serve, handler, HOST, 0)
             client = await sf.connect(HOST, port)
             assert await client.write(b"boom?") == Ok(None)
             result = await client.read()
             assert isinstance(result, Error)
             assert result.error.kind is ErrorKind.RESET
             await client.close()
+            await echo_client(port, b"still serving")
+            nursery.cancel_scope.cancel()
+        assert server_flows[0].error == FlowError(ErrorKind.ABORTED)
+        assert await released(server_flows[0])
+
+    run(main)
+
+
+def test_serve_as_an_async_context_manager() -> None:
+    async def main() -> None:
+        ended: list[str] = []
+
+        async def serve_forever(server: sf.Server) -> None:
+            await server.serve_forever()
+            ended.append("serve_forever returned")
+
+        async with trio.open_nursery() as nursery, sf.serve(echo_handler, HOST, 0) as server:
+            assert server.path is None
+            nursery.start_soon(serve_forever, server)
+            port = server.port
+            await echo_client(port, b"served")
+            await trio.testing.wait_all_tasks_blocked()
+            assert ended == []
+        assert ended == ["serve_forever returned"]
+        with pytest.raises(RuntimeError, match="not listening"):
+            _ = server.port
+        with pytest.raises(ConnectionRefusedError):  # leaving the block stopped listening
+            await sf.connect(HOST, port)
+
+    run(main)
+
+
+def test_an_exception_leaving_the_server_block_comes_out_as_it_is() -> None:
+    async def main() -> None:
+        server_flows: list[sf.TrioFlow] = []
+
+        async def handler(flow: sf.TrioFlow) -> None:
+            server_flows.append(flow)
+            await flow.read()  # until the server stops
+
+        clients: list[sf.TrioFlow] = []
+
+        async def fail_in_the_block() -> None:
+            async with sf.serve(handler, HOST, 0) as server:
+                clients.append(await sf.connect(HOST, server.port))
+                while not server_flows:
+                    await trio.sleep(0.001)
+                raise LookupError("the block failed")
+
+        with pytest.raises(LookupError, match="the block failed"):  # not in an exception group
+            await fail_in_the_block()
+        [client] = clients
         [server_flow] = server_flows
         assert server_flow.error == FlowError(ErrorKind.ABORTED)
         assert await released(server_flow)
+        result = await client.read()
+        assert isinstance(result, Error)
+        assert result.error.kind is ErrorKind.RESET
+
+    run(main)
+
+
+def test_a_server_runs_once_and_answers_only_while_listening() -> None:
+    async def main() -> None:
+        server = sf.serve(echo_handler, HOST, 0)
+        with pytest.raises(RuntimeError, match="not listening"):
+            _ = server.port
+        with pytest.raises(RuntimeError, match="not listening"):
+            await server.serve_forever()
+        async with server:
+            pass
+        with pytest.raises(RuntimeError, match="once"):
+            async with server:
+                pass
+
+    run(main)
+
+
+def test_serve_with_host_none_listens_on_every_interface_on_one_port() -> None:
+    async def main() -> None:
+        async with sf.serve(echo_handler, None, 0) as server:
+            ports = {listener.socket.getsockname()[1] for listener in server.listeners}
+            assert ports == {server.port}
+            await echo_client(server.port, b"any interface")
+            if has_ipv6_loopback():
+                assert len(server.listeners) == 2
+                flow = await sf.connect("::1", server.port)
+                await flow.close()
+
+    run(main)
+
+
+def test_bad_addresses_are_refused_before_any_io() -> None:
+    async def main() -> None:
+        with socket.socket() as unused:
+            unused.bind((HOST, 0))
+            port = unused.getsockname()[1]
+            with pytest.raises(TypeError, match="port"):
+                await sf.connect(HOST, str(port))  # type: ignore[arg-type]
+            with pytest.raises(TypeError, match="host"):
+                await sf.connect(HOST.encode(), port)  # type: ignore[arg-type]
+            with pytest.raises(ValueError, match="timeout"):
+                await sf.connect(HOST, port, timeout=-1)
+            with pytest.raises(TypeError, match="port"):
+                sf.serve(echo_handler, HOST, str(port))  # type: ignore[call-overload]
+            with pytest.raises(TypeError, match="path"):
+                await sf.connect_unix(3)  # type: ignore[arg-type]
+            with pytest.raises(TypeError, match="path"):
+                sf.serve_unix(echo_handler, 3)  # type: ignore[call-overload]
+
+    run(main)
+
+
+# -- failed connects: the same exceptions as on every adapter -----------------------------
+
+
+def test_a_refused_connect_is_connection_refused_naming_host_and_port() -> None:
+    async def main() -> None:
+        with socket.socket() as bound:  # bound, not listening: the connect is refused
+            bound.bind((HOST, 0))
+            port = bound.getsockname()[1]
+            with pytest.raises(ConnectionRefusedError, match=f"{HOST}:{port}") as caught:
+                await sf.connect(HOST, port)
+        assert caught.value.errno == errno.ECONNREFUSED
+        assert isinstance(caught.value.__cause__, ConnectionRefusedError)
+
+    run(main)
+
+
+def test_a_name_that_does_not_resolve_is_gaierror() -> None:
+    async def main() -> None:
+        with pytest.raises(socket.gaierror, match=r"nowhere\.invalid:80"):
+            await sf.connect("nowhere.invalid", 80)
+
+    run(main)
+
+
+def full_listener() -> tuple[socket.socket, list[socket.socket]]:
+    """A listener whose queue is full: the kernel drops a new connection's SYN, so a connect
+    to it waits until its timeout. Also the sockets that fill it (close them all)."""
+    listener = socket.socket()
+    listener.bind((HOST, 0))
+    listener.listen(0)
+    fillers: list[socket.socket] = []
+    for _ in range(64):
+        filler = socket.socket()
+        fillers.append(filler)
+        filler.setblocking(False)
+        filler.connect_ex(listener.getsockname())
+        if not select.select([], [filler], [], 0.25)[1]:
+            return listener, fillers  # this one hangs: the queue is full
+    pytest.fail("the listen queue never filled")
+
+
+def test_a_connect_that_outlasts_its_timeout_is_timeout_error() -> None:
+    async def main() -> None:
+        listener, fillers = full_listener()
+        port = listener.getsockname()[1]
+        try:
+            with pytest.raises(TimeoutError, match=f"{HOST}:{port} timed out after 0.1 s"):
+                await sf.connect(HOST, port, timeout=0.1)
+        finally:
+            for sock in [listener, *fillers]:
+                sock.close()
+
+    run(main)
+
+
+def has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback")
+def test_ipv6() -> None:
+    async def main() -> None:
+        async with sf.serve(echo_handler, "::1", 0) as server:
+            flow = await sf.connect("::1", server.port)
+            assert flow.peername[:2] == ("::1", server.port)
+            assert flow.sockname[0] == "::1"
+            assert await flow.write(b"over IPv6") == Ok(None)
+            await flow.shutdown(Shutdown.WRITE)
+            assert await read_all(flow) == (b"over IPv6", Eof())
+            await flow.close()
+        with socket.socket(socket.AF_INET6) as bound:
+            bound.bind(("::1", 0))
+            port = bound.getsockname()[1]
+            with pytest.raises(ConnectionRefusedError, match=rf"\[::1\]:{port}"):
+                await sf.connect("::1", port)
+
+    run(main)
+
+
+# -- the addresses of a flow ----------------------------------------------------------------
+
+
+def test_peername_and_sockname_are_the_sockets_and_outlive_the_flow() -> None:
+    async def main() -> None:
+        seen: list[tuple[Any, Any]] = []
+
+        async def tell(flow: sf.TrioFlow) -> None:
+            seen.append((flow.peername, flow.sockname))
+
+        async with sf.serve(tell, HOST, 0) as server:
+            flow = await sf.connect(HOST, server.port)
+            stream = flow.stream
+            assert isinstance(stream, trio.SocketStream)
+            names = (stream.socket.getpeername(), stream.socket.getsockname())
+            assert names[0] == (HOST, server.port)
+            assert await read_all(flow) == (b"", Eof())
+            await flow.close()
+            assert await released(flow)
+        assert (flow.peername, flow.sockname) == names
+        assert seen == [(names[1], names[0])]
+        async with flow_pair("memory") as (a, _):
+            assert (a.peername, a.sockname) == (None, None)
+
+    run(main)
+
+
+# -- wrap ---------------------------------------------------------------------------------
+
+
+def test_a_cancelled_wrap_leaves_the_socket_to_its_owner() -> None:
+    async def main() -> None:
+        ours, theirs = tcp_sockets()
+        with ours, theirs:
+            ours.setblocking(True)
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await sf.wrap(ours)
+            assert scope.cancelled_caught
+            assert ours.fileno() != -1
+            assert ours.getblocking()
+            flow = await sf.wrap(ours.dup())
+            await flow.abort()
+
+    run(main)
+
+
+def test_a_trio_flow_is_an_async_adapter_flow() -> None:
+    async def main() -> None:
+        async with flow_pair("tcp") as (a, b):
+            assert isinstance(a, AsyncAdapterFlow)
+            async with a:
+                assert await b.write(b"iterated") == Ok(None)
+                await b.shutdown(Shutdown.WRITE)
+                assert b"".join([data async for data in a]) == b"iterated"
+            assert a.state is FlowState.CLOSED
+            assert a.error is None
+
+    run(main)
+
+
+# -- AF_UNIX --------------------------------------------------------------------------------
+
+needs_unix = pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="no AF_UNIX sockets")
+
+
+@needs_unix
+def test_serve_unix_and_connect_unix(tmp_path: Path) -> None:
+    path = str(tmp_path / "flow.sock")
+
+    async def main() -> None:
+        async with sf.serve_unix(echo_handler, path) as server:
+            assert server.path == path
+            with pytest.raises(RuntimeError, match="path, not a port"):
+                _ = server.port
+            flow = await sf.connect_unix(path)
+            assert flow.peername == path
+            assert await flow.writev([b"over ", b"AF_UNIX"]) == Ok(None)
+            await flow.shutdown(Shutdown.WRITE)
+            assert await read_all(flow) == (b"over AF_UNIX", Eof())
+            await flow.close()
+            assert flow.error is None
+        assert not os.path.exists(path)  # the socket file went with the server
+
+    run(main)
+
+
+@needs_unix
+def test_serve_unix_under_nursery_start_returns_the_path_and_replaces_a_stale_socket(
+        tmp_path: Path) -> None:
+    path = tmp_path / "flow.sock"
+    with socket.socket(socket.AF_UNIX) as stale:  # bound, never listening, left behind
+        stale.bind(str(path))
+
+    async def main() -> None:
+        with pytest.raises(ConnectionRefusedError, match=str(path)):
+            await sf.connect_unix(path)
+        async with trio.open_nursery() as nursery:
+            assert await nursery.start(sf.serve_unix, echo_handler, path) == path
+            flow = await sf.connect_unix(path)
+            await flow.close()
+            assert flow.error is None
+            nursery.cancel_scope.cancel()
+
+    run(main)
+
+
+@needs_unix
+def test_connect_unix_to_a_missing_path_is_file_not_found(tmp_path: Path) -> None:
+    path = str(tmp_path / "nothing.sock")
+
+    async def main() -> None:
+        with pytest.raises(FileNotFoundError, match=path):
+            await sf.connect_unix(path)
 
     run(main)
 
@@ -1417,7 +1725,7 @@ class NoHalfClose(trio.abc.Stream):
 def test_without_send_eof_closing_after_the_peer_is_clean() -> None:
     async def main() -> None:
         left, right = trio.testing.memory_stream_pair()
-        a, b = sf.wrap(NoHalfClose(left)), sf.wrap(right)
+        a, b = await sf.wrap(NoHalfClose(left)), await sf.wrap(right)
         assert await b.write(b"last words") == Ok(None)
         await b.shutdown(Shutdown.WRITE)
         assert await read_all(a) == (b"last words", Eof())
@@ -1435,7 +1743,7 @@ def test_without_send_eof_closing_after_the_peer_is_clean() -> None:
 def test_without_send_eof_our_eof_closes_both_directions() -> None:
     async def main() -> None:
         left, right = trio.testing.memory_stream_pair()
-        a, b = sf.wrap(NoHalfClose(left)), sf.wrap(right)
+        a, b = await sf.wrap(NoHalfClose(left)), await sf.wrap(right)
         assert await a.write(b"bye") == Ok(None)
         await a.shutdown(Shutdown.WRITE)
         assert a.state is FlowState.CLOSED
@@ -1454,13 +1762,13 @@ def test_without_send_eof_our_eof_closes_both_directions() -> None:
 
 async def memory_flow_streams() -> tuple[sf.FlowStream, sf.FlowStream]:
     left, right = trio.testing.memory_stream_pair()
-    return sf.FlowStream(sf.wrap(left)), sf.FlowStream(sf.wrap(right))
+    return sf.FlowStream(await sf.wrap(left)), sf.FlowStream(await sf.wrap(right))
 
 
 async def tcp_flow_streams() -> tuple[sf.FlowStream, sf.FlowStream]:
     client, server = tcp_sockets()
-    return (sf.FlowStream(sf.wrap(socket_stream(client))),
-            sf.FlowStream(sf.wrap(socket_stream(server))))
+    return (sf.FlowStream(await sf.wrap(socket_stream(client))),
+            sf.FlowStream(await sf.wrap(socket_stream(server))))
 
 
 async def clogged(left: trio.abc.Stream, right: trio.abc.Stream
@@ -1468,8 +1776,8 @@ async def clogged(left: trio.abc.Stream, right: trio.abc.Stream
     """FlowStreams whose flows hold one queued byte that the transport does not take until
     the peer receives. With water marks of 1 and 0, any further send waits for room, and
     ``wait_send_all_might_not_block`` for the queue to drain: what trio calls clogged."""
-    flows = (sf.wrap(left, high_water=1, low_water=0),
-             sf.wrap(right, high_water=1, low_water=0))
+    flows = (await sf.wrap(left, high_water=1, low_water=0),
+             await sf.wrap(right, high_water=1, low_water=0))
     for flow in flows:
         assert await flow.write(b"x") == Ok(None)
     await trio.testing.wait_all_tasks_blocked()
@@ -1515,8 +1823,8 @@ def test_flow_stream_is_a_half_closeable_stream_over_tcp() -> None:
 def test_flow_stream_maps_flow_errors() -> None:
     async def main() -> None:
         client, server = tcp_sockets()
-        a = sf.FlowStream(sf.wrap(socket_stream(client)))
-        b = sf.wrap(socket_stream(server))
+        a = sf.FlowStream(await sf.wrap(socket_stream(client)))
+        b = await sf.wrap(socket_stream(server))
         assert a.flow.state is FlowState.OPEN
         await b.abort()
         with pytest.raises(trio.BrokenResourceError) as info:
@@ -1596,7 +1904,7 @@ def test_flow_stream_cancelled_aclose_resets_when_data_would_be_lost() -> None:
 def test_without_sync_sends_the_flows_keep_the_contract() -> None:
     async def make_pair() -> tuple[AsyncFlowLike, AsyncFlowLike]:
         client, server = tcp_sockets()
-        a, b = sf.wrap(socket_stream(client)), sf.wrap(socket_stream(server))
+        a, b = await sf.wrap(socket_stream(client)), await sf.wrap(socket_stream(server))
         assert not cast(Any, a)._sync
         return a, b
 

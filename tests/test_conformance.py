@@ -340,10 +340,10 @@ def raw_pair(transport: str) -> tuple[socket.socket, socket.socket]:
     return tcp_sockets() if transport == "tcp" else socket.socketpair()
 
 
-def trio_wrap(sf: ModuleType, sock: socket.socket, **limits: int) -> Any:
+async def trio_wrap(sf: ModuleType, sock: socket.socket, **limits: int) -> Any:
     import trio
 
-    return sf.wrap(trio.SocketStream(trio.socket.from_stdlib_socket(sock)), **limits)
+    return await sf.wrap(trio.SocketStream(trio.socket.from_stdlib_socket(sock)), **limits)
 
 
 @dataclass
@@ -387,9 +387,9 @@ def trio_pair(transport: str, **limits: int) -> Callable[[ExitStack], PairFactor
                     listener.settimeout(10)
                     a = await sf.connect("127.0.0.1", listener.getsockname()[1], **limits)
                     server, _ = listener.accept()
-                return a, trio_wrap(sf, server, **limits)
+                return a, await trio_wrap(sf, server, **limits)
             left, right = socket.socketpair()
-            return trio_wrap(sf, left, **limits), trio_wrap(sf, right, **limits)
+            return await trio_wrap(sf, left, **limits), await trio_wrap(sf, right, **limits)
 
         return make
 
@@ -423,7 +423,7 @@ def native(kind: str, sock: socket.socket) -> Callable[[], Awaitable[kit.AsyncFl
         if kind == "asyncio":
             flow: kit.AsyncFlowLike = await sf.wrap(sock)
         elif kind == "trio":
-            flow = trio_wrap(sf, sock)
+            flow = await trio_wrap(sf, sock)
         else:
             flow = kit.threaded(sf.wrap(sock))
         return flow
@@ -450,7 +450,7 @@ def cross(first: str, second: str, *, swap: bool = False) -> Callable[[ExitStack
             if loop is None:
                 b = await native(second, server)()
             elif second == "trio":
-                b = kit.bridged(loop.call(_async(trio_wrap), other, server), loop)
+                b = kit.bridged(loop.call(trio_wrap, other, server), loop)
             else:
                 b = kit.bridged(loop.call(other.wrap, server), loop)
             return (b, a) if swap else (a, b)
@@ -458,13 +458,6 @@ def cross(first: str, second: str, *, swap: bool = False) -> Callable[[ExitStack
         return make
 
     return setup
-
-
-def _async(function: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
-    async def call(*args: Any) -> Any:
-        return function(*args)
-
-    return call
 
 
 UVLOOP = {"use_uvloop": True}

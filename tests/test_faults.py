@@ -168,8 +168,7 @@ class TrioDriver(Driver):
     backend = "trio"
 
     async def wrap(self, sock: socket.socket, **options: Any) -> AsyncFlowLike:
-        stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
-        return self._made(sf_trio.wrap(stream, **options))
+        return self._made(await sf_trio.wrap(sock, **options))
 
     async def connect(self, host: str, port: int, **options: Any) -> AsyncFlowLike:
         return self._made(await sf_trio.connect(host, port, **options))
@@ -177,20 +176,8 @@ class TrioDriver(Driver):
     @asynccontextmanager
     async def serve(self, handler: Callable[[AsyncFlowLike], Awaitable[None]],
                     **options: Any) -> AsyncIterator[int]:
-        refused: Exception | None = None
-        async with trio.open_nursery() as nursery:
-            try:
-                port = await nursery.start(
-                    partial(sf_trio.serve, handler, HOST, 0, backlog=BACKLOG, **options))
-            except Exception as exc:  # refused: re-raised as it is, not in an exception group
-                refused = exc
-            else:
-                try:
-                    yield port
-                finally:
-                    nursery.cancel_scope.cancel()
-        if refused is not None:
-            raise refused
+        async with sf_trio.serve(handler, HOST, 0, backlog=BACKLOG, **options) as server:
+            yield server.port
 
     def live_tasks(self) -> int:
         return trio.lowlevel.current_statistics().tasks_living

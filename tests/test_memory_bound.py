@@ -204,7 +204,7 @@ def run_trio(pattern: str) -> None:
         writer_sock, peer = tcp_sockets()
         writer_sock.setblocking(False)
         meter = Meter(writer_sock, peer, chunk_sizes(pattern))
-        flow = sf_trio.wrap(trio.SocketStream(trio.socket.from_stdlib_socket(writer_sock)))
+        flow = await sf_trio.wrap(trio.SocketStream(trio.socket.from_stdlib_socket(writer_sock)))
         try:
             async def write_all() -> None:
                 for chunk in meter.chunks():

@@ -86,7 +86,7 @@ def run_async(adapter: str, main: Callable[[], Awaitable[T]]) -> T:
 
 async def wrap_async(adapter: str, sock: Any, **options: int) -> AsyncFlow:
     if adapter == "trio":
-        return sf_trio.wrap(sock, **options)
+        return await sf_trio.wrap(sock, **options)
     return await sf_asyncio.wrap(sock, **options)
 
 
@@ -355,7 +355,7 @@ def test_trio_wrap_checks_the_socket_of_a_socket_stream(case: str) -> None:
         with make() as sock:
             stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
             with pytest.raises(ValueError, match=word):
-                sf_trio.wrap(stream)
+                await sf_trio.wrap(stream)
             assert sock.fileno() != -1
 
     trio.run(main)
@@ -366,7 +366,7 @@ def test_trio_wrap_refuses_a_socket_stream_over_a_closed_socket() -> None:
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(socket.socket()))
         await stream.aclose()
         with pytest.raises(ValueError, match="closed"):
-            sf_trio.wrap(stream)
+            await sf_trio.wrap(stream)
 
     trio.run(main)
 
@@ -376,7 +376,7 @@ def test_trio_wrap_of_a_reset_socket_stream_reads_the_reset() -> None:
 
     async def main() -> Session:
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
-        return await use_async(sf_trio.wrap(stream), b"")
+        return await use_async(await sf_trio.wrap(stream), b"")
 
     done = trio.run(main)
     assert done.reads[0] == Ok(b"last words")
