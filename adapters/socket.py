@@ -5,13 +5,16 @@ Every method is an ordinary blocking call with the names the async adapters use:
     from sansflow import Eof, Error, Ok, error_message
     from sansflow.adapters import socket as sf
 
-    flow = sf.connect("127.0.0.1", 8000)
-    flow.write(b"hello")
-    match flow.read():
-        case Ok(data): ...
-        case Eof(): ...
-        case Error(err): print(error_message(err))
-    flow.close()
+    with sf.connect("127.0.0.1", 8000, timeout=5) as flow:  # closed (or aborted) on exit
+        flow.write(b"hello")
+        match flow.read():
+            case Ok(data): ...
+            case Eof(): ...
+            case Error(err): print(error_message(err))
+
+``for data in flow:`` reads until ``Eof`` (``BrokenFlowError`` at an ``Error``). ``connect``,
+``connect_unix``, ``wrap``, ``serve`` and ``serve_unix`` take the arguments of the async
+adapters' functions, and fail with the same exceptions.
 
 One reading thread and one writing thread may use a flow at once (a second concurrent reader or
 writer gets ``sansflow.BusyError``); ``close``, ``shutdown``, ``abort`` and ``flush`` may be
