@@ -16,8 +16,10 @@ from sansflow.adapters import trio as sf
 
 async def main(host: str = "127.0.0.1", port: int = 8000,
                message: bytes = b"hello from trio") -> bytes:
-    """The echoed bytes. Raises ``ConnectionError`` if the connection fails midway."""
-    flow = await sf.connect(host, port)
+    """The echoed bytes. Raises ``ConnectionError`` if the connection fails midway; if it
+    cannot be opened at all, ``ConnectionRefusedError``, ``socket.gaierror`` (unknown name) or
+    ``TimeoutError`` (no answer within 10 s), each naming the address."""
+    flow = await sf.connect(host, port, timeout=10)
     try:
         match await flow.write(message):
             case Error(err):

@@ -31,8 +31,12 @@ async def echo(flow: sf.TrioFlow) -> None:
 
 async def main(host: str = "127.0.0.1", port: int = 8000, *,
                task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-    """Serve until cancelled; ``await nursery.start(main, host, 0)`` returns the bound port."""
-    await sf.serve(echo, host, port, task_status=task_status)
+    """Serve until cancelled (Ctrl-C); ``await nursery.start(main, host, 0)`` returns the bound
+    port. Leaving stops accepting and ends the connections still open."""
+    async with sf.serve(echo, host, port) as server:
+        print(f"echo server listening on {host}:{server.port}", flush=True)
+        task_status.started(server.port)
+        await server.serve_forever()
 
 
 if __name__ == "__main__":
