@@ -926,7 +926,8 @@ async def _opened(opening: Callable[[], Awaitable[trio.SocketStream]], where: st
             return await opening()
     except OSError as exc:
         # trio.open_tcp_stream raises one OSError for all its attempts, caused by the group
-        # of each address's own error; anything else is the one attempt's error.
+        # of each address's own error; anything else is the one attempt's error. No `from`:
+        # connect_failed makes the error it reports from the cause.
         attempts = getattr(exc.__cause__, "exceptions", None)
         raise connect_failed(where, list(attempts) if attempts else [exc])  # noqa: B904
     assert timeout is not None
