@@ -15,14 +15,30 @@ from typing import Any, Protocol, overload
 from sansflow import AdapterFlow, ErrorKind, Flow, FlowError, ReceiveState
 
 __all__ = [
-    "IOV_MAX", "READ_SIZE", "AdapterFlow", "check_connected", "receive_ended", "receive_kept",
-    "set_linger_zero",
+    "IOV_MAX", "READ_SIZE", "AdapterFlow", "addresses", "check_connected", "receive_ended",
+    "receive_kept", "set_linger_zero",
 ]
 
 # sendmsg refuses more buffers than this (EMSGSIZE); 1024 on Linux.
 IOV_MAX: int = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024)
 # One receive call takes at most this much; 64 KiB matches the kernel's usual socket buffer.
 READ_SIZE = 64 * 1024
+
+
+def addresses(sock: SocketLike | None) -> dict[str, Any]:
+    """``peername`` and ``sockname`` of ``sock`` for ``AdapterFlow``, each ``None`` where the
+    socket has none (no socket, or a connection that ended before the flow was made)."""
+    if sock is None:
+        return {"peername": None, "sockname": None}
+    return {"peername": _name_or_none(sock.getpeername),
+            "sockname": _name_or_none(sock.getsockname)}
+
+
+def _name_or_none(get: Callable[[], Any]) -> Any:
+    try:
+        return get()
+    except OSError:
+        return None
 
 
 def set_linger_zero(sock: socket.socket) -> None:
@@ -41,6 +57,7 @@ class SocketLike(Protocol):
     def type(self) -> int: ...
     def fileno(self) -> int: ...
     def getpeername(self) -> Any: ...
+    def getsockname(self) -> Any: ...
     @overload
     def getsockopt(self, level: int, optname: int, /) -> int: ...
     @overload

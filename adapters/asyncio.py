@@ -77,7 +77,7 @@ from sansflow._adapter import check_timeout
 from sansflow._flow import Buffer, buffer_list
 from sansflow._results import ReadResult, WriteResult
 
-from ._common import READ_SIZE, check_connected, receive_ended, set_linger_zero
+from ._common import READ_SIZE, addresses, check_connected, receive_ended, set_linger_zero
 from ._connect import (
     BACKLOG,
     check_address,
@@ -516,28 +516,13 @@ class AsyncioFlow(AsyncAdapterFlow):
     a coroutine; none raises for an I/O failure (it shows as an ``Error`` result).
     """
 
-    __slots__ = ("_driver", "_peername", "_sockname")
+    __slots__ = ("_driver",)
 
     def __init__(self, core: Flow, driver: _Driver) -> None:
-        super().__init__(core)
-        self._driver = driver
         transport = driver._transport
         assert transport is not None  # made once connected
-        sock = transport.get_extra_info("socket")
-        self._peername = _address_or_none(sock.getpeername)
-        self._sockname = _address_or_none(sock.getsockname)
-
-    @property
-    def peername(self) -> Any:
-        """The peer's address, as the socket's ``getpeername()`` gave it when the flow was made
-        (``None`` if it had none: a connection that ended before ``wrap``)."""
-        return self._peername
-
-    @property
-    def sockname(self) -> Any:
-        """Our own address, as the socket's ``getsockname()`` gave it when the flow was
-        made."""
-        return self._sockname
+        super().__init__(core, **addresses(transport.get_extra_info("socket")))
+        self._driver = driver
 
     @property
     def transport(self) -> asyncio.Transport | None:
@@ -703,13 +688,6 @@ class AsyncioFlow(AsyncAdapterFlow):
         driver = self._driver
         driver._abort_now()
         await driver._wait_lost()
-
-
-def _address_or_none(get: Callable[[], Any]) -> Any:
-    try:
-        return get()
-    except OSError:
-        return None
 
 
 def _after(buffers: list[Buffer], skip: int) -> list[Buffer]:

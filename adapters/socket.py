@@ -112,6 +112,7 @@ from sansflow._flow import buffer_list
 from ._common import (
     IOV_MAX,
     READ_SIZE,
+    addresses,
     check_connected,
     receive_ended,
     receive_kept,
@@ -194,18 +195,16 @@ class SocketFlow(BlockingAdapterFlow):
         "_flush_at",
         "_lock",
         "_outside",
-        "_peername",
         "_receiving",
         "_retry",
         "_scheduled",
         "_shut_rd",
         "_sock",
-        "_sockname",
         "_waiters",
     )
 
     def __init__(self, sock: socket.socket, core: Flow) -> None:
-        super().__init__(core)
+        super().__init__(core, **addresses(sock))
         self._sock: socket.socket | None = sock
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # input arrived or was read; CLOSED
@@ -217,20 +216,6 @@ class SocketFlow(BlockingAdapterFlow):
         self._retry = FLUSH_DELAY  # the flusher's next delay while the kernel buffer is full
         self._answering = False  # a read came after the last write: the next write answers it
         self._flush_at = max(core.low_water, 1)
-        # Taken now, so that they still answer once the socket is closed.
-        self._peername = _address_or_none(sock.getpeername)
-        self._sockname = _address_or_none(sock.getsockname)
-
-    @property
-    def peername(self) -> Any:
-        """The peer's address when the flow was made (``(host, port)`` for IPv4, a 4-tuple for
-        IPv6, the path for AF_UNIX), or ``None`` if the connection had ended by then."""
-        return self._peername
-
-    @property
-    def sockname(self) -> Any:
-        """The socket's own address when the flow was made."""
-        return self._sockname
 
     # -- the application side --------------------------------------------------------------
 
@@ -616,13 +601,6 @@ class SocketFlow(BlockingAdapterFlow):
 def _deadline(timeout: float | None) -> float | None:
     check_timeout(timeout)
     return None if timeout is None else monotonic() + timeout
-
-
-def _address_or_none(get: Callable[[], Any]) -> Any:
-    try:
-        return get()
-    except OSError:  # the connection ended before the flow was made
-        return None
 
 
 # -- the flusher -----------------------------------------------------------------------------

@@ -114,7 +114,7 @@ from sansflow import (
 from sansflow._adapter import check_timeout
 from sansflow._flow import buffer_list
 
-from ._common import IOV_MAX, READ_SIZE, check_connected, receive_ended, receive_kept
+from ._common import IOV_MAX, READ_SIZE, addresses, check_connected, receive_ended, receive_kept
 from ._connect import (
     BACKLOG,
     check_address,
@@ -173,19 +173,16 @@ class TrioFlow(AsyncAdapterFlow):
     run only when they had to wait (see the module documentation).
     """
 
-    __slots__ = ("_corked", "_in_send", "_lot", "_parked", "_peername", "_receiving",
-                 "_released", "_sender", "_sender_idle", "_sender_scope", "_socket", "_sockname",
+    __slots__ = ("_corked", "_in_send", "_lot", "_parked", "_receiving",
+                 "_released", "_sender", "_sender_idle", "_sender_scope", "_socket",
                  "_stream", "_sync", "_write_waiter")
 
     def __init__(self, stream: trio.abc.Stream, core: Flow) -> None:
-        super().__init__(core)
-        self._stream = stream
         # A SocketStream's socket is used directly: exact partial sends, vectored sends.
         sock = stream.socket if isinstance(stream, trio.SocketStream) else None
+        super().__init__(core, **addresses(sock))
+        self._stream = stream
         self._socket = sock if sock is not None and hasattr(sock, "sendmsg") else None
-        # Taken now, so that they still answer once the socket is closed.
-        self._peername = None if sock is None else _address_or_none(sock.getpeername)
-        self._sockname = None if sock is None else _address_or_none(sock.getsockname)
         # On POSIX, a socket with a real descriptor is sent to without waiting (os.write /
         # os.writev on its non-blocking descriptor): any task may then flush it on the spot.
         self._sync = self._socket is not None and _HAVE_WRITEV and _has_fileno(self._socket)
@@ -211,17 +208,6 @@ class TrioFlow(AsyncAdapterFlow):
         """The trio stream underneath (let the flow drive it)."""
         return self._stream
 
-    @property
-    def peername(self) -> Any:
-        """The peer's address, as the socket's ``getpeername()`` gave it when the flow was made;
-        ``None`` over a stream that is not a socket (or a connection that had already ended)."""
-        return self._peername
-
-    @property
-    def sockname(self) -> Any:
-        """Our own address, as the socket's ``getsockname()`` gave it when the flow was made;
-        ``None`` over a stream that is not a socket."""
-        return self._sockname
 
     # -- application side ----------------------------------------------------------------
 
@@ -834,13 +820,6 @@ def _is_fake(sock: trio.socket.SocketType) -> bool:
     except NotImplementedError:
         return True
     return False
-
-
-def _address_or_none(get: Callable[[], Any]) -> Any:
-    try:
-        return get()
-    except OSError:  # not connected (any more)
-        return None
 
 
 # -- opening flows ---------------------------------------------------------------------------

@@ -5,7 +5,7 @@ and ``AsyncAdapterFlow`` / ``BlockingAdapterFlow`` (``with`` and iteration, from
 from __future__ import annotations
 
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ._api import BrokenFlowError
 from ._errors import BusyError, FlowError
@@ -28,17 +28,31 @@ class AdapterFlow:
     gets ``BusyError``, checked before anything else so that it changes nothing.
     """
 
-    __slots__ = ("_core", "_reading", "_writing")
+    __slots__ = ("_core", "_peername", "_reading", "_sockname", "_writing")
 
-    def __init__(self, core: Flow) -> None:
+    def __init__(self, core: Flow, *, peername: Any = None, sockname: Any = None) -> None:
         self._core = core
         self._reading = False
         self._writing = False
+        self._peername = peername
+        self._sockname = sockname
 
     @property
     def core(self) -> Flow:
         """The sans-IO flow underneath (read it; let the adapter drive it)."""
         return self._core
+
+    @property
+    def peername(self) -> Any:
+        """The peer's address when the flow was made (``(host, port)`` for IPv4, a 4-tuple for
+        IPv6, the path for AF_UNIX); ``None`` where there is no socket, or the connection had
+        ended by then. Taken once, so it still answers after the flow is closed."""
+        return self._peername
+
+    @property
+    def sockname(self) -> Any:
+        """Our own address when the flow was made; ``None`` where there is no socket."""
+        return self._sockname
 
     @property
     def state(self) -> FlowState:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from types import TracebackType
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from ._errors import FlowError, error_message
 from ._results import ReadResult, WriteResult
@@ -65,6 +65,14 @@ class _FlowState(Protocol):
     @property
     def low_water(self) -> int:
         """A waiting writer resumes once the queue is down to this many bytes."""
+
+    @property
+    def peername(self) -> Any:
+        """The peer's address when the flow was made; ``None`` where there is no socket."""
+
+    @property
+    def sockname(self) -> Any:
+        """Our own address when the flow was made; ``None`` where there is no socket."""
 
     @property
     def receive_limit(self) -> int:

@@ -75,6 +75,12 @@ def test_flows_are_async_flows(make_pair: PairFactory, backend: str) -> None:
     async def body(a: AsyncFlow, b: AsyncFlow) -> None:
         assert isinstance(a, AsyncFlow)
         assert not isinstance(a, BlockingFlow)
+        if make_pair is _memory_pair:  # no socket underneath
+            assert (a.peername, a.sockname) == (None, None)
+        else:  # each end's peer is the other end
+            assert a.peername == b.sockname
+            assert a.sockname == b.peername
+            assert a.peername[0] == "127.0.0.1"
 
     _run(make_pair, backend, body)
 
