@@ -705,7 +705,7 @@ API = {  # function: its parameters before the options
     "serve_unix": ["handler", "path"],
 }
 OPTIONS = {"high_water": HIGH_WATER, "low_water": LOW_WATER, "receive_limit": RECEIVE_LIMIT}
-DEFAULTS = {  # function: its keyword-only parameters and their defaults
+DEFAULTS: dict[str, dict[str, Any]] = {  # function: its keyword-only parameters and defaults
     "connect": {"timeout": None, **OPTIONS},
     "connect_unix": {"timeout": None, **OPTIONS},
     "wrap": OPTIONS,
@@ -716,7 +716,10 @@ MODULES = {"asyncio": sf_asyncio, "trio": sf_trio, "socket": sf_socket}
 # Where an adapter may differ, and why. The socket adapter's servers run handlers on threads,
 # which cannot be cancelled: ``grace`` is how long leaving the server waits for them before it
 # aborts their flows (the async adapters cancel their handler tasks at once).
-EXTRA = {("socket", "serve"): {"grace": 5.0}, ("socket", "serve_unix"): {"grace": 5.0}}
+EXTRA: dict[tuple[str, str], dict[str, Any]] = {
+    ("socket", "serve"): {"grace": 5.0},
+    ("socket", "serve_unix"): {"grace": 5.0},
+}
 
 
 def parameters(function: Callable[..., Any]) -> tuple[list[str], dict[str, Any]]:
