@@ -13,7 +13,7 @@ import struct
 
 import trio
 
-from sansflow import Eof, Error, Ok, error_message
+from sansflow import AsyncFlow, BlockingFlow, Eof, Error, Ok, error_message
 from sansflow.adapters import asyncio as sf_asyncio
 from sansflow.adapters import socket as sf_socket
 from sansflow.adapters import trio as sf_trio
@@ -58,7 +58,7 @@ def answer(request: bytes) -> bytes:
 
 # -- the protocol over the async adapters (asyncio and trio alike) ---------------------------
 
-async def serve_requests(flow: sf_asyncio.AsyncioFlow | sf_trio.TrioFlow) -> None:
+async def serve_requests(flow: AsyncFlow) -> None:
     """Answer each request frame until the client's EOF; the server then closes the flow."""
     framer = Framer()
     while True:
@@ -73,7 +73,7 @@ async def serve_requests(flow: sf_asyncio.AsyncioFlow | sf_trio.TrioFlow) -> Non
                 raise ProtocolError(error_message(err))
 
 
-async def call(flow: sf_asyncio.AsyncioFlow | sf_trio.TrioFlow,
+async def call(flow: AsyncFlow,
                requests: list[bytes]) -> list[bytes]:
     """Send every request, then read one reply per request."""
     framer = Framer()
@@ -92,7 +92,7 @@ async def call(flow: sf_asyncio.AsyncioFlow | sf_trio.TrioFlow,
 
 # -- the same protocol over the blocking adapter ----------------------------------------------
 
-def serve_requests_blocking(flow: sf_socket.SocketFlow) -> None:
+def serve_requests_blocking(flow: BlockingFlow) -> None:
     framer = Framer()
     while True:
         match flow.read():
@@ -106,7 +106,7 @@ def serve_requests_blocking(flow: sf_socket.SocketFlow) -> None:
                 raise ProtocolError(error_message(err))
 
 
-def call_blocking(flow: sf_socket.SocketFlow, requests: list[bytes]) -> list[bytes]:
+def call_blocking(flow: BlockingFlow, requests: list[bytes]) -> list[bytes]:
     framer = Framer()
     for request in requests:
         flow.writev(Framer.encode(request))
