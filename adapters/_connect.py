@@ -4,14 +4,19 @@ every adapter."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
+import stat
 from collections.abc import Sequence
 
 __all__ = [
-    "BACKLOG", "check_address", "check_path", "connect_failed", "connect_timed_out", "where",
+    "BACKLOG", "UnixPath", "check_address", "check_path", "connect_failed", "connect_timed_out",
+    "remove_socket_file", "remove_stale_socket_file", "socket_file_inode", "where",
 ]
+
+UnixPath = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 
 BACKLOG = socket.SOMAXCONN
 """The listen backlog of every adapter's ``serve`` unless told otherwise: the most the system
@@ -74,3 +79,35 @@ def connect_timed_out(where: str, timeout: float) -> TimeoutError:
     """The exception for a connect to ``where`` that did not finish within ``timeout``
     seconds."""
     return TimeoutError(errno.ETIMEDOUT, f"connect to {where} timed out after {timeout:g} s")
+
+
+# -- AF_UNIX servers' socket files ---------------------------------------------------------------
+
+
+def _abstract(path: UnixPath) -> bool:
+    """Whether ``path`` names a Linux abstract socket, which has no file."""
+    return os.fsencode(path).startswith(b"\0")
+
+
+def remove_stale_socket_file(path: UnixPath) -> None:
+    """Before a server binds ``path``: remove a socket file left there by a server that is
+    gone (never a file of data, which makes the bind fail as it should)."""
+    if not _abstract(path):
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISSOCK(os.stat(path).st_mode):
+                os.unlink(path)
+
+
+def socket_file_inode(path: UnixPath) -> int | None:
+    """Once a server is bound at ``path``: the inode of the socket file it made (``None`` for
+    an abstract socket), for ``remove_socket_file`` to know it again."""
+    return None if _abstract(path) else os.stat(path).st_ino
+
+
+def remove_socket_file(path: UnixPath, inode: int | None) -> None:
+    """Remove the socket file a server made, unless something else took its place since."""
+    if inode is None:
+        return
+    with contextlib.suppress(OSError):
+        if os.stat(path).st_ino == inode:
+            os.unlink(path)

@@ -49,7 +49,6 @@ Usage::
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -80,10 +79,13 @@ from sansflow._results import ReadResult, WriteResult
 from ._common import READ_SIZE, addresses, check_connected, receive_ended, set_linger_zero
 from ._connect import (
     BACKLOG,
+    UnixPath,
     check_address,
     check_path,
     connect_failed,
     connect_timed_out,
+    remove_socket_file,
+    socket_file_inode,
     where,
 )
 
@@ -95,7 +97,6 @@ __all__ = [
 logger = logging.getLogger("sansflow")
 
 Handler = Callable[["AsyncioFlow"], Awaitable[object]]
-UnixPath = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 
 _SERVER_CLOSE_TIMEOUT = 10.0
 _OK: Ok[None] = Ok(None)
@@ -937,8 +938,8 @@ class Server:
         self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
         self._servers = await self._listen(self._loop, self._new_driver)
-        if self._path is not None and not _abstract(self._path):
-            self._unix_inode = os.stat(self._path).st_ino
+        if self._path is not None:
+            self._unix_inode = socket_file_inode(self._path)
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
@@ -963,8 +964,8 @@ class Server:
             # else: not yet connected; connection_made will abort it (we are stopping).
         for server in self._servers:
             await server.wait_closed()
-        if self._path is not None and self._unix_inode is not None:
-            _remove_socket_file(self._path, self._unix_inode)
+        if self._path is not None:
+            remove_socket_file(self._path, self._unix_inode)
 
     def _new_driver(self) -> _Driver:
         assert self._loop is not None
@@ -1059,13 +1060,3 @@ def _server_options(handler: object, high_water: int, low_water: int,
     return options
 
 
-def _abstract(path: UnixPath) -> bool:
-    """Whether ``path`` names a Linux abstract socket, which has no file."""
-    return os.fsencode(path).startswith(b"\0")
-
-
-def _remove_socket_file(path: UnixPath, inode: int) -> None:
-    """Remove the socket file a server made, unless something else took its place since."""
-    with contextlib.suppress(OSError):
-        if os.stat(path).st_ino == inode:
-            os.unlink(path)

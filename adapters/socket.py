@@ -78,7 +78,6 @@ import math
 import os
 import select
 import socket
-import stat
 import sys
 import threading
 from collections.abc import Callable, Iterable
@@ -120,10 +119,14 @@ from ._common import (
 )
 from ._connect import (
     BACKLOG,
+    UnixPath,
     check_address,
     check_path,
     connect_failed,
     connect_timed_out,
+    remove_socket_file,
+    remove_stale_socket_file,
+    socket_file_inode,
     where,
 )
 
@@ -153,7 +156,6 @@ _log = logging.getLogger("sansflow")
 _WAIT_MAX = 3600.0
 
 BytesLike = bytes | bytearray | memoryview
-UnixPath = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 
 
 def _poll(fd: int, events: int, timeout: float) -> int:
@@ -900,8 +902,8 @@ class Server:
         self._listeners = listeners
         if self._path is None:
             self._port = int(listeners[0].getsockname()[1])  # also answers once closed
-        elif not _abstract(self._path):
-            self._unix_inode = os.stat(self._path).st_ino
+        else:
+            self._unix_inode = socket_file_inode(self._path)
         name = self._port if self._path is None else os.fsdecode(self._path)
         self._acceptor = threading.Thread(
             target=self._accept_loop, name=f"sansflow-socket-accept-{name}", daemon=True
@@ -928,8 +930,8 @@ class Server:
                 self._acceptor.join()
             for sock in (*self._listeners, *(self._wake or ())):
                 sock.close()
-            if self._path is not None and self._unix_inode is not None:
-                _remove_socket_file(self._path, self._unix_inode)
+            if self._path is not None:
+                remove_socket_file(self._path, self._unix_inode)
             self._stopped.set()  # serve_forever() returns: the server accepts no more
         elif self._acceptor is not None:
             self._acceptor.join()  # no handler starts after this
@@ -1110,10 +1112,7 @@ def _listen_tcp(host: str | None, port: int, backlog: int) -> list[socket.socket
 
 
 def _listen_unix(path: UnixPath, backlog: int) -> list[socket.socket]:
-    if not _abstract(path):
-        with contextlib.suppress(FileNotFoundError):
-            if stat.S_ISSOCK(os.stat(path).st_mode):
-                os.unlink(path)  # a stale socket file, left by a server that is gone
+    remove_stale_socket_file(path)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         listener.bind(os.fspath(path))
@@ -1124,13 +1123,3 @@ def _listen_unix(path: UnixPath, backlog: int) -> list[socket.socket]:
     return [listener]
 
 
-def _abstract(path: UnixPath) -> bool:
-    """Whether ``path`` names a Linux abstract socket, which has no file."""
-    return os.fsencode(path).startswith(b"\0")
-
-
-def _remove_socket_file(path: UnixPath, inode: int) -> None:
-    """Remove the socket file a server made, unless something else took its place since."""
-    with contextlib.suppress(OSError):
-        if os.stat(path).st_ino == inode:
-            os.unlink(path)

@@ -79,7 +79,6 @@ import logging
 import math
 import os as _os
 import socket as _stdlib_socket
-import stat
 import struct
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from contextlib import AbstractAsyncContextManager, suppress
@@ -117,10 +116,14 @@ from sansflow._flow import buffer_list
 from ._common import IOV_MAX, READ_SIZE, addresses, check_connected, receive_ended, receive_kept
 from ._connect import (
     BACKLOG,
+    UnixPath,
     check_address,
     check_path,
     connect_failed,
     connect_timed_out,
+    remove_socket_file,
+    remove_stale_socket_file,
+    socket_file_inode,
     where,
 )
 
@@ -130,7 +133,6 @@ __all__ = [
 
 logger = logging.getLogger("sansflow")
 
-UnixPath = str | bytes | _os.PathLike[str] | _os.PathLike[bytes]
 
 _CLOSE_TIMEOUT = 10.0  # what serve() gives a flow that its handler left open
 
@@ -978,8 +980,8 @@ class Server:
             raise RuntimeError("a server runs once")
         self._stopped = trio.Event()
         self._listeners = await self._listen()
-        if self._path is not None and not _abstract(self._path):
-            self._unix_inode = _os.stat(self._path).st_ino
+        if self._path is not None:
+            self._unix_inode = socket_file_inode(self._path)
         self._nursery_manager = trio.open_nursery()
         self._nursery = await self._nursery_manager.__aenter__()
         # The listeners already listen: connections wait in the kernel until it accepts.
@@ -1004,8 +1006,8 @@ class Server:
             for listener in self._listeners:  # in case accepting never started
                 listener.socket.close()
             self._listeners = []
-            if self._path is not None and self._unix_inode is not None:
-                _remove_socket_file(self._path, self._unix_inode)
+            if self._path is not None:
+                remove_socket_file(self._path, self._unix_inode)
 
     async def _run(self, stream: trio.SocketStream) -> None:
         flow = TrioFlow(stream, Flow(**self._options))
@@ -1108,10 +1110,7 @@ async def _listen_tcp(host: str | None, port: int, backlog: int) -> list[trio.So
 async def _listen_unix(path: UnixPath, backlog: int) -> list[trio.SocketListener]:
     sock = trio.socket.socket(_stdlib_socket.AF_UNIX, _stdlib_socket.SOCK_STREAM)
     try:
-        if not _abstract(path):
-            with suppress(FileNotFoundError):
-                if stat.S_ISSOCK(_os.stat(path).st_mode):  # a stale one: not a file of data
-                    _os.unlink(path)
+        remove_stale_socket_file(path)
         await sock.bind(_os.fspath(path))
         sock.listen(backlog)
     except BaseException:
@@ -1120,16 +1119,6 @@ async def _listen_unix(path: UnixPath, backlog: int) -> list[trio.SocketListener
     return [trio.SocketListener(sock)]
 
 
-def _abstract(path: UnixPath) -> bool:
-    """Whether ``path`` names a Linux abstract socket, which has no file."""
-    return _os.fsencode(path).startswith(b"\0")
-
-
-def _remove_socket_file(path: UnixPath, inode: int) -> None:
-    """Remove the socket file a server made, unless something else took its place since."""
-    with suppress(OSError):
-        if _os.stat(path).st_ino == inode:
-            _os.unlink(path)
 
 
 class FlowStream(trio.abc.HalfCloseableStream):
