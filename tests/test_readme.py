@@ -27,3 +27,11 @@ def test_readme_example_is_the_file(path: str, shown: str) -> None:
 def test_core_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
     runpy.run_path(str(ROOT / "examples" / "core_by_hand.py"), run_name="__main__")
     assert capsys.readouterr().out == "HALF_CLOSED_LOCAL HALF_CLOSED_REMOTE\n"
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop", "trio"])
+def test_any_adapter_example_runs(loop: str, monkeypatch: pytest.MonkeyPatch,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr("sys.argv", ["any_adapter.py", loop])
+    runpy.run_path(str(ROOT / "examples" / "any_adapter.py"), run_name="__main__")
+    assert capsys.readouterr().out == "HELLO, HALF-CLOSED WORLD from 127.0.0.1\n"
