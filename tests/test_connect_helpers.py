@@ -14,6 +14,9 @@ from sansflow.adapters._connect import (
     check_path,
     connect_failed,
     connect_timed_out,
+    remove_socket_file,
+    remove_stale_socket_file,
+    socket_file_inode,
     where,
 )
 
@@ -87,3 +90,28 @@ def test_check_address_and_path_accept() -> None:
         check_path(path)
     with pytest.raises(TypeError, match=r"path must be a str, bytes or os\.PathLike, not 3"):
         check_path(3)
+
+
+def test_socket_files_of_unix_servers(tmp_path: Path) -> None:
+    path = tmp_path / "server.sock"
+    data = tmp_path / "data"
+    data.write_bytes(b"keep me")
+    remove_stale_socket_file(data)  # a file of data is never removed
+    assert data.exists()
+    remove_stale_socket_file(tmp_path / "absent")  # nothing there: nothing to do
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(path))
+        inode = socket_file_inode(path)
+        assert inode == path.stat().st_ino
+        remove_socket_file(path, inode + 1)  # another file took its place: left alone
+        assert path.exists()
+        remove_socket_file(path, inode)
+        assert not path.exists()
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(path))
+    remove_stale_socket_file(path)  # left by a server that is gone
+    assert not path.exists()
+    abstract = b"\0sansflow-test-abstract"
+    assert socket_file_inode(abstract) is None
+    remove_stale_socket_file(abstract)
+    remove_socket_file(abstract, None)
