@@ -518,6 +518,7 @@ class AsyncioFlow(AsyncAdapterFlow):
     """
 
     __slots__ = ("_driver",)
+    _core: Flow  # the core this flow drives (AdapterFlow only reads its state)
 
     def __init__(self, core: Flow, driver: _Driver) -> None:
         transport = driver._transport

@@ -204,6 +204,7 @@ class SocketFlow(BlockingAdapterFlow):
         "_sock",
         "_waiters",
     )
+    _core: Flow  # the core this flow drives (AdapterFlow only reads its state)
 
     def __init__(self, sock: socket.socket, core: Flow) -> None:
         super().__init__(core, **addresses(sock))

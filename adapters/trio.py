@@ -178,6 +178,7 @@ class TrioFlow(AsyncAdapterFlow):
     __slots__ = ("_corked", "_in_send", "_lot", "_parked", "_receiving",
                  "_released", "_sender", "_sender_idle", "_sender_scope", "_socket",
                  "_stream", "_sync", "_write_waiter")
+    _core: Flow  # the core this flow drives (AdapterFlow only reads its state)
 
     def __init__(self, stream: trio.abc.Stream, core: Flow) -> None:
         # A SocketStream's socket is used directly: exact partial sends, vectored sends.

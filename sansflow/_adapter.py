@@ -5,11 +5,10 @@ and ``AsyncAdapterFlow`` / ``BlockingAdapterFlow`` (``with`` and iteration, from
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from ._api import BrokenFlowError
 from ._errors import BusyError, FlowError
-from ._flow import Flow
 from ._results import Eof, Ok, ReadResult
 from ._state import FlowState, ReceiveState, SendState
 
@@ -18,11 +17,45 @@ __all__ = ["AdapterFlow", "AsyncAdapterFlow", "BlockingAdapterFlow", "check_time
 _Self = TypeVar("_Self")
 
 
+class _StateSource(Protocol):
+    """What ``AdapterFlow``'s state view reads: a core ``Flow``, or another flow (a wrapper
+    shows the state of the flow it wraps)."""
+
+    @property
+    def state(self) -> FlowState: ...
+
+    @property
+    def send_state(self) -> SendState: ...
+
+    @property
+    def receive_state(self) -> ReceiveState: ...
+
+    @property
+    def error(self) -> FlowError | None: ...
+
+    @property
+    def high_water(self) -> int: ...
+
+    @property
+    def low_water(self) -> int: ...
+
+    @property
+    def receive_limit(self) -> int: ...
+
+    @property
+    def queued(self) -> int: ...
+
+    @property
+    def buffered(self) -> int: ...
+
+
 class AdapterFlow:
     """The base of an adapter's flow: the core, a read-only view of its state, the busy flags.
 
     Subclass it to write an adapter: add ``read``/``write``/``writev``/``close``/``shutdown``/
-    ``abort`` that drive ``self._core`` and wait in the adapter's own way.
+    ``abort`` that drive ``self._core`` and wait in the adapter's own way. The core stays
+    private, so that no caller writes to it behind the adapter's back; a subclass that drives
+    it declares ``_core: Flow``.
 
     One reader and one writer may use a flow at once; a second concurrent reader (or writer)
     gets ``BusyError``, checked before anything else so that it changes nothing.
@@ -30,17 +63,12 @@ class AdapterFlow:
 
     __slots__ = ("_core", "_peername", "_reading", "_sockname", "_writing")
 
-    def __init__(self, core: Flow, *, peername: Any = None, sockname: Any = None) -> None:
+    def __init__(self, core: _StateSource, *, peername: Any = None, sockname: Any = None) -> None:
         self._core = core
         self._reading = False
         self._writing = False
         self._peername = peername
         self._sockname = sockname
-
-    @property
-    def core(self) -> Flow:
-        """The sans-IO flow underneath (read it; let the adapter drive it)."""
-        return self._core
 
     @property
     def peername(self) -> Any:
@@ -81,6 +109,16 @@ class AdapterFlow:
     @property
     def receive_limit(self) -> int:
         return self._core.receive_limit
+
+    @property
+    def queued(self) -> int:
+        """Bytes written and not yet sent."""
+        return self._core.queued
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet read."""
+        return self._core.buffered
 
     def _claim_read(self) -> None:
         if self._reading:

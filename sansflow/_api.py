@@ -79,6 +79,14 @@ class _FlowState(Protocol):
         """Reading from the transport pauses while this many received bytes wait for
         ``read``."""
 
+    @property
+    def queued(self) -> int:
+        """Bytes written and not yet sent to the transport."""
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received from the transport and not yet returned by ``read``."""
+
 
 @runtime_checkable
 class AsyncFlow(_FlowState, Protocol):

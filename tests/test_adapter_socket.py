@@ -232,7 +232,7 @@ class Filler:
                 self.end = result
                 return
             self.accepted += self.chunk
-            self.max_queued = max(self.max_queued, self.flow.core.queued)
+            self.max_queued = max(self.max_queued, self.flow.queued)
             assert self.accepted < 64 * 1024 * 1024, "write() never waited"
 
     def until_blocked(self) -> None:
@@ -276,7 +276,7 @@ def test_writable_buffers_are_copied_read_only_ones_are_not_corrupted() -> None:
         assert a.writev([scratch, memoryview(scratch)]) == Ok(None)
         scratch[:] = b"XXXXX"
         a.flush()
-        assert a.core.queued == 0
+        assert a.queued == 0
         assert read_exactly(b, 16) == b"xfirstfirstfirst"
 
 
@@ -316,7 +316,7 @@ def test_four_mib_through_tiny_socket_buffers_arrives_byte_exact() -> None:
             else:
                 result = a.write(chunk)
             assert result == Ok(None)
-            assert a.core.queued <= a.high_water + max(sizes)
+            assert a.queued <= a.high_water + max(sizes)
             offset += size
             index += 1
         a.close(timeout=TIMEOUT)
@@ -425,7 +425,7 @@ def test_close_deadline_holds_while_the_queue_cannot_drain() -> None:
         assert a.state is FlowState.CLOSED
         assert a.error is not None
         assert a.error.kind is ErrorKind.TIMED_OUT
-        assert a.core.queued == 0
+        assert a.queued == 0
         wait_until(lambda: a._sock is None, "the socket to be released")
         with pytest.raises(ConnectionResetError):  # noqa: PT012
             while peer.recv(1 << 20):  # what the kernel had taken, then the RST
@@ -501,7 +501,7 @@ def test_shutdown_read_discards_input_and_close_still_sees_the_peer_eof() -> Non
         closing.join()
         assert a.state is FlowState.CLOSED
         assert a.error is None
-        assert a.core.buffered == 0
+        assert a.buffered == 0
 
 
 def test_shutdown_both() -> None:
@@ -544,7 +544,7 @@ def test_abort_keeps_received_data_readable_and_is_idempotent() -> None:
         assert b.write(b"arrived") == Ok(None)
         b.flush()
         assert a.read(1) == Ok(b"a")
-        assert a.core.buffered == 6  # one 7-byte send arrives as one piece
+        assert a.buffered == 6  # one 7-byte send arrives as one piece
         a.abort()
         a.abort()
         error = a.error
@@ -587,7 +587,7 @@ def test_peer_reset_mid_transfer_fails_the_writer() -> None:
         assert isinstance(filler.end.error.cause, OSError)
         assert filler.end.error.cause.errno in (errno.ECONNRESET, errno.EPIPE)
         assert a.state is FlowState.CLOSED
-        assert a.core.queued == 0  # the queue went with the connection
+        assert a.queued == 0  # the queue went with the connection
         wait_until(lambda: a._sock is None, "the socket to be released")
 
 
@@ -641,7 +641,7 @@ def test_peer_never_reads_the_writer_waits_and_the_queue_stays_bounded() -> None
         filler = Filler(a)
         filler.until_blocked()
         assert filler.max_queued <= a.high_water + filler.chunk
-        assert a.core.queued > a.low_water
+        assert a.queued > a.low_water
         accepted = filler.accepted
         time.sleep(0.1)
         assert filler.accepted == accepted
@@ -671,17 +671,17 @@ def test_flood_pauses_receiving_at_the_limit() -> None:
 
         flooding = Background(flood)
         closing = Background(a.close)  # close() receives while it waits for the peer's EOF
-        wait_until(lambda: a.core.reading_paused, "the receive buffer to fill")
+        wait_until(lambda: a._core.reading_paused, "the receive buffer to fill")
         most = 0
         for _ in range(50):
-            most = max(most, a.core.buffered)
+            most = max(most, a.buffered)
             time.sleep(0.002)
         assert flooding.running, "the peer sent everything although nobody read"
         assert closing.running
         assert limit <= most <= limit + READ_SIZE
         got = bytearray()
         while isinstance(result := a.read(), Ok):
-            most = max(most, a.core.buffered)
+            most = max(most, a.buffered)
             got += result.value
         assert result == Eof()
         assert got == data
@@ -714,12 +714,12 @@ def test_two_writers_the_second_gets_busy_error_and_queues_nothing() -> None:
     with flow_pair() as (a, b):
         filler = Filler(a)
         filler.until_blocked()
-        queued = a.core.queued
+        queued = a.queued
         with pytest.raises(BusyError):
             a.write(b"refused")
         with pytest.raises(BusyError):
             a.writev([b"refused"])
-        assert a.core.queued == queued
+        assert a.queued == queued
         reading = Background(lambda: read_to_end(b))
         blocked_at = filler.accepted
         wait_until(lambda: filler.accepted > blocked_at + (1 << 20), "the writer to move again")
@@ -798,12 +798,12 @@ def test_a_write_left_queued_is_delivered_while_the_writer_sleeps(
         written = time.monotonic()
         assert a.write(b"x") == Ok(None)  # not a reply: waits for company
         assert a.write(b"yz") == Ok(None)
-        queued = a.core.queued
+        queued = a.queued
         if time.monotonic() - written < delay:  # else the flusher may rightly have sent it
             assert queued == 3
         receiving = Background(lambda: read_exactly(b, 3))
         assert receiving.join() == b"xyz"  # nobody but the flusher sent it
-        wait_until(lambda: a.core.queued == 0, "the flusher to count its send")
+        wait_until(lambda: a.queued == 0, "the flusher to count its send")
 
 
 def test_a_write_answering_a_read_goes_out_at_once_others_wait_for_company(
@@ -812,17 +812,17 @@ def test_a_write_answering_a_read_goes_out_at_once_others_wait_for_company(
     with flow_pair() as (a, b):
         for piece in (b"bu", b"rs", b"t"):  # no read since the last write: coalesced
             assert a.write(piece) == Ok(None)
-        assert a.core.queued == 5
+        assert a.queued == 5
         assert a.writev([b"x" * (a.low_water - 5)]) == Ok(None)  # low water: sent at once
-        assert a.core.queued == 0
+        assert a.queued == 0
         assert read_exactly(b, a.low_water) == b"burst" + b"x" * (a.low_water - 5)
         assert b.write(b"re") == Ok(None)  # the first write since a read: a reply
-        assert b.core.queued == 0
+        assert b.queued == 0
         assert b.write(bytearray(b"ply")) == Ok(None)  # then coalesced again
-        assert b.core.queued == 3
+        assert b.queued == 3
         assert read_exactly(a, 2) == b"re"
         assert a.writev([b"an", b"d"]) == Ok(None)  # a reply too, as a vectored write
-        assert a.core.queued == 0
+        assert a.queued == 0
         b.flush()
         assert read_exactly(a, 3) == b"ply"
         assert read_exactly(b, 3) == b"and"
@@ -835,9 +835,9 @@ def test_read_sends_what_is_queued_before_it_waits(monkeypatch: pytest.MonkeyPat
         a.flush()
         assert b.write(b"an") == Ok(None)
         assert b.write(b"swer") == Ok(None)
-        assert b.core.queued == 6
+        assert b.queued == 6
         assert read_exactly(b, 8) == b"question"  # it receives, so it sends first
-        assert b.core.queued == 0
+        assert b.queued == 0
         assert Background(lambda: read_exactly(a, 6)).join() == b"answer"
 
 
@@ -851,10 +851,10 @@ def test_the_flusher_retries_while_the_kernel_buffer_is_full() -> None:
     try:
         for i in range(0, total, 1024):
             assert a.write(data[i:i + 1024]) == Ok(None)
-        assert a.core.queued > 0, "the kernel took 2 MiB through a 4 KiB buffer at once"
+        assert a.queued > 0, "the kernel took 2 MiB through a 4 KiB buffer at once"
         # From here on, the writing thread does nothing for the flow.
         assert read_exactly(b, total) == data
-        wait_until(lambda: a.core.queued == 0, "the queue to drain")
+        wait_until(lambda: a.queued == 0, "the queue to drain")
     finally:
         a.abort()
         b.abort()
@@ -867,7 +867,7 @@ def test_a_large_write_the_kernel_takes_in_part_is_resumed_at_the_exact_byte() -
     try:
         data = pattern(1 << 20, seed=6)
         assert a.write(data) == Ok(None)  # straight to the kernel, which takes a part
-        assert 0 < a.core.queued < len(data)
+        assert 0 < a.queued < len(data)
         got = bytearray()
         while len(got) < len(data):  # the rest comes from the flusher
             got += peer.recv(1 << 20)
@@ -884,10 +884,10 @@ def test_the_flusher_does_not_wait_for_a_busy_flow_and_comes_back(
         assert a.write(b"late") == Ok(None)  # no read before it: queued for the flusher
         with a._lock:  # as a thread busy with the flow holds it
             Background(a._flush_scheduled).join()  # returns at once, without sending
-            assert a.core.queued == 4
+            assert a.queued == 4
             assert a._scheduled  # it comes back later
         a._flush_scheduled()  # the next visit: the lock is free
-        assert a.core.queued == 0
+        assert a.queued == 0
         assert read_exactly(b, 4) == b"late"
 
 
@@ -897,7 +897,7 @@ def test_flush_hands_everything_to_the_kernel() -> None:
         for _ in range(100):
             assert a.write(b"bc") == Ok(None)
         a.flush()
-        assert a.core.queued == 0
+        assert a.queued == 0
         got = b""
         while len(got) < 201:
             got += peer.recv(1024)
@@ -954,7 +954,7 @@ def test_bad_arguments_raise_and_change_nothing() -> None:
             with pytest.raises(TypeError):
                 a.shutdown(bad_how)  # type: ignore[arg-type]
         assert a.state is FlowState.OPEN
-        assert a.core.queued == 0
+        assert a.queued == 0
         assert a.write(b"still fine") == Ok(None)
         assert read_exactly(b, 10) == b"still fine"
 

@@ -217,7 +217,7 @@ def test_round_trip(kind: str) -> None:
             assert a.state is b.state is FlowState.OPEN
             # The peer may read a send before the sender has counted it as sent.
             await trio.testing.wait_all_tasks_blocked()
-            assert a.core.queued == b.core.queued == 0
+            assert a.queued == b.queued == 0
 
     run(main)
 
@@ -259,7 +259,7 @@ def test_shutdown_read_discards_input(kind: str) -> None:
             assert await b.write(b"unwanted") == Ok(None)
             await read_exactly(a, 1)
             await a.shutdown(Shutdown.READ)
-            assert a.core.buffered == 0
+            assert a.buffered == 0
             assert await a.read() == Eof()
             assert await b.write(b"ignored too") == Ok(None)
             assert await a.write(b"still writing") == Ok(None)
@@ -296,7 +296,7 @@ def test_close_waits_for_the_peer_and_keeps_input(kind: str) -> None:
                 assert await b.write(b"late data") == Ok(None)
                 await trio.testing.wait_all_tasks_blocked()
                 assert not closed.is_set()
-                assert a.core.buffered == 9  # close() received it, for a later read
+                assert a.buffered == 9  # close() received it, for a later read
                 await b.close()
             assert closed.is_set()
             assert a.state is b.state is FlowState.CLOSED
@@ -352,7 +352,7 @@ def test_shutdown_write_waits_for_the_queue_to_be_sent() -> None:
                 nursery.start_soon(writer)
                 await trio.testing.wait_all_tasks_blocked()
                 assert done == ["write"]  # queued: the write is over, the send is not
-                assert a.core.queued > 0
+                assert a.queued > 0
                 nursery.start_soon(shutdown)
                 await trio.testing.wait_all_tasks_blocked()
                 assert done == ["write"]  # the data is not all out: no EOF yet
@@ -360,7 +360,7 @@ def test_shutdown_write_waits_for_the_queue_to_be_sent() -> None:
                 assert await read_all(b) == (data, Eof())  # the EOF follows the data
             assert done == ["write", "shutdown"]
             assert send_state_of(a) is SendState.EOF_SENT
-            assert a.core.queued == 0
+            assert a.queued == 0
 
     run(main)
 
@@ -466,7 +466,7 @@ def test_abort_wakes_reader_and_writer_and_resets_the_peer() -> None:
                 await a.abort()
             assert results == {"read": ABORTED, "first": Ok(None), "write": ABORTED}
             assert a.state is FlowState.CLOSED
-            assert a.core.queued == 0
+            assert a.queued == 0
             assert await released(a)
             await a.abort()  # nothing more happens
             assert a.error == FlowError(ErrorKind.ABORTED)
@@ -506,7 +506,7 @@ def test_abort_wakes_reader_and_writer_on_streams(kind: str) -> None:
             if kind == "lockstep":
                 expected.update(queued=Ok(None), waiting=ABORTED)
             assert results == expected
-            assert a.core.queued == 0
+            assert a.queued == 0
             assert await released(a)
             await trio.testing.wait_all_tasks_blocked()
             assert senders() == 0  # the sender stopped with the abort
@@ -563,7 +563,7 @@ def test_peer_reset_mid_transfer() -> None:
             assert error.cause.errno in (errno.ECONNRESET, errno.EPIPE)
             assert error_message(error).endswith(("(ECONNRESET)", "(EPIPE)"))
             assert a.state is FlowState.CLOSED
-            assert a.core.queued == 0
+            assert a.queued == 0
             assert await released(a)
 
     run(main)
@@ -720,14 +720,14 @@ def test_peer_never_reads_writer_waits_queue_bounded() -> None:
                 for start in range(0, len(data), chunk):
                     assert await a.write(data[start:start + chunk]) == Ok(None)
                     written += chunk
-                    peak = max(peak, a.core.queued)
+                    peak = max(peak, a.queued)
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(writer)
                 await trio.testing.wait_all_tasks_blocked()
                 assert written < len(data)  # the writer waits for the peer
                 # Writes returned once queued, until the queue was above low water.
-                assert a.low_water < a.core.queued <= a.high_water + chunk
+                assert a.low_water < a.queued <= a.high_water + chunk
                 assert await read_exactly(b, len(data)) == data
             assert written == len(data)
             assert a.low_water < peak <= a.high_water + chunk
@@ -751,11 +751,11 @@ def test_flood_pauses_receiving_at_the_limit(kind: str) -> None:
                 nursery.start_soon(flood)
                 nursery.start_soon(a.close)  # receives while nobody reads
                 await trio.testing.wait_all_tasks_blocked()
-                assert a.core.buffered == limit
-                assert a.core.reading_paused
+                assert a.buffered == limit
+                assert a._core.reading_paused
                 received = bytearray()
                 while True:
-                    peak = max(peak, a.core.buffered)
+                    peak = max(peak, a.buffered)
                     result = await a.read(10_000)
                     if not isinstance(result, Ok):
                         break
@@ -841,7 +841,7 @@ def test_a_burst_sends_its_first_write_at_once_and_the_rest_together(
             for _ in range(3):
                 assert await a.write(b"small") == Ok(None)
             assert sends.sends[1:] == []  # queued until the sender runs
-            assert a.core.queued == 15
+            assert a.queued == 15
             await trio.testing.wait_all_tasks_blocked()
             # whatever is queued when the sender runs goes out in one call
             assert sends.sends[1:] == [("writev", 3, 15, 15)]
@@ -872,11 +872,11 @@ def test_many_small_writes_go_out_in_sends_of_at_most_iov_max_buffers(
             for piece in pieces:
                 assert await a.write(piece) == Ok(None)
             assert sends.sends == [("write", 1, 7, 7)]  # the first, then the rest queued
-            assert a.core.queued == 21000
+            assert a.queued == 21000
             await trio.testing.wait_all_tasks_blocked()
             assert sends.sends[1:] == [("writev", 1024, 7168, 7168)] * 2 + [
                 ("writev", 952, 6664, 6664)]
-            assert a.core.queued == 0
+            assert a.queued == 0
             assert await read_exactly(b, 21007) == b"".join(pieces)
 
     run(main)
@@ -892,13 +892,13 @@ def test_writes_queued_while_a_send_waits_go_out_with_the_rest(
             first = payload(256 * 1024, seed=1)
             assert await a.write(first) == Ok(None)
             await trio.testing.wait_all_tasks_blocked()  # the sender waits: the kernel is full
-            leftover = a.core.queued
+            leftover = a.queued
             assert 0 < leftover < len(first)
             assert await a.write(b"tail") == Ok(None)
-            assert a.core.queued == leftover + 4
+            assert a.queued == leftover + 4
             assert await read_exactly(b, len(first) + 4) == first + b"tail"
             await trio.testing.wait_all_tasks_blocked()
-            assert a.core.queued == 0
+            assert a.queued == 0
             # Once the send waiting for the kernel was done, the rest went out with the tail.
             assert any(method == "writev" and buffers == 2
                        for method, buffers, _offered, _taken in sends.sends)
@@ -928,7 +928,7 @@ def test_sender_starts_with_data_left_queued_and_ends_with_the_send_direction(
             assert await read_exactly(b, 8) == b"to b and"
             await trio.testing.wait_all_tasks_blocked()
             assert senders() == 1  # an idle sender sleeps until the next write
-            assert a.core.queued == 0
+            assert a.queued == 0
             await a.shutdown(Shutdown.WRITE)  # the sender sees the EOF sent, and ends
             await trio.testing.wait_all_tasks_blocked()
             assert senders() == 0
@@ -976,7 +976,7 @@ def test_flows_still_sending_when_the_run_ends_are_aborted(kind: str) -> None:
     [a] = flows
     assert a.state is FlowState.CLOSED
     assert a.error == FlowError(ErrorKind.ABORTED)
-    assert a.core.queued == 0
+    assert a.queued == 0
 
     async def after() -> None:
         assert await released(a)
@@ -1095,12 +1095,12 @@ def test_second_writer_is_busy() -> None:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(writer)
                 await trio.testing.wait_all_tasks_blocked()
-                queued = a.core.queued
+                queued = a.queued
                 with pytest.raises(BusyError):
                     await a.write(b"second")
                 with pytest.raises(BusyError):
                     await a.writev([b"second"])
-                assert a.core.queued == queued
+                assert a.queued == queued
                 assert await read_exactly(b, len(data)) == data
 
     run(main)
@@ -1139,7 +1139,7 @@ def test_cancelled_write_queues_all_or_nothing() -> None:
                     nursery.start_soon(a.write, first)
                     await trio.testing.wait_all_tasks_blocked()
                     scope.cancel()
-            leftover = a.core.queued
+            leftover = a.queued
             assert leftover > a.low_water
 
             # Cancelled while waiting for room: nothing of it is queued.
@@ -1148,13 +1148,13 @@ def test_cancelled_write_queues_all_or_nothing() -> None:
                     nursery.start_soon(a.write, second)
                     await trio.testing.wait_all_tasks_blocked()
                     scope.cancel()
-            assert a.core.queued == leftover
+            assert a.queued == leftover
 
             # Cancelled before it starts: nothing either.
             with trio.CancelScope() as scope:
                 scope.cancel()
                 await a.write(second)
-            assert a.core.queued == leftover
+            assert a.queued == leftover
 
             # With the peer reading, a write held back by the leftover goes out after it.
             third = [payload(100_000, seed=3), payload(50_000, seed=4)]
@@ -1219,7 +1219,7 @@ def test_bad_input_raises_and_changes_nothing() -> None:
             with pytest.raises(TypeError, match="Shutdown"):
                 await a.shutdown("write")  # type: ignore[arg-type]
             assert a.state is FlowState.OPEN
-            assert a.core.queued == 0
+            assert a.queued == 0
             assert await a.write(b"fine") == Ok(None)
             assert await read_exactly(b, 4) == b"fine"
 
@@ -1781,7 +1781,7 @@ async def clogged(left: trio.abc.Stream, right: trio.abc.Stream
     for flow in flows:
         assert await flow.write(b"x") == Ok(None)
     await trio.testing.wait_all_tasks_blocked()
-    assert all(flow.core.queued == 1 for flow in flows)
+    assert all(flow.queued == 1 for flow in flows)
     return sf.FlowStream(flows[0]), sf.FlowStream(flows[1])
 
 
@@ -1864,7 +1864,7 @@ def test_flow_stream_aclose_flushes_what_send_all_queued() -> None:
             stream = sf.FlowStream(a)
             data = payload(256 * 1024)
             await stream.send_all(data)
-            assert a.core.queued > 0  # send_all returned once its data was queued
+            assert a.queued > 0  # send_all returned once its data was queued
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(stream.aclose)
                 await trio.testing.wait_all_tasks_blocked()
@@ -1927,10 +1927,10 @@ def test_without_sync_sends_writes_still_coalesce() -> None:
             pieces = [payload(7, seed=i) for i in range(3000)]
             for piece in pieces:
                 assert await a.write(piece) == Ok(None)
-            assert a.core.queued == 21000  # the sender sends once this task lets it run
+            assert a.queued == 21000  # the sender sends once this task lets it run
             assert await read_exactly(b, 21000) == b"".join(pieces)
             await trio.testing.wait_all_tasks_blocked()
-            assert a.core.queued == 0
+            assert a.queued == 0
             await a.shutdown(Shutdown.WRITE)
             assert await read_all(b) == (b"", Eof())
 

@@ -27,6 +27,8 @@ from sansflow import (
     error_message,
 )
 from sansflow.adapters import asyncio as sf_asyncio
+from sansflow.adapters import socket as sf_socket
+from sansflow.adapters import trio as sf_trio
 from sansflow.testing._memory import memory_flow_pair
 
 PairFactory = Callable[[], Awaitable[tuple[AsyncFlow, AsyncFlow]]]
@@ -221,3 +223,68 @@ def test_blocking_iteration_yields_data_until_eof_or_raises_at_an_error() -> Non
     with pytest.raises(BrokenFlowError) as raised:
         next(flow)
     assert raised.value.error is error
+
+
+
+def _shows_no_core(flow: AsyncFlow | BlockingFlow) -> None:
+    """Writing to the sans-IO core would bypass the adapter's flushing: a flow shows what it
+    counts (``queued``, ``buffered``), never the core, and takes no new attribute."""
+    assert not hasattr(flow, "core")
+    with pytest.raises(AttributeError):
+        flow.core = Flow()  # type: ignore[union-attr]
+    assert (flow.queued, flow.buffered) == (0, 0)
+
+
+@pytest.mark.parametrize(("adapter", "backend"),
+                         [("asyncio", "asyncio"), ("trio", "trio"), ("memory", "trio")])
+def test_async_flows_show_no_core(adapter: str, backend: str) -> None:
+    async def main() -> None:
+        left, right = socket.socketpair()
+        with left, right:
+            flow: AsyncFlow
+            if adapter == "asyncio":
+                flow = await sf_asyncio.wrap(left)
+            elif adapter == "trio":
+                flow = await sf_trio.wrap(left)
+            else:
+                flow = (await memory_flow_pair())[0]
+            try:
+                _shows_no_core(flow)
+            finally:
+                await flow.abort()
+
+    anyio.run(main, backend=backend)
+
+
+def test_socket_flows_show_no_core() -> None:
+    left, right = socket.socketpair()
+    with left, right:
+        flow = sf_socket.wrap(left)
+        try:
+            _shows_no_core(flow)
+        finally:
+            flow.abort()
+
+
+def test_queued_and_buffered_count_bytes_and_are_read_only() -> None:
+    async def main() -> None:
+        a, b = await memory_flow_pair(receive_limit=10, capacity=20)
+        try:
+            assert (a.queued, b.buffered) == (0, 0)
+            assert await a.write(b"x" * 100) == Ok(None)
+            # b took one wire's worth (20, past its receive limit of 10) and stopped reading;
+            # 20 more are on the wire, the rest wait in a's queue.
+            assert (a.queued, b.buffered) == (60, 20)
+            assert await b.read(3) == Ok(b"xxx")
+            assert (a.queued, b.buffered) == (60, 17)
+            for flow, name in [(a, "queued"), (b, "buffered")]:
+                with pytest.raises(AttributeError):
+                    setattr(flow, name, 0)
+            assert (a.queued, b.buffered) == (60, 17)
+            assert await b.read() == Ok(b"x" * 17)  # room again: the wire moves on
+            assert (a.queued, b.buffered) == (40, 20)
+        finally:
+            await a.abort()
+            await b.abort()
+
+    anyio.run(main, backend="trio")

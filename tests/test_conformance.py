@@ -234,7 +234,7 @@ class ReportsAnotherHighWater(MemoryFlow):
 def broken_pair(cls: type[MemoryFlow], *, high_water: int = 64 * 1024) -> PairFactory:
     async def make() -> Pair:
         a, b = await memory_flow_pair(high_water=high_water)
-        broken = cls(a.core, a._link)
+        broken = cls(a._core, a._link)
         return broken, b
 
     return make
@@ -569,18 +569,18 @@ def test_threaded_forwards_to_the_blocking_flow() -> None:
 
         def __init__(self) -> None:
             self.pair = FlowPair()
-            self.core = self.pair.a
-            self.state = self.core.state
+            self.end = self.pair.a
+            self.state = self.end.state
 
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self.core, name)
+        def __getattr__(self, name: str) -> Any:  # the state view: queued, high_water, ...
+            return getattr(self.end, name)
 
         def read(self, max_bytes: int | None = None) -> Any:
             self.pair.pump()
-            return self.core.read(max_bytes)
+            return self.end.read(max_bytes)
 
         def write(self, data: bytes) -> Any:
-            result = self.core.write(data)
+            result = self.end.write(data)
             self.pair.pump()
             echo = self.pair.b.read()
             self.pair.b.write(echo.value)  # type: ignore[union-attr]
@@ -589,7 +589,9 @@ def test_threaded_forwards_to_the_blocking_flow() -> None:
     async def main() -> None:
         flow = kit.threaded(Blocking())  # type: ignore[arg-type]
         assert await flow.write(b"echo") == Ok(None)
-        assert await flow.read() == Ok(b"echo")
+        assert flow.buffered == 0  # the echo waits at the peer until a read pumps the pair
+        assert await flow.read(2) == Ok(b"ec")
+        assert (flow.queued, flow.buffered) == (0, 2)  # a flow without a core shows its state
         assert flow.high_water == 64 * 1024
         assert repr(flow).startswith("threaded(")
 

@@ -21,8 +21,10 @@ from sansflow._adapter import check_timeout
 def test_the_view_follows_the_core() -> None:
     core = Flow(high_water=10, low_water=5, receive_limit=7)
     flow = AdapterFlow(core)
-    assert flow.core is core
     assert (flow.high_water, flow.low_water, flow.receive_limit) == (10, 5, 7)
+    core.write(b"abc")
+    core.receive_data(b"de")
+    assert (flow.queued, flow.buffered) == (3, 2)
     assert (flow.state, flow.send_state, flow.receive_state, flow.error) == (
         FlowState.OPEN, SendState.OPEN, ReceiveState.OPEN, None)
     core.shutdown(Shutdown.WRITE)

@@ -50,6 +50,7 @@ class MemoryFlow(AsyncAdapterFlow):
     """
 
     __slots__ = ("_link",)
+    _core: Flow  # the core this flow drives (AdapterFlow only reads its state)
 
     def __init__(self, core: Flow, link: _Link) -> None:
         super().__init__(core)

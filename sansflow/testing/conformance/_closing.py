@@ -93,9 +93,9 @@ async def _large_backlog(ctx: CheckContext) -> None:
             else:
                 result = await a.write(chunk)
             _expect_equal(result, _OK, f"a.write() at byte {offset}")
-            queued = a.core.queued
+            queued = a.queued
             _expect(queued <= a.high_water + largest,
-                    f"a.core.queued is {queued}, above high_water ({a.high_water}) "
+                    f"a.queued is {queued}, above high_water ({a.high_water}) "
                     f"plus one write ({largest})")
             offset += size
             index += 1

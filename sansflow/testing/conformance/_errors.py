@@ -39,9 +39,9 @@ async def _error_is_sticky(ctx: CheckContext) -> None:
     _expect_equal(await b.write(sent), _OK, "b.write()")
     ctx.step = "letting b's data reach a"
     with anyio.move_on_after(4 * _SETTLE):
-        while a.core.buffered < len(sent):
+        while a.buffered < len(sent):
             await anyio.sleep(_POLL)
-    before = a.core.buffered
+    before = a.buffered
     ctx.step = "a.abort()"
     await a.abort()
     error = a.error
@@ -51,7 +51,7 @@ async def _error_is_sticky(ctx: CheckContext) -> None:
     _expect_one_line(error, "a")
     _expect_state(a, "a", FlowState.CLOSED)
     # More may have arrived between the look and the abort, never less may remain.
-    buffered = a.core.buffered
+    buffered = a.buffered
     _expect(buffered >= before,
             f"abort() dropped received data: {before} bytes buffered before, {buffered} after")
     if buffered:

@@ -32,7 +32,7 @@ async def _water_marks(ctx: CheckContext) -> None:
         ctx.step = "a writes while b does not read, until a write waits"
         filling = _start(group, filler.run)
         await filler.until_blocked()
-        max_buffered = b.core.buffered
+        max_buffered = b.buffered
         ctx.step = "b reads everything, a stops and shuts down"
         filler.stop = True
         received = _start(group, lambda: _read_to_end(b, "b"))
@@ -40,10 +40,10 @@ async def _water_marks(ctx: CheckContext) -> None:
         await a.shutdown(Shutdown.WRITE)
     data, end = received.result()
     _expect(filler.max_queued <= a.high_water + chunk,
-            f"a.core.queued reached {filler.max_queued}, above high_water "
+            f"a.queued reached {filler.max_queued}, above high_water "
             f"({a.high_water}) plus one write ({chunk})")
     _expect(max_buffered <= b.receive_limit + _RECEIVE_SLACK,
-            f"b.core.buffered reached {max_buffered} while b did not read, far above "
+            f"b.buffered reached {max_buffered} while b did not read, far above "
             f"its receive_limit ({b.receive_limit})")
     _expect(data == _stream(0, filler.accepted),
             f"b received {len(data)} bytes, not the {filler.accepted} a wrote")

@@ -262,4 +262,4 @@ async def _bad_arguments(ctx: CheckContext) -> None:
 
 
 def _snapshot(flow: AsyncFlowLike) -> tuple[object, ...]:
-    return (flow.state, flow.send_state, flow.receive_state, flow.error, flow.core.queued)
+    return (flow.state, flow.send_state, flow.receive_state, flow.error, flow.queued)

@@ -245,7 +245,7 @@ async def _shutdown_during_write(ctx: CheckContext) -> None:
         group.start_soon(filler.run)
         await filler.until_blocked()
         # Above low water the pending write is waiting for room, its buffer not queued.
-        waiting_for_room = a.core.queued > a.low_water
+        waiting_for_room = a.queued > a.low_water
         ctx.step = "a.shutdown(Shutdown.WRITE) with a write pending, b not reading"
         shutting = _start(group, lambda: a.shutdown(Shutdown.WRITE))
         if waiting_for_room:

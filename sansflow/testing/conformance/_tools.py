@@ -296,7 +296,7 @@ class _Filler:
                 self.end = result
                 return
             self.accepted += self.chunk
-            self.max_queued = max(self.max_queued, self.flow.core.queued)
+            self.max_queued = max(self.max_queued, self.flow.queued)
             if self.accepted > _MAX_UNBLOCKED:
                 raise _fail(
                     f"write() never waited although the peer was not reading: "
@@ -309,7 +309,7 @@ class _Filler:
         since = anyio.current_time()
         while True:
             await anyio.sleep(_POLL)
-            self.max_queued = max(self.max_queued, self.flow.core.queued)
+            self.max_queued = max(self.max_queued, self.flow.queued)
             if not self.writing or self.accepted != last:
                 last = self.accepted
                 since = anyio.current_time()

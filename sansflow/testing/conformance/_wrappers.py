@@ -23,7 +23,6 @@ import anyio
 
 from ..._adapter import AsyncAdapterFlow
 from ..._errors import FlowError
-from ..._flow import Flow
 from ..._results import ReadResult, WriteResult
 from ..._state import FlowState, ReceiveState, SendState, Shutdown
 
@@ -59,15 +58,17 @@ class FlowView(Protocol):
     def receive_limit(self) -> int: ...
 
     @property
-    def core(self) -> Flow: ...
+    def queued(self) -> int: ...
+
+    @property
+    def buffered(self) -> int: ...
 
 
 class AsyncFlowLike(FlowView, Protocol):
     """The async adapter API that every check drives (asyncio, trio and in-memory flows).
 
     ``read``/``write``/``writev`` return ``Ok``/``Eof``/``Error``; ``close``, ``shutdown`` and
-    ``abort`` return nothing and never raise for an I/O failure. ``core`` is the sans-IO
-    ``Flow`` underneath: the checks only look at it (``queued``, ``buffered``).
+    ``abort`` return nothing and never raise for an I/O failure.
     """
 
     async def read(self, max_bytes: int | None = None) -> ReadResult: ...
@@ -116,7 +117,7 @@ class ThreadedFlow(AsyncAdapterFlow):
     __slots__ = ("_flow",)
 
     def __init__(self, flow: BlockingFlowLike) -> None:
-        super().__init__(flow.core)  # the state view reads the core, as the flow's own does
+        super().__init__(flow)  # the state view shows the wrapped flow's state
         self._flow = flow
 
     @property
@@ -279,7 +280,7 @@ class BridgedFlow(AsyncAdapterFlow):
     __slots__ = ("_flow", "_loop")
 
     def __init__(self, flow: AsyncFlowLike, loop: LoopThread) -> None:
-        super().__init__(flow.core)  # the state view reads the core, as the flow's own does
+        super().__init__(flow)  # the state view shows the wrapped flow's state
         self._flow = flow
         self._loop = loop
 

@@ -85,14 +85,14 @@ async def _write_returns_when_queued(ctx: CheckContext) -> None:
             accepted = filler.accepted
             # A writer rightly woken (the queue drained to low water) resumes at once.
             with anyio.move_on_after(_CONFIRM):
-                while filler.accepted == accepted and a.core.queued <= a.low_water:
+                while filler.accepted == accepted and a.queued <= a.low_water:
                     await anyio.sleep(_POLL)
             if filler.accepted == accepted:
                 break
-        queued = a.core.queued
+        queued = a.queued
         _expect(queued > a.low_water,
                 f"with b not reading, a.write() of {filler.chunk} bytes kept waiting while "
-                f"a.core.queued was {queued}, not above low_water ({a.low_water}): a write "
+                f"a.queued was {queued}, not above low_water ({a.low_water}): a write "
                 "must return once its data is queued, and wait only for room in the queue")
         ctx.step = "a.abort() to end the waiting write"
         await a.abort()
