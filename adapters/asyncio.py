@@ -49,7 +49,6 @@ Usage::
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable, Iterable
@@ -84,21 +83,17 @@ from ._connect import (
     check_path,
     connect_failed,
     connect_timed_out,
-    remove_socket_file,
-    socket_file_inode,
     where,
 )
+from ._server import AsyncServerBase, run_async_handler, server_options
 
 __all__ = [
     "ATTEMPT_DELAY", "BACKLOG", "AsyncioFlow", "Server", "connect", "connect_unix", "serve",
     "serve_unix", "wrap",
 ]
 
-logger = logging.getLogger("sansflow")
-
 Handler = Callable[["AsyncioFlow"], Awaitable[object]]
 
-_SERVER_CLOSE_TIMEOUT = 10.0
 _OK: Ok[None] = Ok(None)
 
 _RECEIVING = (ReceiveState.OPEN, ReceiveState.DISCARDING)
@@ -875,7 +870,7 @@ Listen = Callable[[asyncio.AbstractEventLoop, Callable[[], asyncio.BaseProtocol]
                   Awaitable[list[asyncio.Server]]]
 
 
-class Server:
+class Server(AsyncServerBase[Handler]):
     """A listening server that runs a handler per accepted flow; an async context manager.
 
     ``async with serve(handler, "127.0.0.1", 0) as server:`` listens on entry; ``server.port``
@@ -887,20 +882,17 @@ class Server:
     waits for them: no task and no socket outlives the block.
     """
 
-    __slots__ = ("_drivers", "_handler", "_listen", "_loop", "_options", "_path", "_servers",
-                 "_stopped", "_stopping", "_tasks", "_unix_inode")
+    __slots__ = ("_drivers", "_listen", "_loop", "_servers", "_stopping", "_tasks")
+
+    _RUNS_ONCE = "this server is already running"
 
     def __init__(self, handler: Handler, listen: Listen, *, options: dict[str, int],
                  path: UnixPath | None = None
                  ) -> None:
-        self._handler = handler
+        super().__init__(handler, options, path)
         self._listen = listen
-        self._options = options
-        self._path = path
-        self._unix_inode: int | None = None  # the socket file we made, to remove on exit
         self._loop: asyncio.AbstractEventLoop | None = None
         self._servers: list[asyncio.Server] = []
-        self._stopped: asyncio.Event | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._drivers: set[_Driver] = set()
         self._stopping = False
@@ -910,37 +902,17 @@ class Server:
         """The listening sockets (asyncio's socket wrappers)."""
         return tuple(sock for server in self._servers for sock in server.sockets)
 
-    @property
-    def port(self) -> int:
-        """The bound port (useful after asking for port 0), the same on every listening
-        socket."""
-        sockets = self.sockets
-        if not sockets:
-            raise RuntimeError("the server is not listening; use it as `async with serve(...)`")
-        if self._path is not None:
-            raise RuntimeError("a serve_unix() server has a path, not a port")
-        return int(sockets[0].getsockname()[1])
+    def _answers_port(self) -> bool:
+        return bool(self.sockets)
 
-    @property
-    def path(self) -> UnixPath | None:
-        """The AF_UNIX path of a ``serve_unix`` server; ``None`` for TCP."""
-        return self._path
-
-    async def serve_forever(self) -> None:
-        """Wait until the server stops: its ``async with`` block is left (cancel this task
-        to leave it from here)."""
-        if self._stopped is None:
-            raise RuntimeError("the server is not listening; use it as `async with serve(...)`")
-        await self._stopped.wait()
+    def _listening_port(self) -> int:
+        return int(self.sockets[0].getsockname()[1])
 
     async def __aenter__(self) -> Server:
-        if self._loop is not None:
-            raise RuntimeError("this server is already running")
+        self._enter_once(asyncio.Event())
         self._loop = asyncio.get_running_loop()
-        self._stopped = asyncio.Event()
         self._servers = await self._listen(self._loop, self._new_driver)
-        if self._path is not None:
-            self._unix_inode = socket_file_inode(self._path)
+        self._bound()
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
@@ -965,12 +937,11 @@ class Server:
             # else: not yet connected; connection_made will abort it (we are stopping).
         for server in self._servers:
             await server.wait_closed()
-        if self._path is not None:
-            remove_socket_file(self._path, self._unix_inode)
+        self._unbound()
 
     def _new_driver(self) -> _Driver:
         assert self._loop is not None
-        driver = _new_driver(Flow(**self._options), self._loop, self)
+        driver = _new_driver(self._new_core(), self._loop, self)
         self._drivers.add(driver)
         return driver
 
@@ -987,19 +958,14 @@ class Server:
         self._drivers.discard(driver)
 
     async def _run(self, flow: AsyncioFlow) -> None:
-        try:
-            await self._handler(flow)
-        except Exception:
-            logger.exception("sansflow: connection handler raised; aborting its flow")
-            await flow.abort()
-            return
-        except BaseException:
-            flow._driver._abort_now()
-            raise
-        if flow.state is not _CLOSED:
-            await flow.close(timeout=_SERVER_CLOSE_TIMEOUT)
-        else:
-            await flow._driver._wait_lost()
+        await run_async_handler(self._handler, flow, _abort_at_once)
+        # A flow the handler ended itself (a failure, say) may still hold its transport.
+        await flow._driver._wait_lost()
+
+
+async def _abort_at_once(flow: AsyncioFlow) -> None:
+    """End a cancelled handler's flow without waiting: the transport goes later."""
+    flow._driver._abort_now()
 
 
 def serve(handler: Handler, host: str | None, port: int, *, backlog: int = BACKLOG,
@@ -1014,7 +980,7 @@ def serve(handler: Handler, host: str | None, port: int, *, backlog: int = BACKL
     checked here, with the address.
     """
     check_address(host, port, server=True)
-    options = _server_options(handler, high_water, low_water, receive_limit)
+    options = server_options(handler, high_water, low_water, receive_limit)
 
     async def listen(loop: asyncio.AbstractEventLoop,
                      factory: Callable[[], asyncio.BaseProtocol]) -> list[asyncio.Server]:
@@ -1041,23 +1007,12 @@ def serve_unix(handler: Handler, path: UnixPath, *,
     """``serve`` on an AF_UNIX stream socket at ``path`` (``server.path``). A stale socket
     file there is replaced; the one made is removed when the server stops."""
     check_path(path)
-    options = _server_options(handler, high_water, low_water, receive_limit)
+    options = server_options(handler, high_water, low_water, receive_limit)
 
     async def listen(loop: asyncio.AbstractEventLoop,
                      factory: Callable[[], asyncio.BaseProtocol]) -> list[asyncio.Server]:
         return [await loop.create_unix_server(factory, os.fsdecode(path), backlog=backlog)]
 
     return Server(handler, listen, options=options, path=path)
-
-
-def _server_options(handler: object, high_water: int, low_water: int,
-                    receive_limit: int) -> dict[str, int]:
-    """The flow options of a server's flows, refused now if bad rather than on the first
-    connection, like a handler that cannot be called."""
-    if not callable(handler):
-        raise TypeError(f"serve() takes an async handler function, not {handler!r}")
-    options = {"high_water": high_water, "low_water": low_water, "receive_limit": receive_limit}
-    Flow(**options)
-    return options
 
 

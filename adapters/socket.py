@@ -124,11 +124,10 @@ from ._connect import (
     check_path,
     connect_failed,
     connect_timed_out,
-    remove_socket_file,
     remove_stale_socket_file,
-    socket_file_inode,
     where,
 )
+from ._server import ServerBase, run_blocking_handler, server_options
 
 __all__ = [
     "FLUSH_DELAY", "Server", "SocketFlow", "connect", "connect_unix", "serve", "serve_unix",
@@ -834,7 +833,7 @@ def _adopt(sock: socket.socket, core: Flow) -> SocketFlow:
 Handler = Callable[[SocketFlow], object]
 
 
-class Server:
+class Server(ServerBase[Handler]):
     """Listening sockets and a thread per accepted connection, as a context manager.
 
     Made by ``serve`` or ``serve_unix``; the sockets are bound and listening from
@@ -845,14 +844,13 @@ class Server:
     ``Error``), and waits for their threads.
     """
 
+    _NOT_LISTENING = "the server is not listening; use it in a with statement"
+
     def __init__(self, handler: Handler, listen: Callable[[], list[socket.socket]], *,
                  grace: float, options: dict[str, int], path: UnixPath | None = None) -> None:
-        self._handler = handler
+        super().__init__(handler, options, path)
         self._listen = listen
         self._grace = grace
-        self._options = options
-        self._path = path
-        self._unix_inode: int | None = None  # the socket file we made, to remove on close
         self._listeners: list[socket.socket] = []
         self._port: int | None = None
         self._wake: tuple[socket.socket, socket.socket] | None = None
@@ -863,20 +861,14 @@ class Server:
         self._stopped = threading.Event()
         self._numbers = itertools.count(1)
 
-    @property
-    def port(self) -> int:
-        """The port the server listens on (useful after asking for port 0), the same on every
-        listening socket."""
-        if self._path is not None:
-            raise RuntimeError("a serve_unix() server has a path, not a port")
-        if self._port is None:
-            raise RuntimeError("the server is not listening; use it in a with statement")
-        return self._port
+    def _answers_port(self) -> bool:
+        # The port is kept once the server listened (it answers after close() too), and a
+        # serve_unix() server says at any time that it has none.
+        return self._port is not None or self._path is not None
 
-    @property
-    def path(self) -> UnixPath | None:
-        """The AF_UNIX path of a ``serve_unix`` server; ``None`` for TCP."""
-        return self._path
+    def _listening_port(self) -> int:
+        assert self._port is not None
+        return self._port
 
     def serve_forever(self) -> None:
         """Block until the server is closed: ``close()`` from another thread (a handler, say),
@@ -884,7 +876,7 @@ class Server:
         the ``with`` block then closes the server. Connections are served on their own
         threads either way: call this only to keep the calling thread waiting."""
         if self._acceptor is None:
-            raise RuntimeError("the server is not listening; use it in a with statement")
+            raise RuntimeError(self._NOT_LISTENING)
         self._stopped.wait()
 
     def __enter__(self) -> Server:
@@ -903,8 +895,7 @@ class Server:
         self._listeners = listeners
         if self._path is None:
             self._port = int(listeners[0].getsockname()[1])  # also answers once closed
-        else:
-            self._unix_inode = socket_file_inode(self._path)
+        self._bound()
         name = self._port if self._path is None else os.fsdecode(self._path)
         self._acceptor = threading.Thread(
             target=self._accept_loop, name=f"sansflow-socket-accept-{name}", daemon=True
@@ -931,8 +922,7 @@ class Server:
                 self._acceptor.join()
             for sock in (*self._listeners, *(self._wake or ())):
                 sock.close()
-            if self._path is not None:
-                remove_socket_file(self._path, self._unix_inode)
+            self._unbound()
             self._stopped.set()  # serve_forever() returns: the server accepts no more
         elif self._acceptor is not None:
             self._acceptor.join()  # no handler starts after this
@@ -998,7 +988,7 @@ class Server:
         me = threading.current_thread()
         try:
             try:
-                flow = _adopt(conn, Flow(**self._options))
+                flow = _adopt(conn, self._new_core())
             except BaseException:
                 conn.close()
                 raise
@@ -1007,15 +997,7 @@ class Server:
                 aborting = self._stopping
             if aborting:
                 flow.abort()
-            try:
-                self._handler(flow)
-            except BaseException:
-                _log.exception("sansflow: connection handler %r failed; aborting its flow",
-                               self._handler)
-                flow.abort()
-            else:
-                if flow.state is not _CLOSED:
-                    flow.close(timeout=10)
+            run_blocking_handler(self._handler, flow)
         finally:
             with self._lock:
                 del self._connections[me]
@@ -1066,12 +1048,9 @@ def serve_unix(handler: Handler, path: UnixPath, *, backlog: int = BACKLOG, grac
 
 def _server_options(handler: object, grace: object, high_water: int, low_water: int,
                     receive_limit: int) -> dict[str, int]:
-    """The flow options of a server's flows, refused now if bad rather than in every
-    connection's thread, like a handler that cannot be called or a bad grace."""
-    if not callable(handler):
-        raise TypeError(f"serve() takes a callable handler, not {type(handler).__name__}")
-    options = {"high_water": high_water, "low_water": low_water, "receive_limit": receive_limit}
-    Flow(**options)
+    """``server_options``, and ``grace`` refused now if bad rather than when the server
+    closes."""
+    options = server_options(handler, high_water, low_water, receive_limit, blocking=True)
     if isinstance(grace, bool) or not isinstance(grace, (int, float)):
         raise TypeError(f"grace must be a number of seconds, not {grace!r}")
     if not grace >= 0:  # also refuses NaN

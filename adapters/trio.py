@@ -75,7 +75,6 @@ read, and ``shutdown(WRITE)`` ends both directions.
 
 from __future__ import annotations
 
-import logging
 import math
 import os as _os
 import socket as _stdlib_socket
@@ -121,20 +120,15 @@ from ._connect import (
     check_path,
     connect_failed,
     connect_timed_out,
-    remove_socket_file,
     remove_stale_socket_file,
-    socket_file_inode,
     where,
 )
+from ._server import AsyncServerBase, run_async_handler, server_options
 
 __all__ = [
     "FlowStream", "Server", "TrioFlow", "connect", "connect_unix", "serve", "serve_unix", "wrap",
 ]
 
-logger = logging.getLogger("sansflow")
-
-
-_CLOSE_TIMEOUT = 10.0  # what serve() gives a flow that its handler left open
 
 # What a stream (or a trio socket, used directly) raises when the transport fails or was
 # closed under us. Anything else from a stream ends the flow too (the sender must not
@@ -921,7 +915,7 @@ async def _opened(opening: Callable[[], Awaitable[trio.SocketStream]], where: st
 Handler = Callable[[TrioFlow], Awaitable[object]]
 
 
-class Server:
+class Server(AsyncServerBase[Handler]):
     """A listening server that runs a handler per accepted flow; an async context manager.
 
     ``async with serve(handler, "127.0.0.1", 0) as server:`` listens on entry; ``server.port``
@@ -934,55 +928,34 @@ class Server:
     An exception leaving the block comes out as it is, not in an exception group.
     """
 
-    __slots__ = ("_handler", "_listen", "_listeners", "_nursery", "_nursery_manager",
-                 "_options", "_path", "_stopped", "_unix_inode")
+    __slots__ = ("_listen", "_listeners", "_nursery", "_nursery_manager")
+
+    _RUNS_ONCE = "a server runs once"
 
     def __init__(self, handler: Handler,
                  listen: Callable[[], Awaitable[list[trio.SocketListener]]], *,
                  options: dict[str, int], path: UnixPath | None = None) -> None:
-        self._handler = handler
+        super().__init__(handler, options, path)
         self._listen = listen
-        self._options = options
-        self._path = path
-        self._unix_inode: int | None = None  # the socket file we made, to remove on exit
         self._listeners: list[trio.SocketListener] = []
         self._nursery_manager: AbstractAsyncContextManager[trio.Nursery] | None = None
         self._nursery: trio.Nursery | None = None
-        self._stopped: trio.Event | None = None
 
     @property
     def listeners(self) -> tuple[trio.SocketListener, ...]:
         """The listeners, while the server listens."""
         return tuple(self._listeners)
 
-    @property
-    def port(self) -> int:
-        """The bound port (useful after asking for port 0), the same on every listener."""
-        if not self._listeners:
-            raise RuntimeError("the server is not listening; use it as `async with serve(...)`")
-        if self._path is not None:
-            raise RuntimeError("a serve_unix() server has a path, not a port")
+    def _answers_port(self) -> bool:
+        return bool(self._listeners)
+
+    def _listening_port(self) -> int:
         return int(self._listeners[0].socket.getsockname()[1])
 
-    @property
-    def path(self) -> UnixPath | None:
-        """The AF_UNIX path of a ``serve_unix`` server; ``None`` for TCP."""
-        return self._path
-
-    async def serve_forever(self) -> None:
-        """Wait until the server stops: its ``async with`` block is left (cancel this task
-        to leave it from here)."""
-        if self._stopped is None:
-            raise RuntimeError("the server is not listening; use it as `async with serve(...)`")
-        await self._stopped.wait()
-
     async def __aenter__(self) -> Server:
-        if self._stopped is not None:
-            raise RuntimeError("a server runs once")
-        self._stopped = trio.Event()
+        self._enter_once(trio.Event())
         self._listeners = await self._listen()
-        if self._path is not None:
-            self._unix_inode = socket_file_inode(self._path)
+        self._bound()
         self._nursery_manager = trio.open_nursery()
         self._nursery = await self._nursery_manager.__aenter__()
         # The listeners already listen: connections wait in the kernel until it accepts.
@@ -1007,22 +980,11 @@ class Server:
             for listener in self._listeners:  # in case accepting never started
                 listener.socket.close()
             self._listeners = []
-            if self._path is not None:
-                remove_socket_file(self._path, self._unix_inode)
+            self._unbound()
 
     async def _run(self, stream: trio.SocketStream) -> None:
-        flow = TrioFlow(stream, Flow(**self._options))
-        try:
-            await self._handler(flow)
-        except Exception:
-            logger.exception("sansflow: connection handler raised; aborting its flow")
-            await flow.abort()
-            return
-        except BaseException:  # cancelled (the server stops), or the program is interrupted
-            await flow.abort()
-            raise
-        if flow.state is not _CLOSED:
-            await flow.close(timeout=_CLOSE_TIMEOUT)
+        # Cancelled (the server stops): abort() aborts the flow even so.
+        await run_async_handler(self._handler, TrioFlow(stream, self._new_core()), TrioFlow.abort)
 
 
 @overload
@@ -1048,7 +1010,7 @@ def serve(handler: Handler, host: str | None, port: int, *,
     apply to every accepted flow, are checked here.
     """
     check_address(host, port, server=True)
-    options = _server_options(handler, high_water, low_water, receive_limit)
+    options = server_options(handler, high_water, low_water, receive_limit)
     server = Server(handler, partial(_listen_tcp, host, port, backlog), options=options)
     return server if task_status is None else _serve_until_cancelled(server, task_status)
 
@@ -1069,7 +1031,7 @@ def serve_unix(handler: Handler, path: UnixPath, *,
     ``nursery.start`` returns). A stale socket file there is replaced; the one made is removed
     when the server stops."""
     check_path(path)
-    options = _server_options(handler, high_water, low_water, receive_limit)
+    options = server_options(handler, high_water, low_water, receive_limit)
     server = Server(handler, partial(_listen_unix, path, backlog), options=options, path=path)
     return server if task_status is None else _serve_until_cancelled(server, task_status)
 
@@ -1079,17 +1041,6 @@ async def _serve_until_cancelled(server: Server, task_status: trio.TaskStatus[An
     async with server:
         task_status.started(server.port if server.path is None else server.path)
         await trio.sleep_forever()
-
-
-def _server_options(handler: object, high_water: int, low_water: int,
-                    receive_limit: int) -> dict[str, int]:
-    """The flow options of a server's flows, refused now if bad rather than on the first
-    connection, like a handler that cannot be called."""
-    if not callable(handler):
-        raise TypeError(f"serve() takes an async handler function, not {handler!r}")
-    options = {"high_water": high_water, "low_water": low_water, "receive_limit": receive_limit}
-    Flow(**options)
-    return options
 
 
 async def _listen_tcp(host: str | None, port: int, backlog: int) -> list[trio.SocketListener]:
