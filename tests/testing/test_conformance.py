@@ -601,7 +601,7 @@ def test_threaded_forwards_to_the_blocking_flow() -> None:
 
 # -- docs/conformance.md -----------------------------------------------------------------------
 
-DOC = (Path(__file__).resolve().parent.parent / "docs" / "conformance.md").read_text()
+DOC = (Path(__file__).resolve().parents[2] / "docs" / "conformance.md").read_text()
 
 
 def doc_block(name: str) -> str:

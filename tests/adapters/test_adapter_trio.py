@@ -46,7 +46,7 @@ from sansflow.adapters import trio as sf
 from sansflow.testing.conformance import AsyncFlowLike, check_flow_pair
 
 HOST = "127.0.0.1"
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 ABORTED = Error(FlowError(ErrorKind.ABORTED))
 KINDS = ["memory", "tcp"]
 

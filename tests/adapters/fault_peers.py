@@ -1,6 +1,6 @@
-"""Peer programs for tests/test_faults.py, each run in its own process so that it can be killed.
+"""Peer programs for test_faults.py, each run in its own process so that it can be killed.
 
-    python tests/fault_peers.py ROLE PORT [SIZE]
+    python tests/adapters/fault_peers.py ROLE PORT [SIZE]
 
 Each role connects to 127.0.0.1:PORT, prints ``connected`` and then one line per milestone
 the test waits for (``say`` flushes each line). SIGUSR1 makes a peer reset the connection

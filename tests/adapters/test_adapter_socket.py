@@ -31,7 +31,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Generic, TypeVar
 
-import anyio
 import pytest
 
 from sansflow import (
@@ -54,7 +53,6 @@ from sansflow import (
 from sansflow.adapters import socket as sf
 from sansflow.adapters._common import READ_SIZE
 from sansflow.adapters._connect import BACKLOG
-from sansflow.testing.conformance import AsyncFlowLike, check_flow_pair, threaded
 
 HOST = "127.0.0.1"
 TIMEOUT = 20.0  # the bound on any single wait; generous, as a slow machine is not a bug
@@ -516,27 +514,6 @@ def test_shutdown_both() -> None:
 
 
 # -- abort and errors ------------------------------------------------------------------------
-
-
-def test_abort_wakes_the_waiting_reader_and_writer() -> None:
-    with flow_and_peer() as (a, peer):
-        reading = Background(a.read)
-        filler = Filler(a)
-        filler.until_blocked()
-        wait_until(lambda: a._reading, "the reader to wait")
-        a.abort()
-        read_result = reading.join()
-        filler.worker.join()
-        error = a.error
-        assert error is not None
-        assert error.kind is ErrorKind.ABORTED
-        assert read_result == Error(error)
-        assert filler.end == Error(error)
-        assert a.state is FlowState.CLOSED
-        wait_until(lambda: a._sock is None, "the socket to be released")
-        with pytest.raises(ConnectionResetError):  # noqa: PT012
-            while peer.recv(65536):  # what arrived, then the RST
-                pass
 
 
 def test_abort_keeps_received_data_readable_and_is_idempotent() -> None:
@@ -1471,50 +1448,11 @@ def test_the_flusher_thread_exits_when_idle() -> None:
                "the flusher thread to exit")
 
 
-# -- the conformance kit -----------------------------------------------------------------------
-
-
-KIT_TIMEOUT = 120.0  # the whole kit; a run takes a few seconds
-
-
-def run_the_kit(make_sockets: Callable[[], tuple[socket.socket, socket.socket]]) -> None:
-    """The conformance kit over flows on sockets from ``make_sockets``, bounded in time.
-
-    The kit runs on its own thread. Should it not finish in ``KIT_TIMEOUT`` seconds, the test
-    fails saying so, and every flow the kit made is aborted, which wakes any call still
-    waiting in one (the kit's own watchdog aborts only the flows of the check that timed out).
-    """
-    flows: list[sf.SocketFlow] = []
-
-    async def make_pair() -> tuple[AsyncFlowLike, AsyncFlowLike]:
-        a_sock, b_sock = make_sockets()
-        a, b = sf.wrap(a_sock), sf.wrap(b_sock)
-        flows.extend((a, b))
-        return threaded(a), threaded(b)
-
-    kit = Background(partial(anyio.run, partial(check_flow_pair, make_pair,
-                                                supports_cancellation=False)),
-                     name="conformance-kit")
-    try:
-        kit.join(timeout=KIT_TIMEOUT)
-    finally:
-        for flow in flows:
-            flow.abort()
-
-
-def test_the_conformance_kit_passes_over_tcp() -> None:
-    run_the_kit(tcp_sockets)
-
-
-def test_the_conformance_kit_passes_over_a_socketpair() -> None:
-    run_the_kit(socket.socketpair)
-
-
 # -- examples --------------------------------------------------------------------------------
 
 
 def load_example(name: str) -> ModuleType:
-    path = Path(__file__).resolve().parent.parent / "examples" / f"{name}.py"
+    path = Path(__file__).resolve().parents[2] / "examples" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"example_{name}", path)
     assert spec is not None
     assert spec.loader is not None

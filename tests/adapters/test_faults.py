@@ -5,8 +5,8 @@ arguments to every factory and to flows in every state, and a thousand flows at 
 Each scenario is written once, as anyio code over the async flow API, and runs on each adapter
 through a small ``Driver``: asyncio, asyncio on uvloop, trio, and the blocking-socket adapter
 driven from worker threads (``threaded``). Peers that must die run in their own process
-(``tests/fault_peers.py``); the others are plain sockets in the test. Deadlines only protect
-against hangs; no test asserts how long anything takes. Every test ends with the file
+(``tests/adapters/fault_peers.py``); the others are plain sockets in the test. Deadlines only
+protect against hangs; no test asserts how long anything takes. Every test ends with the file
 descriptors, tasks and threads it started gone, and nothing logged at ERROR.
 """
 

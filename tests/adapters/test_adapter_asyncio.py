@@ -54,7 +54,7 @@ except ImportError:  # pragma: no cover - uvloop does not exist on Windows
     uvloop = None
 
 HOST = "127.0.0.1"
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 ABORTED = Error(FlowError(ErrorKind.ABORTED))
 LOOPS = ["asyncio", "uvloop"] if uvloop is not None else ["asyncio"]
 TRANSPORTS = ["tcp", "socketpair"]
