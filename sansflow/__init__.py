@@ -6,7 +6,7 @@ and ``sansflow.testing`` joins two flows in memory for tests.
 """
 
 from ._adapter import AdapterFlow, AsyncAdapterFlow, BlockingAdapterFlow
-from ._api import AsyncFlow, BlockingFlow, BrokenFlowError
+from ._api import AsyncFlow, BlockingFlow, BrokenFlowError, FlowView
 from ._errors import BusyError, ErrorKind, FlowError, FlowUsageError, error_message
 from ._flow import HIGH_WATER, LOW_WATER, RECEIVE_LIMIT, Buffer, Flow
 from ._results import WOULD_WAIT, Eof, Error, Ok, ReadResult, WouldWait, WriteResult
@@ -32,6 +32,7 @@ __all__ = [
     "FlowError",
     "FlowState",
     "FlowUsageError",
+    "FlowView",
     "Ok",
     "ReadResult",
     "ReceiveState",

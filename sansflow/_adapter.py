@@ -5,9 +5,9 @@ and ``AsyncAdapterFlow`` / ``BlockingAdapterFlow`` (``with`` and iteration, from
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
-from ._api import BrokenFlowError
+from ._api import BrokenFlowError, FlowView
 from ._errors import BusyError, FlowError
 from ._results import Eof, Ok, ReadResult
 from ._state import FlowState, ReceiveState, SendState
@@ -15,38 +15,6 @@ from ._state import FlowState, ReceiveState, SendState
 __all__ = ["AdapterFlow", "AsyncAdapterFlow", "BlockingAdapterFlow", "check_timeout"]
 
 _Self = TypeVar("_Self")
-
-
-class _StateSource(Protocol):
-    """What ``AdapterFlow``'s state view reads: a core ``Flow``, or another flow (a wrapper
-    shows the state of the flow it wraps)."""
-
-    @property
-    def state(self) -> FlowState: ...
-
-    @property
-    def send_state(self) -> SendState: ...
-
-    @property
-    def receive_state(self) -> ReceiveState: ...
-
-    @property
-    def error(self) -> FlowError | None: ...
-
-    @property
-    def high_water(self) -> int: ...
-
-    @property
-    def low_water(self) -> int: ...
-
-    @property
-    def receive_limit(self) -> int: ...
-
-    @property
-    def queued(self) -> int: ...
-
-    @property
-    def buffered(self) -> int: ...
 
 
 class AdapterFlow:
@@ -63,7 +31,7 @@ class AdapterFlow:
 
     __slots__ = ("_core", "_peername", "_reading", "_sockname", "_writing")
 
-    def __init__(self, core: _StateSource, *, peername: Any = None, sockname: Any = None) -> None:
+    def __init__(self, core: FlowView, *, peername: Any = None, sockname: Any = None) -> None:
         self._core = core
         self._reading = False
         self._writing = False

@@ -16,7 +16,7 @@ from ._errors import FlowError, error_message
 from ._results import ReadResult, WriteResult
 from ._state import FlowState, ReceiveState, SendState, Shutdown
 
-__all__ = ["AsyncFlow", "BlockingFlow", "BrokenFlowError"]
+__all__ = ["AsyncFlow", "BlockingFlow", "BrokenFlowError", "FlowView"]
 
 _BytesLike = bytes | bytearray | memoryview
 _Self = TypeVar("_Self")
@@ -39,8 +39,10 @@ class BrokenFlowError(ConnectionError):
         return (type(self), (self.error,))
 
 
-class _FlowState(Protocol):
-    """What a flow shows of its state; every property is read-only."""
+@runtime_checkable
+class FlowView(Protocol):
+    """What a flow shows of its state and options, every property read-only: the core
+    ``Flow`` and every adapter's flow alike."""
 
     @property
     def state(self) -> FlowState:
@@ -67,14 +69,6 @@ class _FlowState(Protocol):
         """A waiting writer resumes once the queue is down to this many bytes."""
 
     @property
-    def peername(self) -> Any:
-        """The peer's address when the flow was made; ``None`` where there is no socket."""
-
-    @property
-    def sockname(self) -> Any:
-        """Our own address when the flow was made; ``None`` where there is no socket."""
-
-    @property
     def receive_limit(self) -> int:
         """Reading from the transport pauses while this many received bytes wait for
         ``read``."""
@@ -88,8 +82,20 @@ class _FlowState(Protocol):
         """Bytes received from the transport and not yet returned by ``read``."""
 
 
+class _Connection(FlowView, Protocol):
+    """``FlowView`` and the addresses of the connection underneath."""
+
+    @property
+    def peername(self) -> Any:
+        """The peer's address when the flow was made; ``None`` where there is no socket."""
+
+    @property
+    def sockname(self) -> Any:
+        """Our own address when the flow was made; ``None`` where there is no socket."""
+
+
 @runtime_checkable
-class AsyncFlow(_FlowState, Protocol):
+class AsyncFlow(_Connection, Protocol):
     """A byte stream with half-close, backpressure and errors as values (the MirageOS FLOW).
 
     Results: ``read`` returns ``Ok(data)`` (1 to ``max_bytes`` bytes), ``Eof()`` once the
@@ -143,7 +149,7 @@ class AsyncFlow(_FlowState, Protocol):
 
 
 @runtime_checkable
-class BlockingFlow(_FlowState, Protocol):
+class BlockingFlow(_Connection, Protocol):
     """``AsyncFlow`` without ``await``: the same contract, for threads and blocking sockets.
 
     Waiting calls block the calling thread; ``close(timeout)`` bounds the wait for the peer.

@@ -22,6 +22,7 @@ from sansflow import (
     Flow,
     FlowError,
     FlowState,
+    FlowView,
     Ok,
     ReadResult,
     error_message,
@@ -288,3 +289,9 @@ def test_queued_and_buffered_count_bytes_and_are_read_only() -> None:
             await b.abort()
 
     anyio.run(main, backend="trio")
+
+
+def test_the_core_and_every_flow_show_one_flow_view() -> None:
+    # One list of state properties serves the core, the adapters' flows and the kit's wrappers.
+    assert isinstance(Flow(), FlowView)
+    assert not isinstance(Flow(), AsyncFlow)  # the core has no I/O calls and no addresses

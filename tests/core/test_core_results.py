@@ -223,8 +223,8 @@ def test_public_surface() -> None:
         "HIGH_WATER", "LOW_WATER", "RECEIVE_LIMIT", "WOULD_WAIT", "AdapterFlow",
         "AsyncAdapterFlow", "AsyncFlow", "BlockingAdapterFlow",
         "BlockingFlow", "BrokenFlowError", "Buffer", "BusyError", "Eof", "Error", "ErrorKind",
-        "Flow", "FlowError", "FlowState", "FlowUsageError", "Ok", "ReadResult", "ReceiveState",
-        "SendState", "Shutdown", "WouldWait", "WriteResult", "error_message",
+        "Flow", "FlowError", "FlowState", "FlowUsageError", "FlowView", "Ok", "ReadResult",
+        "ReceiveState", "SendState", "Shutdown", "WouldWait", "WriteResult", "error_message",
     }
     for name in sansflow.__all__:
         assert getattr(sansflow, name) is not None

@@ -22,46 +22,15 @@ from typing import Any, Protocol, TypeVar
 import anyio
 
 from ..._adapter import AsyncAdapterFlow
-from ..._errors import FlowError
+from ..._api import FlowView
 from ..._results import ReadResult, WriteResult
-from ..._state import FlowState, ReceiveState, SendState, Shutdown
+from ..._state import Shutdown
 
 BytesLike = bytes | bytearray | memoryview
 T = TypeVar("T")
 
 
 # -- what a flow under test offers ---------------------------------------------------------
-
-
-class FlowView(Protocol):
-    """What every flow under test shows, async or blocking: its state and its options."""
-
-    @property
-    def state(self) -> FlowState: ...
-
-    @property
-    def send_state(self) -> SendState: ...
-
-    @property
-    def receive_state(self) -> ReceiveState: ...
-
-    @property
-    def error(self) -> FlowError | None: ...
-
-    @property
-    def high_water(self) -> int: ...
-
-    @property
-    def low_water(self) -> int: ...
-
-    @property
-    def receive_limit(self) -> int: ...
-
-    @property
-    def queued(self) -> int: ...
-
-    @property
-    def buffered(self) -> int: ...
 
 
 class AsyncFlowLike(FlowView, Protocol):
