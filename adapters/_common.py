@@ -15,12 +15,14 @@ from typing import Any, Protocol, overload
 from sansflow import AdapterFlow, ErrorKind, Flow, FlowError, ReceiveState
 
 __all__ = [
-    "IOV_MAX", "READ_SIZE", "AdapterFlow", "addresses", "check_connected", "receive_ended",
-    "receive_kept", "set_linger_zero",
+    "IOV_MAX", "READ_SIZE", "RECEIVING", "AdapterFlow", "addresses", "check_connected",
+    "receive_ended", "receive_kept", "set_linger_zero",
 ]
 
 # sendmsg refuses more buffers than this (EMSGSIZE); 1024 on Linux.
 IOV_MAX: int = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024)
+# The receive states in which input from the transport is still taken in.
+RECEIVING = (ReceiveState.OPEN, ReceiveState.DISCARDING)
 # One receive call takes at most this much; 64 KiB matches the kernel's usual socket buffer.
 READ_SIZE = 64 * 1024
 

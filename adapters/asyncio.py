@@ -75,7 +75,14 @@ from sansflow._adapter import check_timeout
 from sansflow._flow import Buffer, buffer_list
 from sansflow._results import ReadResult, WriteResult
 
-from ._common import READ_SIZE, addresses, check_connected, receive_ended, set_linger_zero
+from ._common import (
+    READ_SIZE,
+    RECEIVING,
+    addresses,
+    check_connected,
+    receive_ended,
+    set_linger_zero,
+)
 from ._connect import (
     BACKLOG,
     UnixPath,
@@ -96,7 +103,6 @@ Handler = Callable[["AsyncioFlow"], Awaitable[object]]
 
 _OK: Ok[None] = Ok(None)
 
-_RECEIVING = (ReceiveState.OPEN, ReceiveState.DISCARDING)
 # Receive buffers shared by every flow of a _BufferedDriver in the process. The transport
 # holds one only from get_buffer() to buffer_updated(), and the core copies the bytes out, so
 # a handful serve any number of flows (the selector loop holds one at a time; the proactor one
@@ -208,7 +214,7 @@ class _Driver(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         core = self._core
-        if core.receive_state in _RECEIVING:
+        if core.receive_state in RECEIVING:
             core.receive_eof()
         self._update()
         return True  # keep the transport open: our own direction may still be sending
@@ -223,7 +229,7 @@ class _Driver(asyncio.Protocol):
         elif core.state is not _CLOSED:
             # Closed under us without an error: whatever the peer sent has all arrived, but
             # nothing more can be sent, so a writer must not wait for a transport that is gone.
-            if core.receive_state in _RECEIVING:
+            if core.receive_state in RECEIVING:
                 core.receive_eof()
             core.receive_error(FlowError(ErrorKind.TRANSPORT, detail="the transport was closed"))
         self._wake()

@@ -111,6 +111,7 @@ from sansflow._flow import buffer_list
 from ._common import (
     IOV_MAX,
     READ_SIZE,
+    RECEIVING,
     addresses,
     check_connected,
     receive_ended,
@@ -148,7 +149,6 @@ _OK = Ok(None)
 _CLOSED = FlowState.CLOSED
 _SEND_OPEN = SendState.OPEN
 _RECEIVE_OPEN = ReceiveState.OPEN
-_RECEIVING_STATES = (ReceiveState.OPEN, ReceiveState.DISCARDING)
 _log = logging.getLogger("sansflow")
 # The longest single wait: poll takes an int of milliseconds and locks a bounded timeout, so
 # a later deadline (an infinite one among them) is waited for in turns.
@@ -378,7 +378,7 @@ class SocketFlow(BlockingAdapterFlow):
 
     def _wants_input(self) -> bool:
         core = self._core
-        return (core.state is not _CLOSED and core.receive_state in _RECEIVING_STATES
+        return (core.state is not _CLOSED and core.receive_state in RECEIVING
                 and not core.reading_paused)
 
     def _receive(self, deadline: float | None, take: int = 0) -> bytes | None:

@@ -102,7 +102,6 @@ from sansflow import (
     FlowState,
     Ok,
     ReadResult,
-    ReceiveState,
     SendState,
     Shutdown,
     WouldWait,
@@ -112,7 +111,15 @@ from sansflow import (
 from sansflow._adapter import check_timeout
 from sansflow._flow import buffer_list
 
-from ._common import IOV_MAX, READ_SIZE, addresses, check_connected, receive_ended, receive_kept
+from ._common import (
+    IOV_MAX,
+    READ_SIZE,
+    RECEIVING,
+    addresses,
+    check_connected,
+    receive_ended,
+    receive_kept,
+)
 from ._connect import (
     BACKLOG,
     UnixPath,
@@ -134,7 +141,6 @@ __all__ = [
 # closed under us. Anything else from a stream ends the flow too (the sender must not
 # crash), as a TRANSPORT error that keeps the exception as its cause.
 _TRANSPORT_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
-_RECEIVING = (ReceiveState.OPEN, ReceiveState.DISCARDING)
 _SEND_OPEN = SendState.OPEN
 _EOF_QUEUED = SendState.EOF_QUEUED
 _CLOSED = FlowState.CLOSED
@@ -653,7 +659,7 @@ class TrioFlow(AsyncAdapterFlow):
                 self._kick()
                 if core.state is _CLOSED:
                     return
-            if (core.receive_state in _RECEIVING and not self._reading
+            if (core.receive_state in RECEIVING and not self._reading
                     and not self._receiving and not core.reading_paused
                     and not self._released):
                 await self._receive()

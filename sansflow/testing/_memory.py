@@ -13,7 +13,7 @@ import anyio
 
 from .._adapter import AsyncAdapterFlow, check_timeout
 from .._errors import ErrorKind, FlowError
-from .._flow import Flow, buffer_list
+from .._flow import HIGH_WATER, LOW_WATER, RECEIVE_LIMIT, Flow, buffer_list
 from .._results import WOULD_WAIT, ReadResult, WriteResult
 from .._state import FlowState, Shutdown
 from ._pair import FlowPair
@@ -123,8 +123,8 @@ class MemoryFlow(AsyncAdapterFlow):
         self._link.pump()  # the wire turns a local abort into the peer's reset
 
 
-async def memory_flow_pair(*, high_water: int = 64 * 1024, low_water: int = 16 * 1024,
-                           receive_limit: int = 256 * 1024, capacity: int = 64 * 1024
+async def memory_flow_pair(*, high_water: int = HIGH_WATER, low_water: int = LOW_WATER,
+                           receive_limit: int = RECEIVE_LIMIT, capacity: int = 64 * 1024
                            ) -> tuple[MemoryFlow, MemoryFlow]:
     """Two connected in-memory flows (call it inside a running anyio event loop).
 
