@@ -17,7 +17,6 @@ import os
 import random
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from loopback import full_backlog_port, has_ipv6_loopback, reset
 
 from sansflow import (
     HIGH_WATER,
@@ -204,12 +204,6 @@ async def flow_and_socket(transport: str = "tcp", bufsize: int | None = None, **
     finally:
         await flow.abort()
         right.close()
-
-
-def reset(sock: socket.socket) -> None:
-    """Close ``sock`` with an RST (TCP)."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
 
 
 # -- small helpers -------------------------------------------------------------------------
@@ -1039,15 +1033,6 @@ def test_bad_options_and_sockets_are_refused(loop_kind: str) -> None:
 # -- connecting: addresses, failures, timeouts --------------------------------------------
 
 
-def has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
 needs_ipv6 = pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback here")
 
 
@@ -1057,27 +1042,6 @@ def unused_port() -> int:
         probe.bind((HOST, 0))
         port: int = probe.getsockname()[1]
     return port
-
-
-@contextlib.contextmanager
-def stuck_listener() -> Iterator[int]:
-    """A loopback port whose connects hang: a listener with ``listen(0)`` whose queue is full
-    of connections it never accepts, so the kernel drops new SYNs."""
-    with socket.socket() as listener:
-        listener.bind((HOST, 0))
-        listener.listen(0)
-        port: int = listener.getsockname()[1]
-        fillers: list[socket.socket] = []
-        try:
-            for _ in range(3):
-                filler = socket.socket()
-                fillers.append(filler)
-                filler.setblocking(False)
-                filler.connect_ex((HOST, port))
-            yield port
-        finally:
-            for filler in fillers:
-                filler.close()
 
 
 def tcp_address(port: int) -> tuple[Any, Any, int, str, Any]:
@@ -1113,7 +1077,7 @@ def test_connect_to_a_name_that_does_not_resolve(loop_kind: str) -> None:
 @pytest.mark.parametrize("timeout", [0.2, 0, 1e-9])
 def test_connect_timeout_covers_the_whole_connect(loop_kind: str, timeout: float) -> None:
     async def main() -> None:
-        with stuck_listener() as port:
+        with full_backlog_port() as port:
             with pytest.raises(TimeoutError, match=f"127.0.0.1:{port} timed out") as caught:
                 await sf.connect(HOST, port, timeout=timeout)
             assert isinstance(caught.value, OSError)
@@ -1125,7 +1089,7 @@ def test_connect_timeout_covers_the_whole_connect(loop_kind: str, timeout: float
 
 def test_cancelled_connect_leaves_nothing_behind(loop_kind: str) -> None:
     async def main() -> None:
-        with stuck_listener() as port:
+        with full_backlog_port() as port:
             connecting = asyncio.ensure_future(sf.connect(HOST, port))
             await settle()
             connecting.cancel()
@@ -1139,7 +1103,7 @@ def test_connect_tries_each_address_in_turn(loop_kind: str,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     async def main() -> None:
         async with sf.serve(echo, HOST, 0) as server:
-            with stuck_listener() as stuck:
+            with full_backlog_port() as stuck:
                 refused = unused_port()
                 # refused at once, then one that hangs past the attempt delay, then the server
                 addresses = [tcp_address(refused), tcp_address(stuck), tcp_address(server.port)]

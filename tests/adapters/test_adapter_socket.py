@@ -32,6 +32,7 @@ from types import ModuleType
 from typing import Generic, TypeVar
 
 import pytest
+from loopback import full_backlog_port, has_ipv6_loopback, refusing_port
 
 from sansflow import (
     HIGH_WATER,
@@ -1219,38 +1220,6 @@ def test_bad_addresses_and_timeouts_raise_before_any_io() -> None:
             listener.accept()
 
 
-@contextmanager
-def refusing_port(host: str = HOST) -> Iterator[int]:
-    """A port that is bound but not listening: a connect to it is refused."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as bound:
-        bound.bind((host, 0))
-        yield bound.getsockname()[1]
-
-
-@contextmanager
-def full_backlog_port() -> Iterator[int]:
-    """A port whose listen queue is full: the kernel drops a new SYN, the connect hangs."""
-    with socket.socket() as listener:
-        listener.bind((HOST, 0))
-        listener.listen(0)
-        port = listener.getsockname()[1]
-        fillers: list[socket.socket] = []
-        try:
-            for _ in range(64):
-                filler = socket.socket()
-                fillers.append(filler)
-                filler.setblocking(False)
-                filler.connect_ex((HOST, port))
-                if not select.select([], [filler], [], 0.25)[1]:
-                    break  # this one hangs: the queue is full
-            else:
-                pytest.fail("the listen queue never filled")
-            yield port
-        finally:
-            for filler in fillers:
-                filler.close()
-
-
 def test_connect_refused_is_connection_refused_error_naming_host_and_port() -> None:
     with refusing_port() as port, pytest.raises(ConnectionRefusedError) as caught:
         sf.connect(HOST, port)
@@ -1308,15 +1277,6 @@ def test_the_timeout_is_for_the_whole_connect_not_each_address(
         monkeypatch.setattr(socket, "getaddrinfo", resolving_to(silent, refused))
         with pytest.raises(TimeoutError, match=r"connect to two\.test:80 timed out after 0\.1 s"):
             sf.connect("two.test", 80, timeout=0.1)
-
-
-def has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
 
 
 @pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback")

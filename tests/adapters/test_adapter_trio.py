@@ -27,6 +27,7 @@ import anyio
 import pytest
 import trio
 import trio.testing
+from loopback import full_backlog_port, has_ipv6_loopback
 
 from sansflow import (
     AsyncAdapterFlow,
@@ -1454,44 +1455,13 @@ def test_a_name_that_does_not_resolve_is_gaierror() -> None:
     run(main)
 
 
-def full_listener() -> tuple[socket.socket, list[socket.socket]]:
-    """A listener whose queue is full: the kernel drops a new connection's SYN, so a connect
-    to it waits until its timeout. Also the sockets that fill it (close them all)."""
-    listener = socket.socket()
-    listener.bind((HOST, 0))
-    listener.listen(0)
-    fillers: list[socket.socket] = []
-    for _ in range(64):
-        filler = socket.socket()
-        fillers.append(filler)
-        filler.setblocking(False)
-        filler.connect_ex(listener.getsockname())
-        if not select.select([], [filler], [], 0.25)[1]:
-            return listener, fillers  # this one hangs: the queue is full
-    pytest.fail("the listen queue never filled")
-
-
 def test_a_connect_that_outlasts_its_timeout_is_timeout_error() -> None:
     async def main() -> None:
-        listener, fillers = full_listener()
-        port = listener.getsockname()[1]
-        try:
-            with pytest.raises(TimeoutError, match=f"{HOST}:{port} timed out after 0.1 s"):
-                await sf.connect(HOST, port, timeout=0.1)
-        finally:
-            for sock in [listener, *fillers]:
-                sock.close()
+        with full_backlog_port() as port, \
+                pytest.raises(TimeoutError, match=f"{HOST}:{port} timed out after 0.1 s"):
+            await sf.connect(HOST, port, timeout=0.1)
 
     run(main)
-
-
-def has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
 
 
 @pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback")

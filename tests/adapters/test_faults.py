@@ -43,6 +43,7 @@ import anyio.to_thread
 import pytest
 import trio
 from fault_peers import GREETING, pattern
+from loopback import reset
 
 from sansflow import (
     AdapterFlow,
@@ -360,12 +361,6 @@ def tcp_sockets(bufsize: int | None = None) -> tuple[socket.socket, socket.socke
     client.settimeout(None)
     server.settimeout(None)
     return client, server
-
-
-def reset(sock: socket.socket) -> None:
-    """Close ``sock`` with an RST: ``SO_LINGER`` 0, then close."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
 
 
 def recv_until_reset(sock: socket.socket) -> bytes:

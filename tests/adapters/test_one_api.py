@@ -15,9 +15,7 @@ import errno
 import inspect
 import logging
 import logging.handlers
-import select
 import socket
-import struct
 import tempfile
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
@@ -28,6 +26,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import anyio
 import pytest
+from loopback import full_backlog_port, has_ipv6_loopback, refusing_port, reset
 
 from sansflow import (
     HIGH_WATER,
@@ -122,46 +121,6 @@ def received(peer: socket.socket) -> str:
     return f"{data!r} then EOF"
 
 
-def reset(peer: socket.socket) -> None:
-    """Close ``peer`` with a reset (RST) instead of an EOF."""
-    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    peer.close()
-
-
-@contextmanager
-def refusing_port(host: str = HOST) -> Iterator[int]:
-    """A port that is bound but not listening: a connect to it is refused."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family) as bound:
-        bound.bind((host, 0))
-        yield bound.getsockname()[1]
-
-
-@contextmanager
-def silent_port() -> Iterator[int]:
-    """A port whose listen queue is full, so that the kernel drops a new connection's SYN and
-    a connect to it hangs until its timeout."""
-    with socket.socket() as listener:
-        listener.bind((HOST, 0))
-        listener.listen(0)
-        port = listener.getsockname()[1]
-        waiting: list[socket.socket] = []
-        try:
-            for _ in range(64):
-                filler = socket.socket()
-                waiting.append(filler)
-                filler.setblocking(False)
-                filler.connect_ex((HOST, port))
-                if not select.select([], [filler], [], HANDSHAKE_WAIT)[1]:
-                    break  # this one hangs: the queue is full
-            else:
-                pytest.fail("the listen queue never filled")
-            yield port
-        finally:
-            for filler in waiting:
-                filler.close()
-
-
 @contextmanager
 def errors_logged(name: str) -> Iterator[list[logging.LogRecord]]:
     """The records at ERROR and above that reach logger ``name``, from any thread."""
@@ -199,17 +158,6 @@ def bad_connects(sf: ModuleType, port: int) -> list[tuple[str, Callable[[], Any]
         ("low_water above high_water", partial(sf.connect, HOST, port, low_water=HIGH_WATER + 1)),
         ("timeout=-1", partial(sf.connect, HOST, port, timeout=-1)),
     ]
-
-
-def has_ipv6_loopback() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
 
 
 # -- the program, once for every async adapter ---------------------------------------------
@@ -339,7 +287,7 @@ async def step_unresolvable(sf: ModuleType, say: Say) -> None:
 
 
 async def step_timeout(sf: ModuleType, say: Say) -> None:
-    with silent_port() as port, pytest.raises(TimeoutError) as caught:
+    with full_backlog_port() as port, pytest.raises(TimeoutError) as caught:
         await sf.connect(HOST, port, timeout=CONNECT_TIMEOUT)
     assert f"{HOST}:{port}" in str(caught.value)
     say(f"timed out: {type(caught.value).__name__}: {without_port(caught.value, port)}")
@@ -526,7 +474,7 @@ def step_unresolvable_blocking(sf: ModuleType, say: Say) -> None:
 
 
 def step_timeout_blocking(sf: ModuleType, say: Say) -> None:
-    with silent_port() as port, pytest.raises(TimeoutError) as caught:
+    with full_backlog_port() as port, pytest.raises(TimeoutError) as caught:
         sf.connect(HOST, port, timeout=CONNECT_TIMEOUT)
     assert f"{HOST}:{port}" in str(caught.value)
     say(f"timed out: {type(caught.value).__name__}: {without_port(caught.value, port)}")

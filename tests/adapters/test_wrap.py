@@ -25,6 +25,7 @@ from typing import Any, Protocol, TypeVar
 
 import pytest
 import trio
+from loopback import reset
 
 from sansflow import Eof, Error, ErrorKind, FlowError, FlowState, Ok, ReadResult, WriteResult
 from sansflow import error_message as message_of
@@ -164,12 +165,6 @@ def tcp_pair() -> tuple[socket.socket, socket.socket]:
     client.settimeout(None)
     server.settimeout(None)
     return client, server
-
-
-def reset(sock: socket.socket) -> None:
-    """Close ``sock`` with an RST (``SO_LINGER`` 0), as a peer's abort does."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
 
 
 def wait_for(sock: socket.socket, events: int) -> int:
