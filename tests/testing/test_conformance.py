@@ -340,12 +340,6 @@ def raw_pair(transport: str) -> tuple[socket.socket, socket.socket]:
     return tcp_sockets() if transport == "tcp" else socket.socketpair()
 
 
-async def trio_wrap(sf: ModuleType, sock: socket.socket, **limits: int) -> Any:
-    import trio
-
-    return await sf.wrap(trio.SocketStream(trio.socket.from_stdlib_socket(sock)), **limits)
-
-
 @dataclass
 class Setup:
     """How to make a pair for one run: the caller's backend, and the two ends."""
@@ -358,9 +352,10 @@ class Setup:
     only: tuple[str, ...] | None = None  # the checks to run, if not all
 
 
-def asyncio_pair(transport: str, **limits: int) -> Callable[[ExitStack], PairFactory]:
+def async_pair(name: str, transport: str, **limits: int) -> Callable[[ExitStack], PairFactory]:
+    """Two flows of the async adapter ``name`` over loopback TCP or a socketpair."""
     def setup(stack: ExitStack) -> PairFactory:
-        sf = adapter("asyncio")
+        sf = adapter(name)
 
         async def make() -> Pair:
             if transport == "tcp":
@@ -371,25 +366,6 @@ def asyncio_pair(transport: str, **limits: int) -> Callable[[ExitStack], PairFac
                 return a, await sf.wrap(server, **limits)
             left, right = socket.socketpair()
             return await sf.wrap(left, **limits), await sf.wrap(right, **limits)
-
-        return make
-
-    return setup
-
-
-def trio_pair(transport: str, **limits: int) -> Callable[[ExitStack], PairFactory]:
-    def setup(stack: ExitStack) -> PairFactory:
-        sf = adapter("trio")
-
-        async def make() -> Pair:
-            if transport == "tcp":
-                with socket.create_server(("127.0.0.1", 0)) as listener:
-                    listener.settimeout(10)
-                    a = await sf.connect("127.0.0.1", listener.getsockname()[1], **limits)
-                    server, _ = listener.accept()
-                return a, await trio_wrap(sf, server, **limits)
-            left, right = socket.socketpair()
-            return await trio_wrap(sf, left, **limits), await trio_wrap(sf, right, **limits)
 
         return make
 
@@ -420,12 +396,9 @@ def native(kind: str, sock: socket.socket) -> Callable[[], Awaitable[kit.AsyncFl
 
     async def make() -> kit.AsyncFlowLike:
         sf = adapter(kind)
-        if kind == "asyncio":
-            flow: kit.AsyncFlowLike = await sf.wrap(sock)
-        elif kind == "trio":
-            flow = await trio_wrap(sf, sock)
-        else:
-            flow = kit.threaded(sf.wrap(sock))
+        if kind == "socket":
+            return kit.threaded(sf.wrap(sock))
+        flow: kit.AsyncFlowLike = await sf.wrap(sock)
         return flow
 
     return make
@@ -449,8 +422,6 @@ def cross(first: str, second: str, *, swap: bool = False) -> Callable[[ExitStack
             a = await native(first, client)()
             if loop is None:
                 b = await native(second, server)()
-            elif second == "trio":
-                b = kit.bridged(loop.call(trio_wrap, other, server), loop)
             else:
                 b = kit.bridged(loop.call(other.wrap, server), loop)
             return (b, a) if swap else (a, b)
@@ -471,16 +442,16 @@ INTERACTING = ("duplex", "close_waits_for_peer", "state_half_closed_remote", "la
                "cancelled_close")
 
 SETUPS = [
-    Setup("asyncio-tcp", "asyncio", asyncio_pair("tcp")),
-    Setup("asyncio-socketpair", "asyncio", asyncio_pair("socketpair")),
-    Setup("uvloop-tcp", "asyncio", asyncio_pair("tcp"), UVLOOP),
-    Setup("uvloop-socketpair", "asyncio", asyncio_pair("socketpair"), UVLOOP),
-    Setup("trio-tcp", "trio", trio_pair("tcp")),
-    Setup("trio-socketpair", "trio", trio_pair("socketpair")),
+    Setup("asyncio-tcp", "asyncio", async_pair("asyncio", "tcp")),
+    Setup("asyncio-socketpair", "asyncio", async_pair("asyncio", "socketpair")),
+    Setup("uvloop-tcp", "asyncio", async_pair("asyncio", "tcp"), UVLOOP),
+    Setup("uvloop-socketpair", "asyncio", async_pair("asyncio", "socketpair"), UVLOOP),
+    Setup("trio-tcp", "trio", async_pair("trio", "tcp")),
+    Setup("trio-socketpair", "trio", async_pair("trio", "socketpair")),
     Setup("socket-tcp", "asyncio", socket_pair("tcp"), cancellation=False),
     Setup("socket-socketpair", "trio", socket_pair("socketpair"), cancellation=False),
-    Setup("asyncio-small-limits", "asyncio", asyncio_pair("tcp", **SMALL), only=LIMITED),
-    Setup("trio-small-limits", "trio", trio_pair("tcp", **SMALL), only=LIMITED),
+    Setup("asyncio-small-limits", "asyncio", async_pair("asyncio", "tcp", **SMALL), only=LIMITED),
+    Setup("trio-small-limits", "trio", async_pair("trio", "tcp", **SMALL), only=LIMITED),
     Setup("socket-small-limits", "asyncio", socket_pair("tcp", **SMALL), cancellation=False,
           only=LIMITED),
     # Cross-adapter pairs: the client is ``a`` for every check; the server end, which its
