@@ -9,6 +9,7 @@ from ._adapter import AdapterFlow, AsyncAdapterFlow, BlockingAdapterFlow
 from ._api import AsyncFlow, BlockingFlow, BrokenFlowError, FlowView
 from ._errors import BusyError, ErrorKind, FlowError, FlowUsageError, error_message
 from ._flow import HIGH_WATER, LOW_WATER, RECEIVE_LIMIT, Buffer, Flow
+from ._relay import CopyStats, ProxyRelay, ProxyResult, Relay, RelayStep
 from ._results import WOULD_WAIT, Eof, Error, Ok, ReadResult, WouldWait, WriteResult
 from ._state import FlowState, ReceiveState, SendState, Shutdown
 
@@ -25,6 +26,7 @@ __all__ = [
     "BrokenFlowError",
     "Buffer",
     "BusyError",
+    "CopyStats",
     "Eof",
     "Error",
     "ErrorKind",
@@ -34,8 +36,12 @@ __all__ = [
     "FlowUsageError",
     "FlowView",
     "Ok",
+    "ProxyRelay",
+    "ProxyResult",
     "ReadResult",
     "ReceiveState",
+    "Relay",
+    "RelayStep",
     "SendState",
     "Shutdown",
     "WouldWait",
