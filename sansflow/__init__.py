@@ -12,6 +12,7 @@ from ._flow import HIGH_WATER, LOW_WATER, RECEIVE_LIMIT, Buffer, Flow
 from ._relay import CopyStats, ProxyRelay, ProxyResult, Relay, RelayStep
 from ._results import WOULD_WAIT, Eof, Error, Ok, ReadResult, WouldWait, WriteResult
 from ._state import FlowState, ReceiveState, SendState, Shutdown
+from ._tls import TlsInfo, TlsLayer
 
 __all__ = [
     "HIGH_WATER",
@@ -44,6 +45,8 @@ __all__ = [
     "RelayStep",
     "SendState",
     "Shutdown",
+    "TlsInfo",
+    "TlsLayer",
     "WouldWait",
     "WriteResult",
     "error_message",

@@ -17,10 +17,16 @@ class ErrorKind(enum.Enum):
     ABORTED = "connection aborted locally"
     TIMED_OUT = "timed out"
     TRANSPORT = "transport failure"
+    CERTIFICATE = "TLS certificate verification failed"
+    TLS = "TLS failure"
+    TRUNCATED = "the peer closed the connection without TLS close_notify: data may be truncated"
 
     def __repr__(self) -> str:
         return f"ErrorKind.{self.name}"
 
+
+# Their cause is an ssl.SSLError, whose errno is OpenSSL's error code, not an OS error's.
+_TLS_KINDS = frozenset({ErrorKind.CERTIFICATE, ErrorKind.TLS, ErrorKind.TRUNCATED})
 
 # Checked in order: the first errno or exception class that matches names the kind.
 _KIND_BY_ERRNO = {
@@ -83,7 +89,7 @@ def error_message(error: FlowError) -> str:
         described = getattr(cause, "strerror", None) or str(cause) or type(cause).__name__
         text += f": {described}"
     code = getattr(cause, "errno", None)
-    if isinstance(code, int) and code in errno.errorcode:
+    if isinstance(code, int) and code in errno.errorcode and error.kind not in _TLS_KINDS:
         text += f" ({errno.errorcode[code]})"
     return " ".join(text.split())
 
