@@ -14,6 +14,7 @@ marks, sticky results, data before errors. Two rules keep it honest:
 
 from __future__ import annotations
 
+import contextlib
 import re
 import ssl
 from dataclasses import dataclass
@@ -228,31 +229,30 @@ class TlsLayer:
     def _send(self) -> bool:
         """Encrypt queued plaintext, a record at a time, while the inner flow takes it; then
         our close_notify once the outer flow's EOF is due."""
-        outer, inner, sslobj = self._outer, self._inner, self._ssl
+        outer, inner = self._outer, self._inner
         moved = False
-        while outer.queued and inner.write_ready:
-            try:
-                sent = sslobj.write(self._plaintext_record())
-            except ssl.SSLWantReadError:
-                return moved  # a renegotiation needs the peer's answer first
-            except ssl.SSLError as exc:
-                self._fail(exc)
-                return True
-            outer.sent(sent)
-            self._flush()
-            moved = True
-        if outer.eof_due and not self._unwrapped:
-            self._unwrapped = True
-            try:
-                sslobj.unwrap()
-            except ssl.SSLWantReadError:
-                pass  # our close_notify is queued; the peer's comes when it comes
-            except ssl.SSLError as exc:
-                self._fail(exc)
-                return True
-            outer.eof_sent()
-            moved = True
+        try:
+            while outer.queued and inner.write_ready:
+                outer.sent(self._ssl.write(self._plaintext_record()))
+                self._flush()
+                moved = True
+            if outer.eof_due and not self._unwrapped:
+                self._unwrapped = True
+                self._send_close_notify()
+                outer.eof_sent()
+                moved = True
+        except ssl.SSLWantReadError:
+            pass  # a renegotiation under way needs the peer's answer before the write
+        except ssl.SSLError as exc:
+            self._fail(exc)
+            return True
         return moved
+
+    def _send_close_notify(self) -> None:
+        """``unwrap()`` once: it queues our close_notify and returns only if the peer's is
+        already in; it is never called again to wait for it (reads go on meanwhile)."""
+        with contextlib.suppress(ssl.SSLWantReadError):
+            self._ssl.unwrap()
 
     def _plaintext_record(self) -> Buffer:
         """At most one record of the outer queue, small writes joined into one record."""

@@ -33,7 +33,7 @@ from sansflow import (
     error_message,
 )
 
-# -- helpers shared with test_tls_pair.py ------------------------------------------------------
+# -- helpers shared with test_tls_pair.py ----------------------------------------------------------
 
 CA = trustme.CA()
 SERVER_CERT = CA.issue_cert("localhost")
@@ -114,7 +114,7 @@ def link(client: ssl.SSLContext | None = None, server: ssl.SSLContext | None = N
     )
 
 
-# -- arguments -----------------------------------------------------------------------------
+# -- arguments -------------------------------------------------------------------------------------
 
 
 def test_a_layer_starts_handshaking_and_touches_nothing() -> None:
@@ -230,7 +230,7 @@ def test_an_inner_flow_that_is_not_open_both_ways_is_refused(end: Callable[[Flow
     assert repr(inner) == before
 
 
-# -- the SSLObject facts the layer relies on (research notes 1.2 A), through the layer -------
+# -- the SSLObject facts the layer relies on (research notes 1.2 A), through the layer -------------
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -307,7 +307,7 @@ def test_step_is_idempotent_once_settled() -> None:
         assert not layer.step()
 
 
-# -- inputs the layer does not expect ---------------------------------------------------------
+# -- inputs the layer does not expect --------------------------------------------------------------
 
 
 def test_plaintext_sent_to_a_tls_server_is_a_tls_failure() -> None:
@@ -353,7 +353,7 @@ def test_an_inner_reset_during_the_handshake_fails_the_outer_flow() -> None:
     assert not layer.step()
 
 
-# -- what a renegotiation asks of the layer ----------------------------------------------------
+# -- what a renegotiation asks of the layer --------------------------------------------------------
 
 
 class _WantsPeerOnce(ssl.SSLObject):
@@ -401,7 +401,44 @@ def test_an_ssl_error_without_a_reason_is_named_by_its_text() -> None:
     assert error_message(error) == "TLS failure: Some I/O error occurred"
 
 
-# -- error texts ------------------------------------------------------------------------------
+class _Fails(ssl.SSLObject):
+    """An SSLObject whose ``failing`` method raises, as OpenSSL does on a broken session."""
+
+    failing = ""
+
+    def write(self, data: Any) -> int:
+        self._maybe_fail("write")
+        return super().write(data)
+
+    def unwrap(self) -> None:
+        self._maybe_fail("unwrap")
+        super().unwrap()
+
+    def _maybe_fail(self, method: str) -> None:
+        if _Fails.failing == method:
+            raise ssl.SSLError(1, "[SSL: BAD_LENGTH] bad length (_ssl.c:2427)")
+
+
+@pytest.mark.parametrize("method", ["write", "unwrap"])
+def test_a_failed_send_ends_the_session_and_the_peer_sees_a_cut(method: str) -> None:
+    context = client_context()
+    context.sslobject_class = _Fails
+    _Fails.failing = method
+    pair = link(client=context)
+    pair.settle()
+    pair.client.outer.write(b"data")
+    pair.client.outer.close()
+    pair.settle()
+    error = _error(pair.client)
+    assert error_message(error) == "TLS failure: bad length"
+    assert pair.client.outer.read() == Error(error)
+    # No close_notify: the server's read ends in a truncation, not a clean EOF.
+    assert read_all(pair.server.outer)[1] == Error(_error(pair.server))
+    assert _error(pair.server).kind is ErrorKind.TRUNCATED
+    assert pair.client.inner.send_state is SendState.EOF_SENT
+
+
+# -- error texts -----------------------------------------------------------------------------------
 
 
 def test_tls_error_kinds_and_their_texts() -> None:
