@@ -12,11 +12,11 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any, Protocol, overload
 
-from sansflow import AdapterFlow, ErrorKind, Flow, FlowError, ReceiveState
+from sansflow import AdapterFlow, Buffer, ErrorKind, Flow, FlowError, ReceiveState
 
 __all__ = [
     "IOV_MAX", "READ_SIZE", "RECEIVING", "AdapterFlow", "addresses", "check_connected",
-    "receive_ended", "receive_kept", "set_linger_zero",
+    "receive_ended", "receive_kept", "send_queued", "set_linger_zero",
 ]
 
 # sendmsg refuses more buffers than this (EMSGSIZE); 1024 on Linux.
@@ -43,7 +43,29 @@ def _name_or_none(get: Callable[[], Any]) -> Any:
         return None
 
 
-def set_linger_zero(sock: socket.socket) -> None:
+def send_queued(core: Flow, send: Callable[[list[Buffer]], int]) -> OSError | None:
+    """Hand ``send`` what ``core`` has queued, for as long as the kernel takes all of it;
+    ``core.queued`` then says what is left for later.
+
+    ``send`` is a vectored send that never waits: it returns how many bytes it took, or raises
+    ``BlockingIOError`` when it takes none. Any other ``OSError`` is returned, for the caller
+    to fail the flow with: only it knows what else the failure must stop.
+    """
+    while core.queued:
+        buffers = core.buffers_to_send(IOV_MAX)
+        try:
+            sent = send(buffers)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            return exc
+        core.sent(sent)
+        if core.queued and (len(buffers) < IOV_MAX or sent < sum(map(len, buffers))):
+            return None  # the kernel took a part: its buffer is full, a retry would only fail
+    return None
+
+
+def set_linger_zero(sock: SocketLike) -> None:
     """Make ``close()`` send an RST instead of a FIN (the contract's ``abort``)."""
     # Not a TCP socket (a socketpair, say) or already closed: a plain close will do.
     with contextlib.suppress(OSError):
@@ -51,7 +73,7 @@ def set_linger_zero(sock: socket.socket) -> None:
 
 
 class SocketLike(Protocol):
-    """What ``check_connected`` needs of a socket: ``socket.socket`` and trio's sockets."""
+    """What the helpers here need of a socket: ``socket.socket`` and trio's sockets."""
 
     @property
     def family(self) -> int: ...
@@ -64,6 +86,7 @@ class SocketLike(Protocol):
     def getsockopt(self, level: int, optname: int, /) -> int: ...
     @overload
     def getsockopt(self, level: int, optname: int, buflen: int, /) -> bytes: ...
+    def setsockopt(self, level: int, optname: int, value: bytes, /) -> None: ...
 
 
 # Linux's TCP_INFO (linux/tcp.h): tcpi_state is its first byte. tcpi_delivered (Linux 4.18+)

@@ -51,7 +51,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, cast
 
@@ -60,7 +60,6 @@ from sansflow import (
     LOW_WATER,
     RECEIVE_LIMIT,
     WOULD_WAIT,
-    AsyncAdapterFlow,
     ErrorKind,
     Flow,
     FlowError,
@@ -68,11 +67,9 @@ from sansflow import (
     Ok,
     ReceiveState,
     SendState,
-    Shutdown,
-    WouldWait,
 )
-from sansflow._adapter import check_timeout
-from sansflow._flow import Buffer, buffer_list
+from sansflow._adapter import AsyncDriverFlow, check_timeout
+from sansflow._flow import Buffer
 from sansflow._results import ReadResult, WriteResult
 
 from ._common import (
@@ -510,7 +507,7 @@ def _new_driver(core: Flow, loop: asyncio.AbstractEventLoop,
     return _Driver(core, loop, server)
 
 
-class AsyncioFlow(AsyncAdapterFlow):
+class AsyncioFlow(AsyncDriverFlow):
     """A sansflow flow carried by an asyncio transport (asyncio's own loop or uvloop).
 
     Get one from ``connect``, ``wrap`` or a ``serve`` handler. One task may read while another
@@ -597,99 +594,50 @@ class AsyncioFlow(AsyncAdapterFlow):
             result = core.write(data)
         if result is WOULD_WAIT:
             result = await self._write_slow(lambda: core.write(data))
-            if type(result) is not Ok:
-                return result
-            if driver._direct and core.queued == len(data):
-                # The queue drained while we waited, and the loop had control: this is the
-                # first write of a new burst, handed over now.
-                driver._direct = False
-                driver._update()
-                return result
+            if type(result) is Ok:
+                # If the queue drained while we waited, this is the first write of a new
+                # burst (the loop had control), handed over now.
+                self._queued_more(core.queued == len(data))
+            return result
         # Per write, in a burst: the flush is already pending, nothing more to do.
         if not driver._flush_pending:
             driver._flush_pending = True
             driver._loop.call_soon(driver._flush)
         return result
 
-    async def writev(self, buffers: Iterable[bytes | bytearray | memoryview]) -> WriteResult:
-        """Queue every buffer, in order, or none of them; sent as one vectored write where
-        the transport has one. Same waiting and cancellation rules as ``write``."""
-        if self._writing:
-            self._claim_write()
-        buffers = buffer_list(buffers)  # a one-shot iterator must survive a retry
-        core = self._core
+    # -- the transport primitives of AsyncDriverFlow ------------------------------------
+
+    def _push(self) -> None:
+        self._driver._update()
+
+    def _queued_more(self, idle: bool) -> None:
         driver = self._driver
-        idle = not core.queued
-        result = core.writev(buffers)
-        if result is WOULD_WAIT:
-            retry = buffers
-            result = await self._write_slow(lambda: core.writev(retry))
-            if core.queued:
-                driver._flush_soon()
-            return result
         if idle and driver._direct:
+            # First of a burst, nothing queued ahead of it, the transport taking data.
             driver._direct = False
             driver._update()
-        elif core.queued:
+        elif self._core.queued:
             driver._flush_soon()
-        return result
 
-    async def _write_slow(self, attempt: Callable[[], WriteResult | WouldWait]) -> WriteResult:
-        """Wait until the queue drains, then ``attempt()`` again, until it answers."""
-        self._writing = True
+    async def _wait_room(self) -> None:
         driver = self._driver
+        driver._direct = driver._writable  # this task yields: its burst of writes is over
+        waiter: asyncio.Future[None] = driver._loop.create_future()
+        driver._write_waiter = waiter
         try:
-            while True:
-                driver._direct = driver._writable
-                waiter: asyncio.Future[None] = driver._loop.create_future()
-                driver._write_waiter = waiter
-                await waiter
-                result = attempt()
-                if result is not WOULD_WAIT:
-                    break
+            await waiter
         finally:
-            self._writing = False
             driver._write_waiter = None
-        return result
 
-    async def close(self, timeout: float | None = None) -> None:
-        """The seed's close: flush, send EOF, wait for the peer's EOF, release the transport.
+    async def _wait_flushed(self) -> None:
+        await self._driver._wait_flushed()
 
-        Input that arrives meanwhile stays readable by another task. Idempotent: a second
-        call waits for the same end. When ``timeout`` seconds pass first, the flow is aborted
-        with a ``TIMED_OUT`` error and the connection reset. If the task is cancelled, the
-        flow is aborted and the cancellation propagates. Never raises for an I/O failure.
-        """
-        check_timeout(timeout)
+    async def _wait_closed(self, timeout: float | None) -> bool:
+        return await self._driver._wait_lost(timeout)
+
+    async def _abort(self, error: FlowError | None) -> None:
         driver = self._driver
-        self._core.close()
-        driver._update()
-        try:
-            if await driver._wait_lost(timeout):
-                return
-        except asyncio.CancelledError:
-            driver._abort_now()
-            raise
-        driver._abort_now(FlowError(ErrorKind.TIMED_OUT, detail="close() deadline passed"))
-        await driver._wait_lost()
-
-    async def shutdown(self, how: Shutdown) -> None:
-        """``WRITE``: flush and send EOF, returning once the EOF is handed to the transport
-        (without waiting for the peer). ``READ``: drop buffered and future input; reads answer
-        ``Eof()``. ``BOTH``: both. Never raises for an I/O failure."""
-        core = self._core
-        driver = self._driver
-        core.shutdown(how)
-        driver._update()
-        while core.send_state is _EOF_QUEUED:
-            await driver._wait_flushed()
-
-    async def abort(self) -> None:
-        """Drop the send queue, reset the connection (an RST for TCP) and end the flow with
-        an "aborted" error; waiting readers and writers wake up with it. Returns once the
-        transport is released."""
-        driver = self._driver
-        driver._abort_now()
+        driver._abort_now(error)
         await driver._wait_lost()
 
 

@@ -80,7 +80,7 @@ import select
 import socket
 import sys
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from functools import partial
 from time import monotonic
 from types import TracebackType
@@ -91,9 +91,6 @@ from sansflow import (
     LOW_WATER,
     RECEIVE_LIMIT,
     WOULD_WAIT,
-    BlockingAdapterFlow,
-    BusyError,
-    ErrorKind,
     Flow,
     FlowError,
     FlowState,
@@ -101,21 +98,18 @@ from sansflow import (
     ReadResult,
     ReceiveState,
     SendState,
-    Shutdown,
-    WouldWait,
     WriteResult,
 )
-from sansflow._adapter import check_timeout
-from sansflow._flow import buffer_list
+from sansflow._adapter import BlockingDriverFlow, check_timeout
 
 from ._common import (
-    IOV_MAX,
     READ_SIZE,
     RECEIVING,
     addresses,
     check_connected,
     receive_ended,
     receive_kept,
+    send_queued,
     set_linger_zero,
 )
 from ._connect import (
@@ -178,7 +172,7 @@ def _passed(deadline: float | None) -> bool:
     return deadline is not None and monotonic() >= deadline
 
 
-class SocketFlow(BlockingAdapterFlow):
+class SocketFlow(BlockingDriverFlow):
     """A flow over a connected, blocking stream socket. Create one with ``connect``,
     ``connect_unix`` or ``wrap``.
 
@@ -204,6 +198,7 @@ class SocketFlow(BlockingAdapterFlow):
         "_waiters",
     )
     _core: Flow  # the core this flow drives (AdapterFlow only reads its state)
+    _lock: threading.Lock
 
     def __init__(self, sock: socket.socket, core: Flow) -> None:
         super().__init__(core, **addresses(sock))
@@ -233,7 +228,7 @@ class SocketFlow(BlockingAdapterFlow):
         lock.acquire()
         try:
             if self._reading:
-                raise BusyError("another thread is already reading this flow")
+                self._claim_read()  # raises BusyError
             self._answering = True
             core = self._core
             result = core.read(max_bytes)
@@ -271,7 +266,7 @@ class SocketFlow(BlockingAdapterFlow):
         lock.acquire()
         try:
             if self._writing:
-                raise BusyError("another thread is already writing to this flow")
+                self._claim_write()  # raises BusyError
             core = self._core
             if (type(data) is bytes and (self._answering or len(data) >= self._flush_at)
                     and not core.queued and core.send_state is _SEND_OPEN):
@@ -292,30 +287,11 @@ class SocketFlow(BlockingAdapterFlow):
                     return _OK
                 data = memoryview(data)[sent:]
             result = core.write(data)
-            if type(result) is Ok:
-                if not self._scheduled or self._answering or core.queued >= self._flush_at:
-                    self._queued_more()
-            elif result is WOULD_WAIT:
-                return self._write_waiting(lambda: core.write(data))
-            return result
-        finally:
-            lock.release()
-
-    def writev(self, buffers: Iterable[BytesLike]) -> WriteResult:
-        """Queue every buffer, in order, or none of them (same rules as ``write``); they are
-        sent with one vectored ``sendmsg`` where the kernel takes them at once."""
-        buffers = buffer_list(buffers)  # a generator must survive a retry after waiting
-        lock = self._lock
-        lock.acquire()
-        try:
-            if self._writing:
-                raise BusyError("another thread is already writing to this flow")
-            core = self._core
-            result = core.writev(buffers)
-            if type(result) is Ok:
-                self._queued_more()
-            elif result is WOULD_WAIT:
-                return self._write_waiting(lambda: core.writev(buffers))
+            if result is WOULD_WAIT:
+                result = self._write_slow(lambda: core.write(data))
+            if type(result) is Ok and (not self._scheduled or self._answering
+                                       or core.queued >= self._flush_at):
+                self._queued_more(False)
             return result
         finally:
             lock.release()
@@ -326,53 +302,35 @@ class SocketFlow(BlockingAdapterFlow):
         with self._lock:
             self._send_until(self._flushed, None)
 
-    def close(self, timeout: float | None = None) -> None:
-        """The seed's close: flush, send EOF, wait for the peer's EOF, release the socket.
+    # -- the primitives of BlockingDriverFlow (close, shutdown, writev; lock held) -----------
 
-        Input that arrives meanwhile is buffered and stays readable by another thread; while
-        the receive buffer is at its limit nothing more is read, so ``close`` waits for a
-        reader. After ``timeout`` seconds (``None``: no limit) the flow is aborted with
-        ``ErrorKind.TIMED_OUT`` and ``close`` returns. An exception that interrupts it (such
-        as ``KeyboardInterrupt``) aborts the flow, then propagates. Idempotent: a second call
-        waits for the same end, or returns at once when CLOSED. Never raises for an I/O
-        failure.
-        """
-        deadline = _deadline(timeout)
-        with self._lock:
-            core = self._core
-            core.close()
-            try:
-                while core.state is not _CLOSED:
-                    if core.queued or core.eof_due:
-                        self._send_until(self._flushed, deadline)
-                    elif self._wants_input() and not self._receiving:
-                        self._receive(deadline)
-                    else:
-                        self._wait(deadline)  # for a reader to make room, or for its input
-                    if _passed(deadline):
-                        self._abort(
-                            FlowError(ErrorKind.TIMED_OUT, detail="close() deadline passed"))
-            except BaseException:
-                self._abort(None)  # interrupted (Ctrl-C, say): never leave the socket open
-                raise
-            self._release_if_closed()
+    def _push(self) -> None:
+        self._notify()  # a reader waiting for close()'s input returns Eof() after shutdown(READ)
 
-    def shutdown(self, how: Shutdown) -> None:
-        """``WRITE``: flush, send EOF, return without waiting for the peer. ``READ``: discard
-        buffered and later input; reads return ``Eof()``. ``BOTH``: both. Idempotent; never
-        raises for an I/O failure."""
-        with self._lock:
-            self._core.shutdown(how)
-            self._notify()  # a reader waiting for close()'s input returns Eof() now
-            if how is not Shutdown.READ:
-                self._send_until(self._flushed, None)
-            self._release_if_closed()
+    def _wait_room(self) -> None:
+        self._send_until(self._writable, None)
 
-    def abort(self) -> None:
-        """Drop the queue and reset the connection (an RST for TCP); waiting readers and
-        writers wake with the ``Error`` (``ErrorKind.ABORTED``). Nothing happens once CLOSED."""
-        with self._lock:
-            self._abort(None)
+    def _wait_flushed(self) -> None:
+        self._send_until(self._flushed, None)
+
+    def _wait_closed(self, timeout: float | None) -> bool:
+        """Flush and send EOF, then receive until the peer's EOF (another thread may read what
+        arrives; with the receive buffer full and nobody reading, wait for a reader)."""
+        deadline = None if timeout is None else monotonic() + timeout
+        core = self._core
+        while core.state is not _CLOSED:
+            if core.queued or core.eof_due:
+                self._send_until(self._flushed, deadline)
+            elif self._wants_input() and not self._receiving:
+                self._receive(deadline)
+            else:
+                self._wait(deadline)  # for a reader to make room, or for its input
+            if _passed(deadline):
+                return core.state is _CLOSED
+        return True
+
+    def _settle(self) -> None:
+        self._release_if_closed()
 
     # -- receiving (lock held) ----------------------------------------------------------------
 
@@ -426,7 +384,7 @@ class SocketFlow(BlockingAdapterFlow):
 
     # -- sending (lock held) ------------------------------------------------------------------
 
-    def _queued_more(self) -> None:
+    def _queued_more(self, idle: bool) -> None:
         """After a write queued data: send now, or put the flow on the flusher's schedule."""
         core = self._core
         if self._answering or core.queued >= self._flush_at:
@@ -439,19 +397,12 @@ class SocketFlow(BlockingAdapterFlow):
         """Hand the kernel what it takes now, then our EOF if it is due; never waits."""
         core = self._core
         sock = self._sock
-        while core.queued:
+        if core.queued:
             assert sock is not None  # data is queued only while the flow is not CLOSED
-            buffers = core.buffers_to_send(IOV_MAX)
-            try:
-                sent = sock.sendmsg(buffers, (), _SEND_FLAGS)
-            except BlockingIOError:
+            failure = send_queued(core, lambda buffers: sock.sendmsg(buffers, (), _SEND_FLAGS))
+            if failure is not None:
+                self._fail(failure)
                 return
-            except OSError as exc:
-                self._fail(exc)
-                return
-            core.sent(sent)
-            if core.queued and len(buffers) < IOV_MAX:
-                return  # the kernel took a part: its buffer is full
         if core.eof_due:
             assert sock is not None  # EOF is due only while the flow is not CLOSED
             try:
@@ -461,20 +412,6 @@ class SocketFlow(BlockingAdapterFlow):
                 return
             core.eof_sent()
             self._release_if_closed()
-
-    def _write_waiting(self, attempt: Callable[[], WriteResult | WouldWait]) -> WriteResult:
-        """The queue is past the high-water mark: send, waiting for room, then queue."""
-        self._writing = True
-        try:
-            while True:
-                self._send_until(self._writable, None)
-                result = attempt()
-                if type(result) is Ok:
-                    self._queued_more()
-                if result is not WOULD_WAIT:
-                    return result
-        finally:
-            self._writing = False
 
     def _flushed(self) -> bool:
         core = self._core

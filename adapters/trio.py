@@ -78,8 +78,7 @@ from __future__ import annotations
 import math
 import os as _os
 import socket as _stdlib_socket
-import struct
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, suppress
 from functools import partial
 from types import TracebackType
@@ -93,7 +92,6 @@ from sansflow import (
     LOW_WATER,
     RECEIVE_LIMIT,
     WOULD_WAIT,
-    AsyncAdapterFlow,
     Eof,
     Error,
     ErrorKind,
@@ -104,12 +102,11 @@ from sansflow import (
     ReadResult,
     SendState,
     Shutdown,
-    WouldWait,
     WriteResult,
     error_message,
 )
-from sansflow._adapter import check_timeout
-from sansflow._flow import buffer_list
+from sansflow._adapter import AsyncDriverFlow, check_timeout
+from sansflow._flow import Buffer
 
 from ._common import (
     IOV_MAX,
@@ -119,6 +116,8 @@ from ._common import (
     check_connected,
     receive_ended,
     receive_kept,
+    send_queued,
+    set_linger_zero,
 )
 from ._connect import (
     BACKLOG,
@@ -164,7 +163,7 @@ _wait_readable = trio.lowlevel.wait_readable
 _os_writev: Any = getattr(_os, "writev", None)
 
 
-class TrioFlow(AsyncAdapterFlow):
+class TrioFlow(AsyncDriverFlow):
     """A flow over a trio stream. Every method is async; ``async with flow:`` closes it (aborts
     it on an exception) and ``async for data in flow`` reads it until ``Eof``.
 
@@ -260,121 +259,70 @@ class TrioFlow(AsyncAdapterFlow):
         core = self._core
         result = core.write(data)
         if result is WOULD_WAIT:
-            return await self._write_slow(lambda: core.write(data))
-        if type(result) is Ok:
-            self._queued_more()
-        else:
+            result = await self._write_slow(lambda: core.write(data))
+        elif type(result) is not Ok:
             await _cancel_shielded_checkpoint()  # a loop on Eof or Error still lets others run
-        return result
-
-    async def writev(self, buffers: Iterable[bytes | bytearray | memoryview]) -> WriteResult:
-        """Like ``write`` for several buffers: all or none queued, in order, and sent as one
-        vectored call on a socket, joined for other streams."""
-        if self._writing:
-            self._claim_write()
-        await _checkpoint_if_cancelled()
-        buffers = buffer_list(buffers)  # a retry after waiting needs them again
-        core = self._core
-        result = core.writev(buffers)
-        if result is WOULD_WAIT:
-            retry = buffers
-            return await self._write_slow(lambda: core.writev(retry))
+            return result
         if type(result) is Ok:
-            self._queued_more()
-        else:
-            await _cancel_shielded_checkpoint()
+            self._queued_more(False)
         return result
-
-    async def _write_slow(self, attempt: Callable[[], WriteResult | WouldWait]) -> WriteResult:
-        """The queue is full: send what the transport takes now, and wait for the sender to
-        make room only if that was not enough."""
-        self._writing = True
-        waited = False
-        try:
-            while True:
-                self._kick()  # may make room right here
-                result = attempt()
-                if result is not WOULD_WAIT:
-                    break
-                await self._wait_for_room()
-                waited = True
-            if not waited:
-                # Room without waiting: still a scheduling point, as the wait would have been.
-                await _cancel_shielded_checkpoint()
-        finally:
-            self._writing = False
-        if type(result) is Ok:
-            self._corked = False
-            self._queued_more()
-        return result
-
-    async def close(self, timeout: float | None = None) -> None:
-        """The seed's close: flush, send EOF, wait for the peer's EOF, then release the stream.
-
-        Input that arrives meanwhile stays readable (by another task, or after ``close``).
-        Idempotent: a concurrent call waits for the same end; on a CLOSED flow it returns at
-        once. After ``timeout`` seconds the flow is aborted (``ErrorKind.TIMED_OUT``) and
-        ``close`` returns. If ``close`` is cancelled, the flow is aborted first (the stream is
-        never left open), then ``trio.Cancelled`` propagates.
-        """
-        check_timeout(timeout)
-        core = self._core
-        if core.state is not _CLOSED:
-            core.close()
-            self._wake()  # a writer waiting for room now gets Eof
-            self._kick()  # often the EOF goes out here, and the peer's had arrived already
-            try:
-                if timeout is None:
-                    await self._wait_closed()
-                else:
-                    with trio.move_on_after(timeout):
-                        await self._wait_closed()
-            except BaseException:
-                await self._abort(None)
-                raise
-            if core.state is not _CLOSED:  # the deadline passed
-                await self._abort(FlowError(ErrorKind.TIMED_OUT, detail="close() deadline passed"))
-        await self._release(graceful=core.error is None)
-        await trio.lowlevel.checkpoint()
-
-    async def shutdown(self, how: Shutdown) -> None:
-        """``WRITE``: flush, send EOF, return without waiting for the peer. ``READ``: drop
-        buffered and future input; reads answer ``Eof()``. ``BOTH``: both. Idempotent.
-
-        Cancelling a ``WRITE`` stops only the wait: the EOF stays queued behind the data and
-        is still sent. A read already waiting on the stream when ``READ`` is applied returns
-        ``Eof()`` when the next chunk (discarded) or the peer's EOF arrives: trio cannot
-        interrupt a receive without a cancel scope around every receive, a cost every read
-        would pay. Input that nobody reads stays in the kernel until ``close()`` drains it.
-        """
-        await _checkpoint_if_cancelled()
-        core = self._core
-        core.shutdown(how)
-        self._wake()
-        if how is not Shutdown.READ:
-            while core.send_state is _EOF_QUEUED:
-                self._kick()
-                if core.send_state is not _EOF_QUEUED:
-                    break
-                await self._park()
-        if core.state is _CLOSED:
-            await self._release(graceful=core.error is None)
-        await _cancel_shielded_checkpoint()
 
     async def abort(self) -> None:
         """Drop the queue, reset the connection and end the flow with ``ErrorKind.ABORTED``.
 
         On a socket, an RST (``SO_LINGER`` 0, then close); on other streams,
         ``trio.aclose_forcefully``. Waiting readers and writers wake with the error, and the
-        sender stops. Nothing happens to a flow that is already CLOSED. The flow is aborted
-        even if this is cancelled.
+        sender stops. Nothing happens to a flow that is already CLOSED. A trio checkpoint:
+        the flow is aborted even if this is cancelled.
         """
         await self._abort(None)
         await trio.lowlevel.checkpoint()
 
+    # -- the primitives of AsyncDriverFlow (close, shutdown, writev) -------------------------
+
+    def _push(self) -> None:
+        self._wake()  # a writer waiting for room now gets Eof
+        self._kick()  # often the EOF goes out here, and the peer's had arrived already
+
+    async def _wait_room(self) -> None:
+        self._kick()  # may make room right here
+        if self._core.write_ready:
+            # Room without waiting: still a scheduling point, as the wait would have been.
+            await _cancel_shielded_checkpoint()
+        else:
+            await self._wait_for_room()
+        self._corked = False  # the writer let others run: its burst is over
+
+    async def _wait_flushed(self) -> None:
+        self._kick()
+        if self._core.send_state is _EOF_QUEUED:
+            await self._park()
+
+    async def _wait_closed(self, timeout: float | None) -> bool:
+        if timeout is None:
+            await self._closing()
+        else:
+            with trio.move_on_after(timeout):
+                await self._closing()
+        core = self._core
+        if core.state is not _CLOSED:
+            return False
+        await self._release(graceful=core.error is None)
+        await trio.lowlevel.checkpoint()
+        return True
+
+    async def _cancel_point(self) -> None:
+        await _checkpoint_if_cancelled()
+
+    async def _settle(self) -> None:
+        core = self._core
+        if core.state is _CLOSED:
+            await self._release(graceful=core.error is None)
+        await _cancel_shielded_checkpoint()
+
     # -- sending ---------------------------------------------------------------------------
 
-    def _queued_more(self) -> None:
+    def _queued_more(self, idle: bool) -> None:
         """A write queued data. The first since the flow's tasks last let others run is sent
         at once where that cannot block (a request, an answer, a lone message: no added
         latency); the rest are left to the sender, which sends whatever is queued by the time
@@ -409,30 +357,23 @@ class TrioFlow(AsyncAdapterFlow):
         """Send what the socket takes without waiting (sync sends only); ``True`` once
         nothing is left queued. A transport error ends the flow here."""
         core = self._core
-        sock = self._socket
-        assert sock is not None
-        while core.queued and not self._released:
-            buffers = core.buffers_to_send(IOV_MAX)
-            offered = core.queued if len(buffers) < IOV_MAX else sum(map(len, buffers))
-            try:
-                # fileno() is -1 once the socket is closed: never write to a reused number.
-                if len(buffers) == 1:
-                    sent = _os_write(sock.fileno(), buffers[0])
-                else:
-                    sent = _os_writev(sock.fileno(), buffers)
-            except BlockingIOError:
-                return False
-            except OSError as exc:
-                self._fail_now(exc)
+        if not self._released:
+            failure = send_queued(core, self._send_without_waiting)
+            if failure is not None:
+                self._fail_now(failure)
                 return True
-            core.sent(sent)
             if self._write_waiter is not None and core.write_ready:
                 self._wake_writer()
-            if sent < offered:
-                return False  # the socket is full: trying again now would only fail
+        if core.queued:
+            return False
         if self._parked:
             self._lot.unpark_all()  # a FlowStream waiting for the queue to drain
         return True
+
+    def _send_without_waiting(self, buffers: list[Buffer]) -> int:
+        # fileno() is -1 once the socket is closed: never write to a reused number.
+        fd = self._socket.fileno()  # type: ignore[union-attr]  # sync sends have a socket
+        return _os_write(fd, buffers[0]) if len(buffers) == 1 else _os_writev(fd, buffers)
 
     def _start_sender(self) -> None:
         if not self._released:
@@ -650,7 +591,7 @@ class TrioFlow(AsyncAdapterFlow):
             except BlockingIOError:
                 pass
 
-    async def _wait_closed(self) -> None:
+    async def _closing(self) -> None:
         """close()'s wait: flush and send EOF (or let the sender do it) while receiving until
         the peer's EOF (unless a reader receives, or the application must read first)."""
         core = self._core
@@ -760,9 +701,7 @@ class TrioFlow(AsyncAdapterFlow):
         if sock is None:
             await self._release(graceful=False)
             return
-        with suppress(OSError):  # not TCP (a Unix socket): a plain close will do
-            sock.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_LINGER,
-                            struct.pack("ii", 1, 0))
+        set_linger_zero(sock)
         self._close_socket()
 
     def _close_socket(self) -> None:

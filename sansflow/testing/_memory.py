@@ -7,15 +7,13 @@ waking whoever waits. Nothing runs in the background, so nothing needs shutting 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import anyio
 
-from .._adapter import AsyncAdapterFlow, check_timeout
-from .._errors import ErrorKind, FlowError
-from .._flow import HIGH_WATER, LOW_WATER, RECEIVE_LIMIT, Flow, buffer_list
+from .._adapter import AsyncDriverFlow
+from .._errors import FlowError
+from .._flow import HIGH_WATER, LOW_WATER, RECEIVE_LIMIT, Flow
 from .._results import WOULD_WAIT, ReadResult, WriteResult
-from .._state import FlowState, Shutdown
+from .._state import FlowState
 from ._pair import FlowPair
 
 __all__ = ["MemoryFlow", "memory_flow_pair"]
@@ -42,11 +40,12 @@ class _Link:
         await self._changed.wait()
 
 
-class MemoryFlow(AsyncAdapterFlow):
+class MemoryFlow(AsyncDriverFlow):
     """One end of ``memory_flow_pair``, with the async adapter API.
 
     One reader and one writer at a time; a second concurrent reader (or writer) gets
-    ``BusyError`` before anything else happens.
+    ``BusyError`` before anything else happens. ``close``, ``shutdown`` and ``writev`` are
+    ``AsyncDriverFlow``'s; the primitives below are the whole transport.
     """
 
     __slots__ = ("_link",)
@@ -71,56 +70,41 @@ class MemoryFlow(AsyncAdapterFlow):
 
     async def write(self, data: _BytesLike) -> WriteResult:
         """Queue ``data`` (all of it, or none if cancelled), waiting below high water."""
-        self._claim_write()
-        try:
-            while (result := self._core.write(data)) is WOULD_WAIT:
-                await self._link.changed()
-            self._link.pump()
-            return result
-        finally:
-            self._writing = False
-
-    async def writev(self, buffers: Iterable[_BytesLike]) -> WriteResult:
-        """Queue every buffer in order, or none of them."""
-        self._claim_write()
-        try:
-            items = buffer_list(buffers)  # a generator must survive a wait
-            while (result := self._core.writev(items)) is WOULD_WAIT:
-                await self._link.changed()
-            self._link.pump()
-            return result
-        finally:
-            self._writing = False
-
-    async def close(self, timeout: float | None = None) -> None:
-        """Flush, send EOF, wait for the peer's EOF; abort at the deadline or if cancelled."""
-        check_timeout(timeout)
-        self._core.close()
+        if self._writing:
+            self._claim_write()
+        core = self._core
+        result = core.write(data)
+        if result is WOULD_WAIT:
+            result = await self._write_slow(lambda: core.write(data))
         self._link.pump()
-        try:
-            with anyio.move_on_after(timeout):
-                while self._core.state is not FlowState.CLOSED:
-                    await self._link.changed()
-        except anyio.get_cancelled_exc_class():
-            self._abort(None)
-            raise
-        if self._core.state is not FlowState.CLOSED:
-            self._abort(FlowError(ErrorKind.TIMED_OUT, detail="close() deadline passed"))
+        return result
 
-    async def shutdown(self, how: Shutdown) -> None:
-        """``WRITE``: EOF follows the queued data. ``READ``: input is dropped. ``BOTH``."""
-        self._core.shutdown(how)
+    # -- the transport: FlowPair's wire --------------------------------------------------
+
+    def _push(self) -> None:
         self._link.pump()
-        await anyio.lowlevel.checkpoint()
 
-    async def abort(self) -> None:
-        """Drop the queue and reset the connection; waiting tasks wake with the error."""
-        self._abort(None)
-        await anyio.lowlevel.checkpoint()
+    def _queued_more(self, idle: bool) -> None:
+        self._link.pump()
 
-    def _abort(self, error: FlowError | None) -> None:
+    async def _wait_room(self) -> None:
+        await self._link.changed()
+
+    async def _wait_flushed(self) -> None:
+        await self._link.changed()
+
+    async def _wait_closed(self, timeout: float | None) -> bool:
+        with anyio.move_on_after(timeout):
+            while self._core.state is not FlowState.CLOSED:
+                await self._link.changed()
+        return self._core.state is FlowState.CLOSED
+
+    async def _abort(self, error: FlowError | None) -> None:
         self._core.abort(error)
         self._link.pump()  # the wire turns a local abort into the peer's reset
+
+    async def _settle(self) -> None:
+        await anyio.lowlevel.checkpoint()
 
 
 async def memory_flow_pair(*, high_water: int = HIGH_WATER, low_water: int = LOW_WATER,

@@ -182,7 +182,7 @@ class AbortsWithWrongKindAtDeadline(MemoryFlow):
     async def close(self, timeout: float | None = None) -> None:
         with anyio.move_on_after(timeout):
             await super().close()
-        self._abort(None)
+        await self._abort(None)
 
 
 class DoesNotAbortCancelledClose(MemoryFlow):
