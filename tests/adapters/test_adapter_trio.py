@@ -43,6 +43,7 @@ from sansflow import (
     Shutdown,
     error_message,
 )
+from sansflow.adapters import _trio_flow as trio_flow
 from sansflow.adapters import trio as sf
 from sansflow.testing.conformance import AsyncFlowLike, check_flow_pair
 
@@ -174,7 +175,7 @@ class SendLog:
         assert isinstance(stream, trio.SocketStream)
         self.fd = stream.socket.fileno()
         self.sends: list[tuple[str, int, int, int]] = []
-        write, writev = cast(Any, sf)._os_write, cast(Any, sf)._os_writev
+        write, writev = trio_flow._os_write, trio_flow._os_writev
 
         def logged_write(fd: int, data: Any) -> int:
             taken = int(write(fd, data))
@@ -188,8 +189,8 @@ class SendLog:
                 self.sends.append(("writev", len(buffers), sum(len(b) for b in buffers), taken))
             return taken
 
-        monkeypatch.setattr(sf, "_os_write", logged_write)
-        monkeypatch.setattr(sf, "_os_writev", logged_writev)
+        monkeypatch.setattr(trio_flow, "_os_write", logged_write)
+        monkeypatch.setattr(trio_flow, "_os_writev", logged_writev)
 
 
 needs_sync_sends = pytest.mark.skipif(not hasattr(os, "writev"),
@@ -199,7 +200,7 @@ needs_sync_sends = pytest.mark.skipif(not hasattr(os, "writev"),
 @pytest.fixture
 def without_sync_sends(monkeypatch: pytest.MonkeyPatch) -> None:
     """Flows made from now on send through the trio socket, as where there is no writev."""
-    monkeypatch.setattr(sf, "_HAVE_WRITEV", False)
+    monkeypatch.setattr(trio_flow, "_HAVE_WRITEV", False)
 
 
 # -- round trips and half-close -----------------------------------------------------------
@@ -633,7 +634,7 @@ def test_our_eof_failing_on_a_reset_connection_ends_the_flow(
     are read first; through the trio socket (no writev: Windows) they cannot be taken
     without waiting, and are lost with the socket."""
     if not sync:
-        monkeypatch.setattr(sf, "_HAVE_WRITEV", False)
+        monkeypatch.setattr(trio_flow, "_HAVE_WRITEV", False)
 
     async def main() -> None:
         ours, theirs = tcp_sockets()
@@ -661,7 +662,7 @@ def test_a_send_failing_while_a_receive_lets_others_run_loses_nothing(
         peer_sends_then_resets(theirs, data, flow.stream.socket.fileno())  # type: ignore[attr-defined]
         receiving = trio.Event()
         written: list[object] = []
-        checkpoint = sf._cancel_shielded_checkpoint
+        checkpoint = trio_flow._cancel_shielded_checkpoint
 
         async def others_run_here() -> None:
             """At the receive's checkpoint, the writer runs its whole write."""
@@ -674,7 +675,7 @@ def test_a_send_failing_while_a_receive_lets_others_run_loses_nothing(
             await receiving.wait()
             written.append(await flow.write(b"x"))
 
-        monkeypatch.setattr(sf, "_cancel_shielded_checkpoint", others_run_here)
+        monkeypatch.setattr(trio_flow, "_cancel_shielded_checkpoint", others_run_here)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(writer)
             await trio.testing.wait_all_tasks_blocked()  # the writer waits for the receive
