@@ -51,6 +51,7 @@ from sansflow import (
     Shutdown,
     error_message,
 )
+from sansflow.adapters import _socket_flow as socket_flow
 from sansflow.adapters import socket as sf
 from sansflow.adapters._common import READ_SIZE
 from sansflow.adapters._connect import BACKLOG
@@ -713,7 +714,7 @@ def test_two_writers_the_second_gets_busy_error_and_queues_nothing() -> None:
 
 def test_ping_pong_with_small_writes_does_not_deadlock(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sf, "FLUSH_DELAY", 60.0)  # each message goes out with read()'s send
+    monkeypatch.setattr(socket_flow, "FLUSH_DELAY", 60.0)  # each message goes out with read()'s send
     with flow_pair() as (a, b):
         rounds = 2000
 
@@ -771,7 +772,7 @@ def test_request_response_with_a_separate_reader_thread() -> None:
 def test_a_write_left_queued_is_delivered_while_the_writer_sleeps(
         monkeypatch: pytest.MonkeyPatch) -> None:
     delay = 0.5
-    monkeypatch.setattr(sf, "FLUSH_DELAY", delay)
+    monkeypatch.setattr(socket_flow, "FLUSH_DELAY", delay)
     with flow_pair() as (a, b):
         written = time.monotonic()
         assert a.write(b"x") == Ok(None)  # not a reply: waits for company
@@ -786,7 +787,7 @@ def test_a_write_left_queued_is_delivered_while_the_writer_sleeps(
 
 def test_a_write_answering_a_read_goes_out_at_once_others_wait_for_company(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sf, "FLUSH_DELAY", 60.0)  # the flusher stays out of the way
+    monkeypatch.setattr(socket_flow, "FLUSH_DELAY", 60.0)  # the flusher stays out of the way
     with flow_pair() as (a, b):
         for piece in (b"bu", b"rs", b"t"):  # no read since the last write: coalesced
             assert a.write(piece) == Ok(None)
@@ -807,7 +808,7 @@ def test_a_write_answering_a_read_goes_out_at_once_others_wait_for_company(
 
 
 def test_read_sends_what_is_queued_before_it_waits(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sf, "FLUSH_DELAY", 60.0)  # only read() can send the coalesced writes
+    monkeypatch.setattr(socket_flow, "FLUSH_DELAY", 60.0)  # only read() can send the coalesced writes
     with flow_pair() as (a, b):
         assert a.write(b"question") == Ok(None)
         a.flush()
@@ -857,7 +858,7 @@ def test_a_large_write_the_kernel_takes_in_part_is_resumed_at_the_exact_byte() -
 
 def test_the_flusher_does_not_wait_for_a_busy_flow_and_comes_back(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sf, "FLUSH_DELAY", 60.0)  # the test plays the flusher's visits
+    monkeypatch.setattr(socket_flow, "FLUSH_DELAY", 60.0)  # the test plays the flusher's visits
     with flow_pair() as (a, b):
         assert a.write(b"late") == Ok(None)  # no read before it: queued for the flusher
         with a._lock:  # as a thread busy with the flow holds it
