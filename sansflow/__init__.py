@@ -5,7 +5,13 @@ The core is ``Flow``; ``sansflow.adapters`` carries it over asyncio, trio and bl
 and ``sansflow.testing`` joins two flows in memory for tests.
 """
 
-from ._adapter import AdapterFlow, AsyncAdapterFlow, BlockingAdapterFlow
+from ._adapter import (
+    AdapterFlow,
+    AsyncAdapterFlow,
+    AsyncDriverFlow,
+    BlockingAdapterFlow,
+    BlockingDriverFlow,
+)
 from ._api import AsyncFlow, BlockingFlow, BrokenFlowError, FlowView
 from ._errors import BusyError, ErrorKind, FlowError, FlowUsageError, error_message
 from ._flow import HIGH_WATER, LOW_WATER, RECEIVE_LIMIT, Buffer, Flow
@@ -21,8 +27,10 @@ __all__ = [
     "WOULD_WAIT",
     "AdapterFlow",
     "AsyncAdapterFlow",
+    "AsyncDriverFlow",
     "AsyncFlow",
     "BlockingAdapterFlow",
+    "BlockingDriverFlow",
     "BlockingFlow",
     "BrokenFlowError",
     "Buffer",

@@ -28,8 +28,9 @@ _Self = TypeVar("_Self")
 class AdapterFlow:
     """The base of an adapter's flow: the core, a read-only view of its state, the busy flags.
 
-    Subclass it to write an adapter: add ``read``/``write``/``writev``/``close``/``shutdown``/
-    ``abort`` that drive ``self._core`` and wait in the adapter's own way. The core stays
+    Adapters subclass ``AsyncDriverFlow`` or ``BlockingDriverFlow``, which add the shared
+    policy over a few transport primitives; a subclass of this class alone writes ``read``,
+    ``write``, ``writev``, ``close``, ``shutdown`` and ``abort`` itself. The core stays
     private, so that no caller writes to it behind the adapter's back; a subclass that drives
     it declares ``_core: Flow``.
 

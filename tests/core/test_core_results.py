@@ -221,10 +221,12 @@ def test_usage_errors() -> None:
 def test_public_surface() -> None:
     assert set(sansflow.__all__) == {
         "HIGH_WATER", "LOW_WATER", "RECEIVE_LIMIT", "WOULD_WAIT", "AdapterFlow",
-        "AsyncAdapterFlow", "AsyncFlow", "BlockingAdapterFlow",
-        "BlockingFlow", "BrokenFlowError", "Buffer", "BusyError", "Eof", "Error", "ErrorKind",
-        "Flow", "FlowError", "FlowState", "FlowUsageError", "FlowView", "Ok", "ReadResult",
-        "ReceiveState", "SendState", "Shutdown", "WouldWait", "WriteResult", "error_message",
+        "AsyncAdapterFlow", "AsyncDriverFlow", "AsyncFlow", "BlockingAdapterFlow",
+        "BlockingDriverFlow", "BlockingFlow", "BrokenFlowError", "Buffer", "BusyError",
+        "CopyStats", "Eof", "Error", "ErrorKind", "Flow", "FlowError", "FlowState",
+        "FlowUsageError", "FlowView", "Ok", "ProxyRelay", "ProxyResult", "ReadResult", "Relay",
+        "RelayStep", "ReceiveState", "SendState", "Shutdown", "TlsInfo", "TlsLayer",
+        "WouldWait", "WriteResult", "error_message",
     }
     for name in sansflow.__all__:
         assert getattr(sansflow, name) is not None
