@@ -13,6 +13,7 @@ from typing import ClassVar, Generic, Protocol, TypeVar
 
 from sansflow import AsyncAdapterFlow, BlockingAdapterFlow, Flow, FlowState
 
+from ._common import SocketLike
 from ._connect import UnixPath, remove_socket_file, socket_file_inode
 
 __all__ = [
@@ -86,12 +87,13 @@ def run_blocking_handler(handler: Callable[[BlockingFlowT], object], flow: Block
 class ServerBase(Generic[HandlerT]):
     """The transport-free part of every adapter's ``Server``.
 
-    The subclass says when ``port`` answers (``_answers_port``) and with which port
-    (``_listening_port``), and calls ``_bound`` once its socket is bound and ``_unbound``
-    once it is closed, so that an AF_UNIX server removes the socket file it made and no other.
+    The subclass calls ``_bound`` with its first listening socket once it listens, and
+    ``_unbound`` once its sockets are closed, so that ``port`` answers from then on (also
+    after the server stopped: where it listened) and an AF_UNIX server removes the socket file
+    it made and no other.
     """
 
-    __slots__ = ("_handler", "_options", "_path", "_unix_inode")
+    __slots__ = ("_handler", "_listened", "_options", "_path", "_port", "_unix_inode")
 
     _NOT_LISTENING: ClassVar[str] = (
         "the server is not listening; use it as `async with serve(...)`")
@@ -101,39 +103,36 @@ class ServerBase(Generic[HandlerT]):
         self._handler = handler
         self._options = options
         self._path = path
+        self._listened = False
+        self._port = 0
         self._unix_inode: int | None = None  # the socket file we made, to remove on exit
 
     @property
     def port(self) -> int:
         """The bound port (useful after asking for port 0), the same on every listening
-        socket."""
-        if not self._answers_port():
+        socket; once the server stopped, the port it listened on."""
+        if not self._listened:
             raise RuntimeError(self._NOT_LISTENING)
         if self._path is not None:
             raise RuntimeError("a serve_unix() server has a path, not a port")
-        return self._listening_port()
+        return self._port
 
     @property
     def path(self) -> UnixPath | None:
         """The AF_UNIX path of a ``serve_unix`` server; ``None`` for TCP."""
         return self._path
 
-    def _answers_port(self) -> bool:
-        """Whether ``port`` answers (a port, or that a ``serve_unix`` server has none) rather
-        than saying that the server is not listening."""
-        raise NotImplementedError
-
-    def _listening_port(self) -> int:
-        """The port of the first listening socket, once ``_answers_port`` for a TCP server."""
-        raise NotImplementedError
-
     def _new_core(self) -> Flow:
         """The core of an accepted connection's flow."""
         return Flow(**self._options)
 
-    def _bound(self) -> None:
-        """Once listening: remember the socket file made at an AF_UNIX path."""
-        if self._path is not None:
+    def _bound(self, first: SocketLike) -> None:
+        """Once listening on ``first`` (and maybe more sockets, on the same port): note the
+        port, or the socket file made at an AF_UNIX path."""
+        self._listened = True
+        if self._path is None:
+            self._port = int(first.getsockname()[1])
+        else:
             self._unix_inode = socket_file_inode(self._path)
 
     def _unbound(self) -> None:

@@ -262,17 +262,11 @@ class Server(AsyncServerBase[Handler]):
         """The listening sockets (asyncio's socket wrappers)."""
         return tuple(sock for server in self._servers for sock in server.sockets)
 
-    def _answers_port(self) -> bool:
-        return bool(self.sockets)
-
-    def _listening_port(self) -> int:
-        return int(self.sockets[0].getsockname()[1])
-
     async def __aenter__(self) -> Server:
         self._enter_once(asyncio.Event())
         self._loop = asyncio.get_running_loop()
         self._servers = await self._listen(self._loop, self._new_driver)
-        self._bound()
+        self._bound(self.sockets[0])
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None,

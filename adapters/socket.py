@@ -235,7 +235,6 @@ class Server(ServerBase[Handler]):
         self._listen = listen
         self._grace = grace
         self._listeners: list[socket.socket] = []
-        self._port: int | None = None
         self._wake: tuple[socket.socket, socket.socket] | None = None
         self._acceptor: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -243,15 +242,6 @@ class Server(ServerBase[Handler]):
         self._stopping = False
         self._stopped = threading.Event()
         self._numbers = itertools.count(1)
-
-    def _answers_port(self) -> bool:
-        # The port is kept once the server listened (it answers after close() too), and a
-        # serve_unix() server says at any time that it has none.
-        return self._port is not None or self._path is not None
-
-    def _listening_port(self) -> int:
-        assert self._port is not None
-        return self._port
 
     def serve_forever(self) -> None:
         """Block until the server is closed: ``close()`` from another thread (a handler, say),
@@ -276,9 +266,7 @@ class Server(ServerBase[Handler]):
                 listener.close()
             raise
         self._listeners = listeners
-        if self._path is None:
-            self._port = int(listeners[0].getsockname()[1])  # also answers once closed
-        self._bound()
+        self._bound(listeners[0])
         name = self._port if self._path is None else os.fsdecode(self._path)
         self._acceptor = threading.Thread(
             target=self._accept_loop, name=f"sansflow-socket-accept-{name}", daemon=True

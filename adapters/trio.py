@@ -205,16 +205,10 @@ class Server(AsyncServerBase[Handler]):
         """The listeners, while the server listens."""
         return tuple(self._listeners)
 
-    def _answers_port(self) -> bool:
-        return bool(self._listeners)
-
-    def _listening_port(self) -> int:
-        return int(self._listeners[0].socket.getsockname()[1])
-
     async def __aenter__(self) -> Server:
         self._enter_once(trio.Event())
         self._listeners = await self._listen()
-        self._bound()
+        self._bound(self._listeners[0].socket)
         self._nursery_manager = trio.open_nursery()
         self._nursery = await self._nursery_manager.__aenter__()
         # The listeners already listen: connections wait in the kernel until it accepts.

@@ -200,6 +200,7 @@ async def step_names(sf: ModuleType, say: Say) -> None:
         server_saw = ast.literal_eval(told.decode())
         say(f"server's peername is the client's sockname: {server_saw == (sockname, peername)}")
     say(f"names after close: {addresses(flow) == (peername, sockname)}")
+    say(f"the server's port after it stopped: {server.port == peername[1]}")
 
 
 async def step_wrap_close(sf: ModuleType, say: Say) -> None:
@@ -392,6 +393,7 @@ def step_names_blocking(sf: ModuleType, say: Say) -> None:
         server_saw = ast.literal_eval(told.decode())
         say(f"server's peername is the client's sockname: {server_saw == (sockname, peername)}")
     say(f"names after close: {addresses(flow) == (peername, sockname)}")
+    say(f"the server's port after it stopped: {server.port == peername[1]}")
 
 
 def step_wrap_close_blocking(sf: ModuleType, say: Say) -> None:
@@ -553,6 +555,7 @@ EXPECTED: dict[str, list[str]] = {
         "peername is (host, port): True",
         "server's peername is the client's sockname: True",
         "names after close: True",
+        "the server's port after it stopped: True",
     ],
     "wrap_close": [
         "peername and sockname are the socket's: True",
