@@ -17,8 +17,8 @@ from ._common import SocketLike
 from ._connect import UnixPath, remove_socket_file, socket_file_inode
 
 __all__ = [
-    "HANDLER_CLOSE_TIMEOUT", "HANDLER_FAILED", "AsyncServerBase", "ServerBase", "run_async_handler",
-    "run_blocking_handler", "server_options",
+    "GRACE", "HANDLER_CLOSE_TIMEOUT", "HANDLER_FAILED", "AsyncServerBase", "ServerBase",
+    "run_async_handler", "run_blocking_handler", "server_options",
 ]
 
 logger = logging.getLogger("sansflow")
@@ -36,14 +36,22 @@ AsyncFlowT = TypeVar("AsyncFlowT", bound=AsyncAdapterFlow)
 BlockingFlowT = TypeVar("BlockingFlowT", bound=BlockingAdapterFlow)
 
 
-def server_options(handler: object, high_water: int, low_water: int, receive_limit: int, *,
-                   blocking: bool = False) -> dict[str, int]:
+GRACE = 5.0
+"""Seconds a stopping server lets running handlers finish before it ends their flows."""
+
+
+def server_options(handler: object, high_water: int, low_water: int, receive_limit: int,
+                   grace: object, *, blocking: bool = False) -> dict[str, int]:
     """The flow options of a server's flows, refused now if bad rather than on the first
-    connection, like a handler that cannot be called."""
+    connection, like a handler that cannot be called or a bad ``grace``."""
     if not callable(handler):
         wanted = (f"a callable handler, not {type(handler).__name__}" if blocking
                   else f"an async handler function, not {handler!r}")
         raise TypeError(f"serve() takes {wanted}")
+    if isinstance(grace, bool) or not isinstance(grace, (int, float)):
+        raise TypeError(f"grace must be a number of seconds, not {grace!r}")
+    if not grace >= 0:  # also refuses NaN
+        raise ValueError(f"grace must be at least 0 seconds, not {grace!r}")
     options = {"high_water": high_water, "low_water": low_water, "receive_limit": receive_limit}
     Flow(**options)
     return options
@@ -93,15 +101,16 @@ class ServerBase(Generic[HandlerT]):
     it made and no other.
     """
 
-    __slots__ = ("_handler", "_listened", "_options", "_path", "_port", "_unix_inode")
+    __slots__ = ("_grace", "_handler", "_listened", "_options", "_path", "_port", "_unix_inode")
 
     _NOT_LISTENING: ClassVar[str] = (
         "the server is not listening; use it as `async with serve(...)`")
 
-    def __init__(self, handler: HandlerT, options: dict[str, int], path: UnixPath | None
-                 ) -> None:
+    def __init__(self, handler: HandlerT, options: dict[str, int], path: UnixPath | None, *,
+                 grace: float) -> None:
         self._handler = handler
         self._options = options
+        self._grace = grace  # how long stopping waits for running handlers
         self._path = path
         self._listened = False
         self._port = 0
@@ -156,9 +165,9 @@ class AsyncServerBase(ServerBase[HandlerT]):
 
     _RUNS_ONCE: ClassVar[str]  # what entering the server a second time raises
 
-    def __init__(self, handler: HandlerT, options: dict[str, int], path: UnixPath | None
-                 ) -> None:
-        super().__init__(handler, options, path)
+    def __init__(self, handler: HandlerT, options: dict[str, int], path: UnixPath | None, *,
+                 grace: float) -> None:
+        super().__init__(handler, options, path, grace=grace)
         self._stopped: _Event | None = None
 
     async def serve_forever(self) -> None:

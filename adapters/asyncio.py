@@ -21,6 +21,7 @@ How a flow moves its bytes (one protocol object on an asyncio transport) is told
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import socket
 from collections.abc import Awaitable, Callable
@@ -49,7 +50,7 @@ from ._connect import (
     connect_timed_out,
     where,
 )
-from ._server import AsyncServerBase, run_async_handler, server_options
+from ._server import GRACE, AsyncServerBase, run_async_handler, server_options
 
 __all__ = [
     "ATTEMPT_DELAY", "BACKLOG", "AsyncioFlow", "Server", "connect", "connect_unix", "serve",
@@ -238,8 +239,9 @@ class Server(AsyncServerBase[Handler]):
     waits until the server stops. Each handler gets its own flow; when it returns, the flow is
     closed (``close(timeout=10)``) unless already CLOSED; if it raises, the exception is logged
     on the ``"sansflow"`` logger, the flow is aborted and the server keeps serving. Leaving the
-    block stops accepting, cancels the handlers still running (their flows are aborted) and
-    waits for them: no task and no socket outlives the block.
+    block stops accepting, gives the handlers still running ``grace`` seconds to finish, then
+    cancels the rest (their flows are aborted) and waits for them: no task and no socket
+    outlives the block.
     """
 
     __slots__ = ("_drivers", "_listen", "_loop", "_servers", "_stopping", "_tasks")
@@ -247,9 +249,8 @@ class Server(AsyncServerBase[Handler]):
     _RUNS_ONCE = "this server is already running"
 
     def __init__(self, handler: Handler, listen: Listen, *, options: dict[str, int],
-                 path: UnixPath | None = None
-                 ) -> None:
-        super().__init__(handler, options, path)
+                 grace: float, path: UnixPath | None = None) -> None:
+        super().__init__(handler, options, path, grace=grace)
         self._listen = listen
         self._loop: asyncio.AbstractEventLoop | None = None
         self._servers: list[asyncio.Server] = []
@@ -279,11 +280,17 @@ class Server(AsyncServerBase[Handler]):
         # Let connections the server already accepted reach connection_made (which, now that
         # we are stopping, aborts them) before collecting what is left.
         await asyncio.sleep(0)
-        tasks = set(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
+        try:
+            if self._tasks and self._grace > 0:
+                # Handlers still running get ``grace`` seconds to finish on their own.
+                grace = None if self._grace == math.inf else self._grace
+                await asyncio.wait(set(self._tasks), timeout=grace)
+        finally:
+            tasks = set(self._tasks)
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.wait(tasks)
         for driver in list(self._drivers):
             driver._abort_now()
             if driver._transport is not None or driver._released:
@@ -323,7 +330,7 @@ async def _abort_at_once(flow: AsyncioFlow) -> None:
 
 
 def serve(handler: Handler, host: str | None, port: int, *, backlog: int = BACKLOG,
-          high_water: int = HIGH_WATER, low_water: int = LOW_WATER,
+          grace: float = GRACE, high_water: int = HIGH_WATER, low_water: int = LOW_WATER,
           receive_limit: int = RECEIVE_LIMIT) -> Server:
     """A ``Server`` that gives each accepted TCP connection's flow to ``handler``.
 
@@ -331,10 +338,11 @@ def serve(handler: Handler, host: str | None, port: int, *, backlog: int = BACKL
     bound port. ``host`` ``None`` listens on every interface; a name listens on each of its
     addresses, all on one port (with port 0, the one picked for the first). Flow options
     (``high_water``, ``low_water``, ``receive_limit``) apply to every accepted flow and are
-    checked here, with the address.
+    checked here, with the address. ``grace`` is how many seconds stopping the server lets
+    running handlers finish before they are cancelled (``math.inf``: as long as they take).
     """
     check_address(host, port, server=True)
-    options = server_options(handler, high_water, low_water, receive_limit)
+    options = server_options(handler, high_water, low_water, receive_limit, grace)
 
     async def listen(loop: asyncio.AbstractEventLoop,
                      factory: Callable[[], asyncio.BaseProtocol]) -> list[asyncio.Server]:
@@ -352,21 +360,21 @@ def serve(handler: Handler, host: str | None, port: int, *, backlog: int = BACKL
             raise
         return servers
 
-    return Server(handler, listen, options=options)
+    return Server(handler, listen, options=options, grace=grace)
 
 
-def serve_unix(handler: Handler, path: UnixPath, *,
-               backlog: int = BACKLOG, high_water: int = HIGH_WATER, low_water: int = LOW_WATER,
+def serve_unix(handler: Handler, path: UnixPath, *, backlog: int = BACKLOG,
+               grace: float = GRACE, high_water: int = HIGH_WATER, low_water: int = LOW_WATER,
                receive_limit: int = RECEIVE_LIMIT) -> Server:
     """``serve`` on an AF_UNIX stream socket at ``path`` (``server.path``). A stale socket
     file there is replaced; the one made is removed when the server stops."""
     check_path(path)
-    options = server_options(handler, high_water, low_water, receive_limit)
+    options = server_options(handler, high_water, low_water, receive_limit, grace)
 
     async def listen(loop: asyncio.AbstractEventLoop,
                      factory: Callable[[], asyncio.BaseProtocol]) -> list[asyncio.Server]:
         return [await loop.create_unix_server(factory, os.fsdecode(path), backlog=backlog)]
 
-    return Server(handler, listen, options=options, path=path)
+    return Server(handler, listen, options=options, grace=grace, path=path)
 
 

@@ -62,7 +62,7 @@ from ._connect import (
     remove_stale_socket_file,
     where,
 )
-from ._server import ServerBase, run_blocking_handler, server_options
+from ._server import GRACE, ServerBase, run_blocking_handler, server_options
 from ._socket_flow import _POLL_SLICE, FLUSH_DELAY, SocketFlow, _deadline, _left, _passed, _poll
 
 __all__ = [
@@ -231,9 +231,8 @@ class Server(ServerBase[Handler]):
 
     def __init__(self, handler: Handler, listen: Callable[[], list[socket.socket]], *,
                  grace: float, options: dict[str, int], path: UnixPath | None = None) -> None:
-        super().__init__(handler, options, path)
+        super().__init__(handler, options, path, grace=grace)
         self._listen = listen
-        self._grace = grace
         self._listeners: list[socket.socket] = []
         self._wake: tuple[socket.socket, socket.socket] | None = None
         self._acceptor: threading.Thread | None = None
@@ -381,7 +380,7 @@ def _join(thread: threading.Thread, deadline: float) -> None:
 
 
 def serve(handler: Handler, host: str | None, port: int, *, backlog: int = BACKLOG,
-          grace: float = 5.0, high_water: int = HIGH_WATER, low_water: int = LOW_WATER,
+          grace: float = GRACE, high_water: int = HIGH_WATER, low_water: int = LOW_WATER,
           receive_limit: int = RECEIVE_LIMIT) -> Server:
     """A server running ``handler(flow)`` on its own thread for each accepted TCP connection.
 
@@ -401,32 +400,20 @@ def serve(handler: Handler, host: str | None, port: int, *, backlog: int = BACKL
     (``math.inf``: as long as they take).
     """
     check_address(host, port, server=True)
-    options = _server_options(handler, grace, high_water, low_water, receive_limit)
+    options = server_options(handler, high_water, low_water, receive_limit, grace, blocking=True)
     return Server(handler, partial(_listen_tcp, host, port, backlog), grace=grace,
                   options=options)
 
 
-def serve_unix(handler: Handler, path: UnixPath, *, backlog: int = BACKLOG, grace: float = 5.0,
+def serve_unix(handler: Handler, path: UnixPath, *, backlog: int = BACKLOG, grace: float = GRACE,
                high_water: int = HIGH_WATER, low_water: int = LOW_WATER,
                receive_limit: int = RECEIVE_LIMIT) -> Server:
     """``serve`` on an AF_UNIX stream socket at ``path`` (``server.path``). A stale socket
     file there is replaced; the one made is removed when the server closes."""
     check_path(path)
-    options = _server_options(handler, grace, high_water, low_water, receive_limit)
+    options = server_options(handler, high_water, low_water, receive_limit, grace, blocking=True)
     return Server(handler, partial(_listen_unix, path, backlog), grace=grace, options=options,
                   path=path)
-
-
-def _server_options(handler: object, grace: object, high_water: int, low_water: int,
-                    receive_limit: int) -> dict[str, int]:
-    """``server_options``, and ``grace`` refused now if bad rather than when the server
-    closes."""
-    options = server_options(handler, high_water, low_water, receive_limit, blocking=True)
-    if isinstance(grace, bool) or not isinstance(grace, (int, float)):
-        raise TypeError(f"grace must be a number of seconds, not {grace!r}")
-    if not grace >= 0:  # also refuses NaN
-        raise ValueError(f"grace must be at least 0 seconds, not {grace!r}")
-    return options
 
 
 # These errors mean the system has no such family (no IPv6, say), not that something is wrong.

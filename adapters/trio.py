@@ -64,7 +64,7 @@ from ._connect import (
     remove_stale_socket_file,
     where,
 )
-from ._server import AsyncServerBase, run_async_handler, server_options
+from ._server import GRACE, AsyncServerBase, run_async_handler, server_options
 from ._trio_flow import TrioFlow, _is_fake
 
 __all__ = [
@@ -182,23 +182,28 @@ class Server(AsyncServerBase[Handler]):
     waits until the server stops. Each handler runs in its own task with its own flow; when it
     returns, the flow is closed (``close(timeout=10)``) unless already CLOSED; if it raises,
     the exception is logged on the ``"sansflow"`` logger, the flow is aborted and the server
-    keeps serving. Leaving the block stops accepting, cancels the handlers still running
-    (their flows are aborted) and waits for them: no task and no socket outlives the block.
+    keeps serving. Leaving the block stops accepting, gives the handlers still running
+    ``grace`` seconds to finish, then cancels the rest (their flows are aborted) and waits for
+    them: no task and no socket outlives the block.
     An exception leaving the block comes out as it is, not in an exception group.
     """
 
-    __slots__ = ("_listen", "_listeners", "_nursery", "_nursery_manager")
+    __slots__ = ("_accepting", "_all_done", "_listen", "_listeners", "_nursery",
+                 "_nursery_manager", "_running")
 
     _RUNS_ONCE = "a server runs once"
 
     def __init__(self, handler: Handler,
                  listen: Callable[[], Awaitable[list[trio.SocketListener]]], *,
-                 options: dict[str, int], path: UnixPath | None = None) -> None:
-        super().__init__(handler, options, path)
+                 options: dict[str, int], grace: float, path: UnixPath | None = None) -> None:
+        super().__init__(handler, options, path, grace=grace)
         self._listen = listen
         self._listeners: list[trio.SocketListener] = []
         self._nursery_manager: AbstractAsyncContextManager[trio.Nursery] | None = None
         self._nursery: trio.Nursery | None = None
+        self._accepting = trio.CancelScope()  # around the accept loop alone
+        self._running = 0  # handlers running
+        self._all_done: trio.Event | None = None  # set when the last one ends, once stopping
 
     @property
     def listeners(self) -> tuple[trio.SocketListener, ...]:
@@ -212,8 +217,13 @@ class Server(AsyncServerBase[Handler]):
         self._nursery_manager = trio.open_nursery()
         self._nursery = await self._nursery_manager.__aenter__()
         # The listeners already listen: connections wait in the kernel until it accepts.
-        self._nursery.start_soon(trio.serve_listeners, self._run, self._listeners)
+        self._nursery.start_soon(self._accept)
         return self
+
+    async def _accept(self) -> None:
+        assert self._nursery is not None
+        with self._accepting:
+            await trio.serve_listeners(self._run, self._listeners, handler_nursery=self._nursery)
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
@@ -221,6 +231,13 @@ class Server(AsyncServerBase[Handler]):
         assert self._nursery_manager is not None
         assert self._stopped is not None
         self._stopped.set()
+        self._accepting.cancel()
+        if self._running and self._grace > 0:
+            # Handlers still running get ``grace`` seconds to finish on their own, even when
+            # the block is left by a cancellation.
+            done = self._all_done = trio.Event()
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + self._grace):
+                await done.wait()
         self._nursery.cancel_scope.cancel()
         # Only a Cancelled goes into the nursery (it may be the nursery's own, which it takes
         # back); any other exception leaves the block as it is, where the nursery would wrap
@@ -236,21 +253,29 @@ class Server(AsyncServerBase[Handler]):
             self._unbound()
 
     async def _run(self, stream: trio.SocketStream) -> None:
-        # Cancelled (the server stops): abort() aborts the flow even so.
-        await run_async_handler(self._handler, TrioFlow(stream, self._new_core()), TrioFlow.abort)
+        self._running += 1
+        try:
+            # Cancelled (the server stops): abort() aborts the flow even so.
+            await run_async_handler(self._handler, TrioFlow(stream, self._new_core()),
+                                    TrioFlow.abort)
+        finally:
+            self._running -= 1
+            if not self._running and self._all_done is not None:
+                self._all_done.set()
 
 
 @overload
 def serve(handler: Handler, host: str | None, port: int, *, task_status: None = None,
-          backlog: int = BACKLOG, high_water: int = HIGH_WATER, low_water: int = LOW_WATER,
-          receive_limit: int = RECEIVE_LIMIT) -> Server: ...
+          backlog: int = BACKLOG, grace: float = GRACE, high_water: int = HIGH_WATER,
+          low_water: int = LOW_WATER, receive_limit: int = RECEIVE_LIMIT) -> Server: ...
 @overload
 def serve(handler: Handler, host: str | None, port: int, *, task_status: trio.TaskStatus[int],
-          backlog: int = BACKLOG, high_water: int = HIGH_WATER, low_water: int = LOW_WATER,
-          receive_limit: int = RECEIVE_LIMIT) -> Coroutine[Any, Any, NoReturn]: ...
+          backlog: int = BACKLOG, grace: float = GRACE, high_water: int = HIGH_WATER,
+          low_water: int = LOW_WATER, receive_limit: int = RECEIVE_LIMIT
+          ) -> Coroutine[Any, Any, NoReturn]: ...
 def serve(handler: Handler, host: str | None, port: int, *,
           task_status: trio.TaskStatus[int] | None = None, backlog: int = BACKLOG,
-          high_water: int = HIGH_WATER, low_water: int = LOW_WATER,
+          grace: float = GRACE, high_water: int = HIGH_WATER, low_water: int = LOW_WATER,
           receive_limit: int = RECEIVE_LIMIT) -> Server | Coroutine[Any, Any, NoReturn]:
     """A ``Server`` that gives each accepted TCP connection's flow to ``handler``.
 
@@ -260,32 +285,37 @@ def serve(handler: Handler, host: str | None, port: int, *,
     serves until cancelled. ``host`` ``None`` listens on every interface; a name listens on
     each of its addresses, all on one port (with port 0, the one picked for the first). The
     address and the flow options (``high_water``, ``low_water``, ``receive_limit``), which
-    apply to every accepted flow, are checked here.
+    apply to every accepted flow, are checked here. ``grace`` is how many seconds stopping
+    the server lets running handlers finish before they are cancelled (``math.inf``: as long
+    as they take).
     """
     check_address(host, port, server=True)
-    options = server_options(handler, high_water, low_water, receive_limit)
-    server = Server(handler, partial(_listen_tcp, host, port, backlog), options=options)
+    options = server_options(handler, high_water, low_water, receive_limit, grace)
+    server = Server(handler, partial(_listen_tcp, host, port, backlog), options=options,
+                    grace=grace)
     return server if task_status is None else _serve_until_cancelled(server, task_status)
 
 
 @overload
 def serve_unix(handler: Handler, path: UnixPath, *, task_status: None = None,
-               backlog: int = BACKLOG, high_water: int = HIGH_WATER, low_water: int = LOW_WATER,
-               receive_limit: int = RECEIVE_LIMIT) -> Server: ...
+               backlog: int = BACKLOG, grace: float = GRACE, high_water: int = HIGH_WATER,
+               low_water: int = LOW_WATER, receive_limit: int = RECEIVE_LIMIT) -> Server: ...
 @overload
 def serve_unix(handler: Handler, path: UnixPath, *, task_status: trio.TaskStatus[UnixPath],
-               backlog: int = BACKLOG, high_water: int = HIGH_WATER, low_water: int = LOW_WATER,
-               receive_limit: int = RECEIVE_LIMIT) -> Coroutine[Any, Any, NoReturn]: ...
+               backlog: int = BACKLOG, grace: float = GRACE, high_water: int = HIGH_WATER,
+               low_water: int = LOW_WATER, receive_limit: int = RECEIVE_LIMIT
+          ) -> Coroutine[Any, Any, NoReturn]: ...
 def serve_unix(handler: Handler, path: UnixPath, *,
                task_status: trio.TaskStatus[UnixPath] | None = None, backlog: int = BACKLOG,
-               high_water: int = HIGH_WATER, low_water: int = LOW_WATER,
+               grace: float = GRACE, high_water: int = HIGH_WATER, low_water: int = LOW_WATER,
                receive_limit: int = RECEIVE_LIMIT) -> Server | Coroutine[Any, Any, NoReturn]:
     """``serve`` on an AF_UNIX stream socket at ``path`` (``server.path``; what
     ``nursery.start`` returns). A stale socket file there is replaced; the one made is removed
     when the server stops."""
     check_path(path)
-    options = server_options(handler, high_water, low_water, receive_limit)
-    server = Server(handler, partial(_listen_unix, path, backlog), options=options, path=path)
+    options = server_options(handler, high_water, low_water, receive_limit, grace)
+    server = Server(handler, partial(_listen_unix, path, backlog), options=options,
+                    grace=grace, path=path)
     return server if task_status is None else _serve_until_cancelled(server, task_status)
 
 

@@ -46,6 +46,7 @@ from sansflow import (
 )
 from sansflow.adapters import asyncio as sf
 from sansflow.adapters._connect import BACKLOG
+from sansflow.adapters._server import GRACE
 
 uvloop: ModuleType | None
 try:
@@ -1175,7 +1176,8 @@ def test_every_option_is_named_with_the_shared_default() -> None:
     options = {"high_water": HIGH_WATER, "low_water": LOW_WATER, "receive_limit": RECEIVE_LIMIT}
     functions: list[tuple[Callable[..., object], dict[str, object]]] = [
         (sf.connect, {"timeout": None}), (sf.connect_unix, {"timeout": None}), (sf.wrap, {}),
-        (sf.serve, {"backlog": BACKLOG}), (sf.serve_unix, {"backlog": BACKLOG}),
+        (sf.serve, {"backlog": BACKLOG, "grace": GRACE}),
+        (sf.serve_unix, {"backlog": BACKLOG, "grace": GRACE}),
     ]
     for function, extra in functions:
         named = {name: parameter.default
@@ -1397,7 +1399,7 @@ def test_leaving_serve_ends_running_handlers(loop_kind: str) -> None:
             finally:
                 ended.append("handler")
 
-        async with sf.serve(handler, HOST, 0) as server:
+        async with sf.serve(handler, HOST, 0, grace=0) as server:
             flow = await sf.connect(HOST, server.port)
             await asyncio.wait_for(started.wait(), 5)
             port = server.port

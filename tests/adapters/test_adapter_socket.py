@@ -55,6 +55,7 @@ from sansflow.adapters import _socket_flow as socket_flow
 from sansflow.adapters import socket as sf
 from sansflow.adapters._common import READ_SIZE
 from sansflow.adapters._connect import BACKLOG
+from sansflow.adapters._server import GRACE
 
 HOST = "127.0.0.1"
 TIMEOUT = 20.0  # the bound on any single wait; generous, as a slow machine is not a bug
@@ -714,7 +715,8 @@ def test_two_writers_the_second_gets_busy_error_and_queues_nothing() -> None:
 
 def test_ping_pong_with_small_writes_does_not_deadlock(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(socket_flow, "FLUSH_DELAY", 60.0)  # each message goes out with read()'s send
+    # Each message goes out with read()'s send.
+    monkeypatch.setattr(socket_flow, "FLUSH_DELAY", 60.0)
     with flow_pair() as (a, b):
         rounds = 2000
 
@@ -808,7 +810,8 @@ def test_a_write_answering_a_read_goes_out_at_once_others_wait_for_company(
 
 
 def test_read_sends_what_is_queued_before_it_waits(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(socket_flow, "FLUSH_DELAY", 60.0)  # only read() can send the coalesced writes
+    # Only read() can send the coalesced writes.
+    monkeypatch.setattr(socket_flow, "FLUSH_DELAY", 60.0)
     with flow_pair() as (a, b):
         assert a.write(b"question") == Ok(None)
         a.flush()
@@ -1186,8 +1189,8 @@ OPTIONS = {"high_water": HIGH_WATER, "low_water": LOW_WATER, "receive_limit": RE
     ("connect", {"timeout": None, **OPTIONS}),
     ("connect_unix", {"timeout": None, **OPTIONS}),
     ("wrap", OPTIONS),
-    ("serve", {"backlog": BACKLOG, "grace": 5.0, **OPTIONS}),
-    ("serve_unix", {"backlog": BACKLOG, "grace": 5.0, **OPTIONS}),
+    ("serve", {"backlog": BACKLOG, "grace": GRACE, **OPTIONS}),
+    ("serve_unix", {"backlog": BACKLOG, "grace": GRACE, **OPTIONS}),
 ])
 def test_options_are_named_keywords_with_the_shared_defaults(
         name: str, expected: dict[str, object]) -> None:

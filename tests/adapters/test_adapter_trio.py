@@ -1361,7 +1361,7 @@ def test_an_exception_leaving_the_server_block_comes_out_as_it_is() -> None:
         clients: list[sf.TrioFlow] = []
 
         async def fail_in_the_block() -> None:
-            async with sf.serve(handler, HOST, 0) as server:
+            async with sf.serve(handler, HOST, 0, grace=0) as server:
                 clients.append(await sf.connect(HOST, server.port))
                 while not server_flows:
                     await trio.sleep(0.001)

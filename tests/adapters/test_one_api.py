@@ -15,8 +15,10 @@ import errno
 import inspect
 import logging
 import logging.handlers
+import math
 import socket
 import tempfile
+import threading
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -36,6 +38,7 @@ from sansflow import (
     BlockingFlow,
     BrokenFlowError,
     Error,
+    Ok,
     ReadResult,
     Shutdown,
     error_message,
@@ -44,6 +47,7 @@ from sansflow.adapters import asyncio as sf_asyncio
 from sansflow.adapters import socket as sf_socket
 from sansflow.adapters import trio as sf_trio
 from sansflow.adapters._connect import BACKLOG
+from sansflow.adapters._server import GRACE
 
 uvloop: ModuleType | None
 try:
@@ -355,6 +359,33 @@ async def step_serve_forever(sf: ModuleType, say: Say) -> None:
         tasks.cancel_scope.cancel()
 
 
+async def step_grace(sf: ModuleType, say: Say) -> None:
+    """Leaving a server block gives running handlers ``grace`` seconds, then ends them."""
+    servers: list[Any] = []
+
+    async def answers_once_stopping(flow: AsyncFlow) -> None:
+        await servers[-1].serve_forever()  # returns once the server is stopping
+        await flow.write(b"answered while stopping")
+
+    async def waits_for_input(flow: AsyncFlow) -> None:
+        await flow.read()  # nothing comes
+
+    async def read_all(flow: AsyncFlow, seen: list[str]) -> None:
+        async with flow:
+            while type(result := await flow.read()) is Ok:
+                seen.append(described(result))
+            seen.append(described(result))
+
+    for handler, grace in ((answers_once_stopping, math.inf), (waits_for_input, 0.05)):
+        seen: list[str] = []
+        async with anyio.create_task_group() as tasks, sf.serve(
+                handler, HOST, 0, grace=grace) as server:
+            servers.append(server)
+            tasks.start_soon(read_all, await sf.connect(HOST, server.port), seen)
+            await anyio.wait_all_tasks_blocked()  # the handler runs
+        say(f"{handler.__name__}, grace={grace}: {', '.join(seen)}")
+
+
 # -- the same program without await, for the socket adapter --------------------------------
 
 
@@ -461,6 +492,37 @@ def step_handler_raises_blocking(sf: ModuleType, say: Say) -> None:
     say(f"logged on sansflow: {logged(records)}")
 
 
+def step_grace_blocking(sf: ModuleType, say: Say) -> None:
+    servers: list[Any] = []
+    running = threading.Event()
+
+    def answers_once_stopping(flow: BlockingFlow) -> None:
+        running.set()
+        servers[-1].serve_forever()  # returns once the server is stopping
+        flow.write(b"answered while stopping")
+
+    def waits_for_input(flow: BlockingFlow) -> None:
+        running.set()
+        flow.read()  # nothing comes
+
+    def read_all(flow: BlockingFlow, seen: list[str]) -> None:
+        with flow:
+            while type(result := flow.read()) is Ok:
+                seen.append(described(result))
+            seen.append(described(result))
+
+    for handler, grace in ((answers_once_stopping, math.inf), (waits_for_input, 0.05)):
+        seen: list[str] = []
+        running.clear()
+        with sf.serve(handler, HOST, 0, grace=grace) as server:
+            servers.append(server)
+            reader = threading.Thread(target=read_all, args=(sf.connect(HOST, server.port), seen))
+            reader.start()
+            running.wait()
+        reader.join()
+        say(f"{handler.__name__}, grace={grace}: {', '.join(seen)}")
+
+
 def step_refused_blocking(sf: ModuleType, say: Say) -> None:
     with refusing_port() as port, pytest.raises(ConnectionRefusedError) as caught:
         sf.connect(HOST, port)
@@ -541,6 +603,7 @@ STEPS: dict[str, tuple[Step, BlockingStep | None]] = {
     "ipv6": (step_ipv6, step_ipv6_blocking),
     "unix": (step_unix, step_unix_blocking),
     "serve_forever": (step_serve_forever, None),  # the socket adapter serves on its own threads
+    "grace": (step_grace, step_grace_blocking),
 }
 REFUSED = f"[Errno {errno.ECONNREFUSED}] connection refused by"
 EXPECTED: dict[str, list[str]] = {
@@ -607,6 +670,10 @@ EXPECTED: dict[str, list[str]] = {
         "echoed: b'served'",
         "still serving: True",
     ],
+    "grace": [
+        "answers_once_stopping, grace=inf: Ok(b'answered while stopping'), Eof()",
+        "waits_for_input, grace=0.05: Error(RESET)",
+    ],
 }
 
 # adapter: (module, how the async program runs there; None: the blocking twin)
@@ -660,17 +727,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {  # function: its keyword-only parameters
     "connect": {"timeout": None, **OPTIONS},
     "connect_unix": {"timeout": None, **OPTIONS},
     "wrap": OPTIONS,
-    "serve": {"backlog": BACKLOG, **OPTIONS},
-    "serve_unix": {"backlog": BACKLOG, **OPTIONS},
+    "serve": {"backlog": BACKLOG, "grace": GRACE, **OPTIONS},
+    "serve_unix": {"backlog": BACKLOG, "grace": GRACE, **OPTIONS},
 }
 MODULES = {"asyncio": sf_asyncio, "trio": sf_trio, "socket": sf_socket}
-# Where an adapter may differ, and why. The socket adapter's servers run handlers on threads,
-# which cannot be cancelled: ``grace`` is how long leaving the server waits for them before it
-# aborts their flows (the async adapters cancel their handler tasks at once).
-EXTRA: dict[tuple[str, str], dict[str, Any]] = {
-    ("socket", "serve"): {"grace": 5.0},
-    ("socket", "serve_unix"): {"grace": 5.0},
-}
 
 
 def parameters(function: Callable[..., Any]) -> tuple[list[str], dict[str, Any]]:
@@ -687,8 +747,7 @@ def parameters(function: Callable[..., Any]) -> tuple[list[str], dict[str, Any]]
 @pytest.mark.parametrize("name", API)
 def test_every_adapter_takes_the_same_arguments(name: str) -> None:
     seen = {adapter: parameters(getattr(module, name)) for adapter, module in MODULES.items()}
-    assert seen == {adapter: (API[name], {**DEFAULTS[name], **EXTRA.get((adapter, name), {})})
-                    for adapter in MODULES}
+    assert seen == dict.fromkeys(MODULES, (API[name], DEFAULTS[name]))
 
 
 @pytest.mark.parametrize("name", ["connect", "connect_unix", "wrap"])
