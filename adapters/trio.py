@@ -220,6 +220,15 @@ class Server(AsyncServerBase[Handler]):
         self._nursery.start_soon(self._accept)
         return self
 
+    async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
+                  ) -> NoReturn:
+        """Listen, report the port (the path for ``serve_unix``) and serve until cancelled:
+        ``port = await nursery.start(serve(handler, host, 0, backlog=8).run)``, trio's way
+        with every option named and typed."""
+        async with self:
+            task_status.started(self.port if self.path is None else self.path)
+            await trio.sleep_forever()
+
     async def _accept(self) -> None:
         assert self._nursery is not None
         with self._accepting:
@@ -321,9 +330,7 @@ def serve_unix(handler: Handler, path: UnixPath, *,
 
 async def _serve_until_cancelled(server: Server, task_status: trio.TaskStatus[Any]) -> NoReturn:
     """``serve`` run by ``nursery.start``."""
-    async with server:
-        task_status.started(server.port if server.path is None else server.path)
-        await trio.sleep_forever()
+    await server.run(task_status=task_status)
 
 
 async def _listen_tcp(host: str | None, port: int, backlog: int) -> list[trio.SocketListener]:

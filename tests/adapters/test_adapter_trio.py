@@ -1602,6 +1602,28 @@ def test_connect_unix_to_a_missing_path_is_file_not_found(tmp_path: Path) -> Non
     run(main)
 
 
+def test_server_run_serves_under_nursery_start_with_named_options(tmp_path: Path) -> None:
+    """``nursery.start(serve(..., option=...).run)``: trio's way, typed, with any option;
+    the port (the path for serve_unix) is what ``start`` returns, and cancelling stops it."""
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            port: int = await nursery.start(sf.serve(echo_handler, HOST, 0, backlog=8,
+                                                     high_water=1024, low_water=256).run)
+            path = await nursery.start(sf.serve_unix(echo_handler, tmp_path / "s.sock").run)
+            assert path == tmp_path / "s.sock"
+            await echo_client(port, b"over tcp")  # asserts the echo and a clean close
+            flow = await sf.connect_unix(path)
+            assert await flow.write(b"over unix") == Ok(None)
+            await flow.shutdown(Shutdown.WRITE)
+            assert await read_all(flow) == (b"over unix", Eof())
+            await flow.close()
+            nursery.cancel_scope.cancel()
+        with pytest.raises(ConnectionRefusedError):  # cancelled: no longer listening
+            await sf.connect(HOST, port)
+
+    run(main)
+
+
 def test_200_concurrent_echo_flows_over_tcp() -> None:
     async def main() -> None:
         async with trio.open_nursery() as nursery:
