@@ -1,0 +1,860 @@
+"""The ``sansflow`` command (``python -m sansflow``): connect, listen, relay and demo.
+
+``connect`` and ``listen`` are a proxy between stdin/stdout and one connection, ``relay`` a
+proxy per accepted connection to an upstream: the rules of ``sansflow.Relay`` (an EOF passed
+on as a FIN with no timer after it, a reset passed on as a reset), so that a truncation is
+never reported as a clean end. Exit status: 0 when both directions ended cleanly, 1 with one
+line on stderr when the connection failed (a reset, a timeout, a refused connect), 2 for a
+usage error. Data goes to stdout only; everything else to stderr, each line prefixed with
+``sansflow:``. argparse and the standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import select
+import signal
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from types import ModuleType
+from typing import Any, TypeVar
+
+from sansflow import (
+    CopyStats,
+    Eof,
+    Error,
+    ErrorKind,
+    FlowError,
+    FlowState,
+    Ok,
+    ProxyResult,
+    ReadResult,
+    Shutdown,
+    WriteResult,
+    error_message,
+)
+
+from . import _copy
+
+__all__ = ["main"]
+
+PROG = "sansflow"
+LOOPS = ("socket", "asyncio", "uvloop", "trio")
+CLOSE_TIMEOUT = 10.0
+MAX_CONNECTIONS = 100
+LOCALHOST = "127.0.0.1"
+_CHUNK = 64 * 1024
+_T = TypeVar("_T")
+
+
+# -- what the command says ------------------------------------------------------------------
+
+
+class _Output:
+    """Lines on stderr (``sansflow: ...``), from any thread; ``-v`` lines only when asked."""
+
+    def __init__(self, verbose: bool, stream: Any = None, prefix: str = f"{PROG}: ") -> None:
+        self.verbose = verbose
+        self._stream = stream
+        self._prefix = prefix
+        self._lock = threading.Lock()
+
+    def say(self, text: str) -> None:
+        stream = self._stream or sys.stderr
+        with self._lock:
+            stream.write(f"{self._prefix}{text}\n")
+            stream.flush()
+
+    def detail(self, text: str) -> None:
+        if self.verbose:
+            self.say(text)
+
+    def raw(self, text: str) -> None:
+        stream = self._stream or sys.stderr
+        with self._lock:
+            stream.write(text)
+            stream.flush()
+
+
+def describe_end(end: Eof | Error | None) -> str:
+    if end is None:
+        return "still running"
+    if isinstance(end, Eof):
+        return "EOF"
+    return error_message(end.error)
+
+
+def describe_stats(name: str, stats: CopyStats) -> str:
+    """One direction's ``CopyStats`` on one line; the rate only where the duration allows."""
+    duration = stats.duration
+    rate = f", {_size(stats.write_bytes / duration)}/s" if duration > 0 else ""
+    return (f"{name}: {stats.read_bytes} bytes read in {stats.read_ops} reads, "
+            f"{stats.write_bytes} written in {stats.write_ops} writes, "
+            f"{duration:.3f} s{rate}, ended: {describe_end(stats.end)}")
+
+
+def _size(count: float) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if count < 1024:
+            return f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} GiB"
+
+
+def _address(address: Any) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:
+        host = address[0]
+        return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
+    return str(address or "?")
+
+
+def _failure_text(exc: OSError) -> str:
+    """One line for an exception a connect or a listen raised (it names the address)."""
+    text = exc.strerror or str(exc) or type(exc).__name__
+    code = exc.errno
+    if isinstance(code, int) and code in errno.errorcode and errno.errorcode[code] not in text:
+        text += f" ({errno.errorcode[code]})"
+    return text
+
+
+# -- stdin and stdout as one end of a proxy --------------------------------------------------
+
+
+class Stdio:
+    """stdin (read) and stdout (write) as one end of a proxy, with ``BlockingEnd``'s API.
+
+    A read waits in ``poll`` beside a wake-up pipe, so that ``abort()`` from another thread
+    ends it (a thread blocked in ``read(2)`` could not be woken). ``shutdown(WRITE)`` leaves
+    stdout open: the process ends soon after, and a kept-open ``listen`` writes the next
+    connection's data there.
+    """
+
+    high_water = _CHUNK
+
+    def __init__(self, stdin: int = 0, stdout: int = 1) -> None:
+        self._stdin, self._stdout = stdin, stdout
+        self._wake_read, self._wake_write = os.pipe()
+        self._read_end: Eof | Error | None = None
+        self._write_end: Eof | Error | None = None
+
+    def read(self, max_bytes: int | None = None) -> ReadResult:
+        if self._read_end is None:
+            poller = select.poll()
+            poller.register(self._stdin, select.POLLIN)
+            poller.register(self._wake_read, select.POLLIN)
+            ready = dict(poller.poll())
+            if self._read_end is None and self._stdin in ready:
+                try:
+                    data = os.read(self._stdin, max_bytes or _CHUNK)
+                except OSError as exc:
+                    self._read_end = Error(FlowError.from_exception(exc))
+                else:
+                    if data:
+                        return Ok(data)
+                    self._read_end = Eof()
+        assert self._read_end is not None  # the wake-up pipe is written to only after an end
+        return self._read_end
+
+    def write(self, data: bytes | bytearray | memoryview) -> WriteResult:
+        if self._write_end is not None:
+            return self._write_end
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self._stdout, view):]
+        except OSError as exc:  # EPIPE: whoever read our stdout went away
+            self._write_end = Error(FlowError.from_exception(exc))
+            return self._write_end
+        return Ok(None)
+
+    def shutdown(self, how: Shutdown) -> None:
+        if how is not Shutdown.WRITE and self._read_end is None:
+            self._read_end = Eof()
+            os.write(self._wake_write, b"x")
+        if how is not Shutdown.READ and self._write_end is None:
+            self._write_end = Eof()
+
+    def abort(self) -> None:
+        aborted = Error(FlowError(ErrorKind.ABORTED))
+        if self._write_end is None:
+            self._write_end = aborted
+        if self._read_end is None:
+            self._read_end = aborted
+            os.write(self._wake_write, b"x")
+
+    def release(self) -> None:
+        """Close the wake-up pipe; call once nothing reads any more."""
+        os.close(self._wake_read)
+        os.close(self._wake_write)
+
+
+class AsyncStdio:
+    """``Stdio`` with ``AsyncEnd``'s API: its reads and writes run in a thread."""
+
+    def __init__(self, stdio: Stdio, in_thread: Callable[[Callable[[], Any]], Awaitable[Any]]
+                 ) -> None:
+        self._stdio, self._in_thread = stdio, in_thread
+        self.high_water = stdio.high_water
+
+    async def read(self, max_bytes: int | None = None) -> ReadResult:
+        result: ReadResult = await self._in_thread(partial(self._stdio.read, max_bytes))
+        return result
+
+    async def write(self, data: bytes | bytearray | memoryview) -> WriteResult:
+        result: WriteResult = await self._in_thread(partial(self._stdio.write, data))
+        return result
+
+    async def shutdown(self, how: Shutdown) -> None:
+        self._stdio.shutdown(how)
+
+    async def abort(self) -> None:
+        self._stdio.abort()
+
+
+# -- flows that report what happens to them (-v, --progress, demo) ---------------------------
+
+
+class _Watch:
+    """A flow's events and state transitions, told as they happen, and the bytes it moved."""
+
+    def __init__(self, flow: Any, name: str, output: _Output) -> None:
+        self.flow, self.name, self.output = flow, name, output
+        self.high_water: int = flow.high_water
+        self.received = self.sent = 0
+        self._state = flow.state
+
+    def _tell(self, event: str | None) -> None:
+        state = self.flow.state
+        moved = f" ({self._state.name} -> {state.name})" if state is not self._state else ""
+        self._state = state
+        if event is not None or moved:
+            self.output.detail(f"{self.name}: {event or 'state'}{moved}")
+
+    def _read(self, result: ReadResult) -> ReadResult:
+        if isinstance(result, Ok):
+            self.received += len(result.value)
+            self._tell(None)
+        elif isinstance(result, Eof):
+            self._tell("peer sent EOF")
+        else:
+            self._tell(f"failed: {error_message(result.error)}")
+        return result
+
+    def _wrote(self, size: int, result: WriteResult) -> WriteResult:
+        if isinstance(result, Ok):
+            self.sent += size
+            self._tell(None)
+        else:
+            self._tell(f"write refused: {describe_end(result)}")
+        return result
+
+    def _shut(self, how: Shutdown) -> None:
+        self._tell({Shutdown.WRITE: "sent EOF", Shutdown.READ: "stopped reading",
+                    Shutdown.BOTH: "sent EOF and stopped reading"}[how])
+
+
+class AsyncWatched(_Watch):
+    async def read(self, max_bytes: int | None = None) -> ReadResult:
+        return self._read(await self.flow.read(max_bytes))
+
+    async def write(self, data: bytes | bytearray | memoryview) -> WriteResult:
+        return self._wrote(len(data), await self.flow.write(data))
+
+    async def shutdown(self, how: Shutdown) -> None:
+        await self.flow.shutdown(how)
+        self._shut(how)
+
+    async def abort(self) -> None:
+        await self.flow.abort()
+        self._tell("aborted: the peer sees a reset")
+
+    async def close(self, timeout: float | None = None) -> None:
+        await self.flow.close(timeout)
+        self._tell("closed")
+
+    async def read_to_end(self) -> bytes:
+        data = bytearray()
+        while isinstance(result := await self.read(), Ok):
+            data += result.value
+        return bytes(data)
+
+
+class BlockingWatched(_Watch):
+    def read(self, max_bytes: int | None = None) -> ReadResult:
+        return self._read(self.flow.read(max_bytes))
+
+    def write(self, data: bytes | bytearray | memoryview) -> WriteResult:
+        return self._wrote(len(data), self.flow.write(data))
+
+    def shutdown(self, how: Shutdown) -> None:
+        self.flow.shutdown(how)
+        self._shut(how)
+
+    def abort(self) -> None:
+        self.flow.abort()
+        self._tell("aborted: the peer sees a reset")
+
+    def close(self, timeout: float | None = None) -> None:
+        self.flow.close(timeout)
+        self._tell("closed")
+
+    def read_to_end(self) -> bytes:
+        data = bytearray()
+        while isinstance(result := self.read(), Ok):
+            data += result.value
+        return bytes(data)
+
+
+class _Progress:
+    """``--progress``: a bytes/s line on stderr, rewritten each second, while a flow runs."""
+
+    def __init__(self, watched: _Watch, output: _Output) -> None:
+        self._watched, self._output = watched, output
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sansflow progress", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        start = last_time = time.monotonic()
+        last = 0
+        while not self._stop.wait(1.0):
+            now = time.monotonic()
+            moved = self._watched.received + self._watched.sent
+            self._output.raw(
+                f"\r{PROG}: {_size(self._watched.received)} received, "
+                f"{_size(self._watched.sent)} sent, {_size((moved - last) / (now - last_time))}/s"
+                f" ({now - start:.0f} s)   ")
+            last, last_time = moved, now
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._output.raw("\n")
+
+
+def _progress(args: argparse.Namespace, watched: _Watch, output: _Output) -> _Progress | None:
+    # Only on a terminal: a log file would fill with carriage returns.
+    return _Progress(watched, output) if args.progress and sys.stderr.isatty() else None
+
+
+# -- the outcome ------------------------------------------------------------------------------
+
+
+def _outcome(args: argparse.Namespace, result: ProxyResult, flow: _Watch,
+             output: _Output) -> int:
+    """Report one stdin/stdout connection: 0 when both directions ended cleanly."""
+    if args.stats:
+        output.say(describe_stats(f"stdin -> {flow.name}", result.a_to_b))
+        output.say(describe_stats(f"{flow.name} -> stdout", result.b_to_a))
+    error = result.error or flow.flow.error
+    if error is None:
+        return 0
+    output.say(f"{error_message(error)} after {result.b_to_a.read_bytes} bytes received")
+    return 1
+
+
+def _relay_line(peer: str, upstream: str, result: ProxyResult, down: _Watch,
+                up: _Watch) -> str:
+    ends = [describe_end(result.a_to_b.end), describe_end(result.b_to_a.end)]
+    for flow in (down, up):
+        if result.error is None and flow.flow.error is not None:  # the close failed
+            ends.append(f"{flow.name} close: {error_message(flow.flow.error)}")
+    return (f"{peer} -> {upstream}: {result.a_to_b.write_bytes} bytes up, {ends[0]}; "
+            f"{result.b_to_a.write_bytes} bytes down, {'; '.join(ends[1:])}")
+
+
+# -- the event loops ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _AsyncLoop:
+    """What the async commands need of asyncio (uvloop) or trio, in one place."""
+
+    sf: ModuleType
+    proxy: Callable[..., Awaitable[ProxyResult]]
+    in_thread: Callable[[Callable[[], Any]], Awaitable[Any]]
+    lock: Callable[[], Any]
+    event: Callable[[], Any]
+    run: Callable[[Callable[[], Awaitable[Any]]], Any]
+
+
+def _async_loop(name: str) -> _AsyncLoop:
+    if name == "trio":
+        import trio
+
+        from . import trio as sf_trio
+
+        async def trio_thread(call: Callable[[], _T]) -> _T:
+            return await trio.to_thread.run_sync(call, abandon_on_cancel=True)
+
+        return _AsyncLoop(sf_trio, _copy.proxy_trio, trio_thread, trio.Lock, trio.Event,
+                          trio.run)
+    import asyncio
+
+    from . import asyncio as sf_asyncio
+
+    if name == "uvloop":
+        import uvloop
+
+        def run(main: Callable[[], Awaitable[_T]]) -> _T:
+            return uvloop.run(main())  # type: ignore[arg-type]
+    else:
+        def run(main: Callable[[], Awaitable[_T]]) -> _T:
+            return asyncio.run(main())  # type: ignore[arg-type]
+
+    return _AsyncLoop(sf_asyncio, _copy.proxy_asyncio, _asyncio_thread, asyncio.Lock,
+                      asyncio.Event, run)
+
+
+async def _asyncio_thread(call: Callable[[], _T]) -> _T:
+    """``call()`` on a daemon thread: unlike the default executor's, it does not hold up the
+    end of ``asyncio.run`` when it is still blocked (in a read of stdin, say)."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[_T] = loop.create_future()
+
+    def run() -> None:
+        try:
+            value = call()
+        except BaseException as exc:
+            loop.call_soon_threadsafe(_settle, done, None, exc)
+        else:
+            loop.call_soon_threadsafe(_settle, done, value, None)
+
+    threading.Thread(target=run, name="sansflow stdio", daemon=True).start()
+    return await done
+
+
+def _settle(future: Any, value: Any, exc: BaseException | None) -> None:
+    if not future.done():
+        if exc is None:
+            future.set_result(value)
+        else:
+            future.set_exception(exc)
+
+
+# -- connect and listen ---------------------------------------------------------------------
+
+
+def cmd_connect(args: argparse.Namespace, output: _Output) -> int:
+    if args.loop == "socket":
+        from . import socket as sf
+
+        flow = BlockingWatched(sf.connect(args.host, args.port), "server", output)
+        return _stdio_blocking(args, flow, output)
+    loop = _async_loop(args.loop)
+
+    async def main() -> int:
+        flow = AsyncWatched(await loop.sf.connect(args.host, args.port), "server", output)
+        return await _stdio_async(args, loop, flow, output)
+
+    status: int = loop.run(main)
+    return status
+
+
+def _stdio_blocking(args: argparse.Namespace, flow: BlockingWatched, output: _Output) -> int:
+    output.detail(f"{flow.name}: connected, {_address(flow.flow.sockname)} -> "
+                  f"{_address(flow.flow.peername)}")
+    stdio = Stdio()
+    progress = _progress(args, flow, output)
+    try:
+        result = _copy.proxy_blocking(stdio, flow, idle_timeout=args.idle_timeout)
+        flow.close(args.close_timeout)
+    finally:
+        if flow.flow.state is not FlowState.CLOSED:  # interrupted: reset the connection
+            flow.abort()
+        stdio.abort()
+        stdio.release()
+        if progress is not None:
+            progress.stop()
+    return _outcome(args, result, flow, output)
+
+
+async def _stdio_async(args: argparse.Namespace, loop: _AsyncLoop, flow: AsyncWatched,
+                       output: _Output) -> int:
+    output.detail(f"{flow.name}: connected, {_address(flow.flow.sockname)} -> "
+                  f"{_address(flow.flow.peername)}")
+    stdio = Stdio()
+    progress = _progress(args, flow, output)
+    try:
+        result = await loop.proxy(AsyncStdio(stdio, loop.in_thread), flow,
+                                  idle_timeout=args.idle_timeout)
+        await flow.close(args.close_timeout)
+    finally:
+        if flow.flow.state is not FlowState.CLOSED:  # interrupted: reset the connection
+            await flow.abort()
+        stdio.abort()
+        stdio.release()
+        if progress is not None:
+            progress.stop()
+    return _outcome(args, result, flow, output)
+
+
+def cmd_listen(args: argparse.Namespace, output: _Output) -> int:
+    """Serve one connection at a time with stdin/stdout; the first only, without
+    ``--keep-open``. The exit status is the last connection's."""
+    status = [0]
+    if args.loop == "socket":
+        from . import socket as sf
+
+        turn = threading.Lock()
+        served = threading.Event()
+
+        def handle(flow: Any) -> None:
+            with turn:
+                if served.is_set() and not args.keep_open:
+                    flow.abort()
+                    return
+                status[0] = _stdio_blocking(args, BlockingWatched(flow, "client", output),
+                                            output)
+                served.set()
+
+        with sf.serve(handle, args.host, args.port) as server:
+            output.say(f"listening on {_address((args.host, server.port))}")
+            if args.keep_open:
+                server.serve_forever()
+            served.wait()
+        return status[0]
+    loop = _async_loop(args.loop)
+
+    async def main() -> int:
+        turn = loop.lock()
+        served = loop.event()
+
+        async def handle(flow: Any) -> None:
+            async with turn:
+                if served.is_set() and not args.keep_open:
+                    await flow.abort()
+                    return
+                status[0] = await _stdio_async(args, loop, AsyncWatched(flow, "client", output),
+                                               output)
+                served.set()
+
+        async with loop.sf.serve(handle, args.host, args.port) as server:
+            output.say(f"listening on {_address((args.host, server.port))}")
+            if args.keep_open:
+                await server.serve_forever()
+            await served.wait()
+        return status[0]
+
+    last: int = loop.run(main)
+    return last
+
+
+# -- relay --------------------------------------------------------------------------------
+
+
+class _Admission:
+    """``--max-connections``: how many proxies run, and the refusal beyond the limit."""
+
+    def __init__(self, limit: int, output: _Output) -> None:
+        self.limit, self.output = limit, output
+        self.running = 0
+        self._lock = threading.Lock()
+
+    def enter(self, peer: str) -> bool:
+        with self._lock:
+            if self.running >= self.limit:
+                refused = True
+            else:
+                refused = False
+                self.running += 1
+        if refused:
+            self.output.say(f"refusing {peer}: {self.limit} connections already "
+                            f"(--max-connections)")
+        return not refused
+
+    def leave(self) -> None:
+        with self._lock:
+            self.running -= 1
+
+
+def cmd_relay(args: argparse.Namespace, output: _Output) -> int:
+    upstream = _address((args.upstream_host, args.upstream_port))
+    admission = _Admission(args.max_connections, output)
+    if args.loop == "socket":
+        from . import socket as sf
+
+        def handle(flow: Any) -> None:
+            peer = _address(flow.peername)
+            if not admission.enter(peer):
+                flow.abort()
+                return
+            try:
+                _relay_blocking(sf, BlockingWatched(flow, "client", output), peer)
+            finally:
+                admission.leave()
+
+        def _relay_blocking(sf: ModuleType, down: BlockingWatched, peer: str) -> None:
+            try:
+                up = BlockingWatched(sf.connect(args.upstream_host, args.upstream_port),
+                                     "upstream", output)
+            except OSError as exc:
+                output.say(f"{peer} -> {upstream}: {_failure_text(exc)}")
+                down.abort()
+                return
+            result = _copy.proxy_blocking(down, up, idle_timeout=args.idle_timeout)
+            down.close(args.close_timeout)
+            up.close(args.close_timeout)
+            _report_relay(args, output, peer, upstream, result, down, up)
+
+        with sf.serve(handle, args.bind, args.port) as server:
+            output.say(f"relaying {_address((args.bind, server.port))} to {upstream}")
+            _until_stopped(server.serve_forever)
+        return 0
+    loop = _async_loop(args.loop)
+
+    async def handle_async(flow: Any) -> None:
+        peer = _address(flow.peername)
+        if not admission.enter(peer):
+            await flow.abort()
+            return
+        try:
+            down = AsyncWatched(flow, "client", output)
+            try:
+                up = AsyncWatched(await loop.sf.connect(args.upstream_host, args.upstream_port),
+                                  "upstream", output)
+            except OSError as exc:
+                output.say(f"{peer} -> {upstream}: {_failure_text(exc)}")
+                await down.abort()
+                return
+            result = await loop.proxy(down, up, idle_timeout=args.idle_timeout)
+            await down.close(args.close_timeout)
+            await up.close(args.close_timeout)
+            _report_relay(args, output, peer, upstream, result, down, up)
+        finally:
+            admission.leave()
+
+    async def main() -> int:
+        async with loop.sf.serve(handle_async, args.bind, args.port) as server:
+            output.say(f"relaying {_address((args.bind, server.port))} to {upstream}")
+            await server.serve_forever()
+        return 0
+
+    return _until_stopped(partial(loop.run, main)) or 0
+
+
+def _report_relay(args: argparse.Namespace, output: _Output, peer: str, upstream: str,
+                  result: ProxyResult, down: _Watch, up: _Watch) -> None:
+    output.say(_relay_line(peer, upstream, result, down, up))
+    if args.stats:
+        output.say(describe_stats(f"{peer} -> {upstream}", result.a_to_b))
+        output.say(describe_stats(f"{upstream} -> {peer}", result.b_to_a))
+
+
+def _until_stopped(serve: Callable[[], _T]) -> _T | None:
+    """Run ``serve`` until Ctrl-C or SIGTERM, which stop a relay normally (status 0)."""
+    try:
+        return serve()
+    except KeyboardInterrupt:
+        return None
+
+
+# -- demo ---------------------------------------------------------------------------------
+
+
+REQUEST = b"hello, half-closed world"
+
+
+def cmd_demo(args: argparse.Namespace, output: _Output) -> int:
+    """A server and a client on loopback, on each adapter that can run here: a request, the
+    client's EOF, a reply after it, a clean close; every event on stdout."""
+    shown = _Output(verbose=True, stream=sys.stdout, prefix="")
+    failed = 0
+    for name in LOOPS:
+        try:
+            if name == "socket":
+                __import__("sansflow.adapters.socket")
+            else:
+                _async_loop(name)
+        except ImportError as exc:
+            shown.say(f"== {name}: not installed here ({exc.name})")
+            continue
+        shown.say(f"== {name} adapter")
+        reply = _demo_blocking(shown) if name == "socket" else _demo_async(name, shown)
+        ok = reply == REQUEST.upper()
+        failed += not ok
+        shown.say(f"client: read {reply!r}{'' if ok else ': WRONG'}")
+    return 1 if failed else 0
+
+
+def _demo_blocking(shown: _Output) -> bytes:
+    from . import socket as sf
+
+    def handler(flow: Any) -> None:
+        server = BlockingWatched(flow, "  server", shown)
+        request = server.read_to_end()
+        shown.say(f"  server: read {request!r}, then EOF; now the reply")
+        server.write(request.upper())
+        server.close(CLOSE_TIMEOUT)
+
+    with sf.serve(handler, LOCALHOST, 0) as listening:
+        client = BlockingWatched(sf.connect(LOCALHOST, listening.port), "client", shown)
+        client.write(REQUEST)
+        shown.say(f"client: wrote {REQUEST!r}")
+        client.shutdown(Shutdown.WRITE)
+        reply = client.read_to_end()
+        client.close(CLOSE_TIMEOUT)
+    return reply
+
+
+def _demo_async(name: str, shown: _Output) -> bytes:
+    loop = _async_loop(name)
+
+    async def handler(flow: Any) -> None:
+        server = AsyncWatched(flow, "  server", shown)
+        request = await server.read_to_end()
+        shown.say(f"  server: read {request!r}, then EOF; now the reply")
+        await server.write(request.upper())
+        await server.close(CLOSE_TIMEOUT)
+
+    async def main() -> bytes:
+        async with loop.sf.serve(handler, LOCALHOST, 0) as listening:
+            client = AsyncWatched(await loop.sf.connect(LOCALHOST, listening.port), "client",
+                                  shown)
+            await client.write(REQUEST)
+            shown.say(f"client: wrote {REQUEST!r}")
+            await client.shutdown(Shutdown.WRITE)
+            reply = await client.read_to_end()
+            await client.close(CLOSE_TIMEOUT)
+        return reply
+
+    reply: bytes = loop.run(main)
+    return reply
+
+
+# -- the arguments -------------------------------------------------------------------------
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds: {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port number (0-65535): {text!r}")
+    return int(text)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"not a positive whole number: {text!r}")
+    return int(text)
+
+
+def _common_options() -> argparse.ArgumentParser:
+    """The options every connection-carrying command takes (TLS options join here)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true",
+                        help="tell each flow's events and state transitions on stderr")
+    common.add_argument("--stats", action="store_true",
+                        help="print both directions' byte and operation counts at the end")
+    common.add_argument("--progress", action="store_true",
+                        help="a live bytes/s line on stderr (only when it is a terminal)")
+    common.add_argument("--idle-timeout", type=_seconds, metavar="S",
+                        help="abort when no byte moved either way for S seconds "
+                             "(reported, exit 1; default: none)")
+    common.add_argument("--close-timeout", type=_seconds, metavar="S", default=CLOSE_TIMEOUT,
+                        help="how long closing waits for the peer's EOF before aborting "
+                             f"(reported, exit 1; default: {CLOSE_TIMEOUT:g})")
+    common.add_argument("--loop", choices=LOOPS, default="socket",
+                        help="the adapter: socket (blocking, the default), asyncio, uvloop "
+                             "or trio")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="A byte stream that never hides a truncation: connect, "
+        "listen and relay with half-close, and resets passed on as resets.",
+        epilog="Exit status: 0 both directions ended cleanly, 1 the connection failed "
+        "(one line on stderr), 2 usage.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = _common_options()
+
+    connect = commands.add_parser(
+        "connect", parents=[common], help="stdin to a TCP connection, the connection to stdout",
+        description="Send stdin to HOST PORT and the replies to stdout. The end of stdin "
+        "sends EOF (a FIN) and the replies keep coming until the peer ends.")
+    connect.add_argument("host", metavar="HOST")
+    connect.add_argument("port", metavar="PORT", type=_port)
+    connect.set_defaults(run=cmd_connect)
+
+    listen = commands.add_parser(
+        "listen", parents=[common], help="connect's counterpart: accept a connection",
+        description="Accept a TCP connection on HOST (127.0.0.1 unless given) PORT and "
+        "carry it as connect does; then exit, or with --keep-open accept the next.")
+    listen.add_argument("address", metavar="[HOST] PORT", nargs="+")
+    listen.add_argument("-k", "--keep-open", action="store_true",
+                        help="serve each connection in turn, one at a time, until stopped")
+    listen.set_defaults(run=cmd_listen)
+
+    relay = commands.add_parser(
+        "relay", parents=[common], help="a proxy from a local port to HOST PORT",
+        description="Accept TCP connections on LISTEN_PORT and proxy each to HOST PORT: an "
+        "EOF is passed on as an EOF, a reset as a reset; one line per connection on stderr.")
+    relay.add_argument("port", metavar="LISTEN_PORT", type=_port)
+    relay.add_argument("upstream_host", metavar="HOST")
+    relay.add_argument("upstream_port", metavar="PORT", type=_port)
+    relay.add_argument("--bind", metavar="ADDRESS", default=LOCALHOST,
+                       help=f"the address to listen on (default: {LOCALHOST})")
+    relay.add_argument("--max-connections", type=_positive, metavar="N",
+                       default=MAX_CONNECTIONS,
+                       help="proxy at most N connections at once; refuse (reset) the others "
+                            f"and say so (default: {MAX_CONNECTIONS})")
+    relay.set_defaults(run=cmd_relay)
+
+    demo = commands.add_parser(
+        "demo", help="see a half-close on every adapter, in seconds",
+        description="In one process, a server and a client on loopback on each adapter "
+        "installed: a request, the client's EOF, a reply after it, a clean close.")
+    demo.set_defaults(run=cmd_demo, verbose=True)
+    return parser
+
+
+def _stop(*_: object) -> None:
+    """SIGTERM stops a relay or a listener as Ctrl-C does: it becomes a SIGINT, which each
+    event loop (trio's above all) turns into KeyboardInterrupt where that is safe. A shell
+    starts background jobs with SIGINT ignored, though: then it raises here."""
+    if callable(signal.getsignal(signal.SIGINT)):
+        signal.raise_signal(signal.SIGINT)
+    else:
+        raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "listen":
+        if len(args.address) > 2:
+            parser.error("listen takes [HOST] PORT")
+        host = args.address[0] if len(args.address) == 2 else LOCALHOST
+        try:
+            args.host, args.port = host, _port(args.address[-1])
+        except argparse.ArgumentTypeError as exc:
+            parser.error(f"listen: {exc}")
+    output = _Output(args.verbose)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        status: int = args.run(args, output)
+    except OSError as exc:  # a connect or a listen failed: it names the address
+        output.say(_failure_text(exc))
+        return 1
+    except KeyboardInterrupt:
+        output.say("interrupted")
+        return 1
+    return status

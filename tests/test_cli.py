@@ -1,0 +1,393 @@
+"""The ``sansflow`` command, run as a program against real peers on loopback: a reply after
+the client's EOF gets through (where ``socat -`` loses it), a reset stays a reset through the
+relay, curl through the relay to ``python -m http.server``, exit statuses, and docs/cli.md's
+examples."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import runpy
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = Path(sys.executable).parent / "sansflow"
+# The console script of the install; ``python -m sansflow`` where it is missing.
+SANSFLOW = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "sansflow"]
+LOOPS = ["socket", "asyncio", "uvloop", "trio"]
+TIMEOUT = 30
+
+
+def sansflow(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([*SANSFLOW, *args], input=stdin, capture_output=True,
+                          timeout=TIMEOUT, check=False)
+
+
+# -- peers nobody here wrote the client for ---------------------------------------------------
+
+
+def answer_after_eof(conn: socket.socket) -> None:
+    """Read the whole request, up to the client's EOF, wait past socat's 0.5 s, answer."""
+    request = b""
+    while chunk := conn.recv(65536):
+        request += chunk
+    time.sleep(0.6)
+    conn.sendall(b"reply-to:" + request)
+
+
+def partial_then_reset(conn: socket.socket) -> None:
+    """Read a request, send part of a reply, then reset the connection."""
+    conn.recv(65536)
+    conn.sendall(b"partial-")
+    time.sleep(0.2)  # the part is on its way before the reset
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+def silent(conn: socket.socket) -> None:
+    conn.recv(65536)  # waits until the client's abort
+
+
+@contextmanager
+def upstream(behaviour: Callable[[socket.socket], None]) -> Iterator[int]:
+    """A TCP server on loopback running ``behaviour`` on each connection; yields its port."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    threads: list[threading.Thread] = []
+
+    def serve(conn: socket.socket) -> None:
+        # OSError: the client went away, which is its test's business
+        with conn, contextlib.suppress(OSError):
+            behaviour(conn)
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return  # closed: the test is over
+            thread = threading.Thread(target=serve, args=(conn,), daemon=True)
+            threads.append(thread)
+            thread.start()
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        listener.shutdown(socket.SHUT_RDWR)
+        listener.close()
+        acceptor.join()
+        for thread in threads:
+            thread.join(TIMEOUT)
+
+
+class Running:
+    """A ``sansflow`` that serves (relay, listen) in the background."""
+
+    def __init__(self, *args: str, stdin: int | None = subprocess.DEVNULL) -> None:
+        self.process = subprocess.Popen([*SANSFLOW, *args], stdin=stdin,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert self.process.stderr is not None
+        first = self.process.stderr.readline().decode()
+        match = re.search(r"127\.0\.0\.1:(\d+)", first)
+        assert match, f"no address in {first!r}"
+        self.port = int(match.group(1))
+        self.stdout = b""
+        self.stderr = first
+
+    def last_input(self, data: bytes) -> None:
+        """Write ``data`` to the program's stdin, then end stdin."""
+        stdin = self.process.stdin
+        assert stdin is not None
+        stdin.write(data)
+        stdin.close()
+        self.process.stdin = None  # communicate() must not flush it
+
+    def stop(self, *, signalled: bool = True) -> int:
+        """End the program with SIGTERM (or wait for it to end by itself); its status."""
+        if self.process.stdout is None or self.process.stdout.closed:
+            return self.process.returncode  # stopped already
+        if signalled and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        out, err = self.process.communicate(timeout=TIMEOUT)
+        self.stdout += out
+        self.stderr += err.decode()
+        return self.process.returncode
+
+
+@contextmanager
+def relay(*args: str) -> Iterator[Running]:
+    running = Running("relay", *args)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+# -- connect -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_connect_gets_the_reply_sent_after_its_eof(loop: str) -> None:
+    with upstream(answer_after_eof) as port:
+        done = sansflow("connect", "--loop", loop, "127.0.0.1", str(port), stdin=b"req")
+    assert (done.returncode, done.stdout, done.stderr) == (0, b"reply-to:req", b"")
+
+
+def test_connect_exits_1_with_the_reset_and_what_came_before() -> None:
+    with upstream(partial_then_reset) as port:
+        done = sansflow("connect", "127.0.0.1", str(port), stdin=b"req")
+    assert done.returncode == 1
+    assert done.stdout == b"partial-"
+    assert done.stderr == (b"sansflow: connection reset by peer (ECONNRESET) "
+                           b"after 8 bytes received\n")
+
+
+def test_a_refused_connect_exits_1_naming_the_address() -> None:
+    with socket.socket() as bound:  # bound, not listening: connects are refused
+        bound.bind(("127.0.0.1", 0))
+        port = bound.getsockname()[1]
+        done = sansflow("connect", "127.0.0.1", str(port))
+    assert done.returncode == 1
+    assert done.stderr.decode() == (f"sansflow: connection refused by 127.0.0.1:{port} "
+                                    f"(ECONNREFUSED)\n")
+
+
+@pytest.mark.parametrize("loop", ["socket", "trio"])
+def test_an_idle_timeout_is_reported_and_exits_1(loop: str) -> None:
+    held_open, stdin = os.pipe()  # stdin stays open, nobody writes: only the timeout ends it
+    try:
+        with upstream(silent) as port:
+            process = subprocess.Popen(
+                [*SANSFLOW, "connect", "--loop", loop, "--idle-timeout", "0.3", "127.0.0.1",
+                 str(port)], stdin=held_open, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            _, err = process.communicate(timeout=TIMEOUT)
+    finally:
+        os.close(held_open)
+        os.close(stdin)
+    assert process.returncode == 1
+    assert err == (b"sansflow: timed out: no data moved either way for 0.3 s "
+                   b"after 0 bytes received\n")
+
+
+def test_verbose_and_stats_tell_the_events_and_counts() -> None:
+    with upstream(answer_after_eof) as port:
+        done = sansflow("connect", "-v", "--stats", "127.0.0.1", str(port), stdin=b"req")
+    lines = done.stderr.decode().splitlines()
+    assert done.returncode == 0
+    assert "sansflow: server: sent EOF (OPEN -> HALF_CLOSED_LOCAL)" in lines
+    assert "sansflow: server: peer sent EOF (HALF_CLOSED_LOCAL -> CLOSED)" in lines
+    assert any(line.startswith("sansflow: stdin -> server: 3 bytes read in 1 reads, 3 written "
+                               "in 1 writes") and line.endswith("ended: EOF") for line in lines)
+    assert any(line.startswith("sansflow: server -> stdout: 12 bytes read") for line in lines)
+
+
+@pytest.mark.parametrize("args", [
+    [], ["connect"], ["connect", "127.0.0.1"], ["connect", "127.0.0.1", "http"],
+    ["connect", "127.0.0.1", "70000"], ["connect", "--idle-timeout", "0", "h", "1"],
+    ["connect", "--loop", "gevent", "h", "1"], ["relay", "1", "h"],
+    ["relay", "--max-connections", "0", "1", "h", "2"], ["listen"], ["listen", "a", "b", "1"],
+    ["listen", "port"],
+])
+def test_usage_errors_exit_2(args: list[str]) -> None:
+    done = sansflow(*args)
+    assert done.returncode == 2
+    assert b"usage: sansflow" in done.stderr
+
+
+def test_the_module_runs_the_command(monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr("sys.argv", ["sansflow", "--help"])
+    with pytest.raises(SystemExit) as exit_status:
+        runpy.run_module("sansflow", run_name="__main__")
+    assert exit_status.value.code == 0
+    assert "relay" in capsys.readouterr().out
+
+
+def test_python_m_sansflow_runs_the_same_command() -> None:
+    done = subprocess.run([sys.executable, "-m", "sansflow", "--help"], capture_output=True,
+                          timeout=TIMEOUT, check=False)
+    assert done.returncode == 0
+    assert b"connect" in done.stdout
+    assert b"relay" in done.stdout
+
+
+# -- listen ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("loop", ["socket", "asyncio"])
+def test_listen_answers_one_client_after_its_eof(loop: str) -> None:
+    listening = Running("listen", "--loop", loop, "0", stdin=subprocess.PIPE)
+    with socket.create_connection(("127.0.0.1", listening.port)) as client:
+        client.sendall(b"question")
+        client.shutdown(socket.SHUT_WR)
+        time.sleep(0.2)  # the answer goes in after the question, as a person's would
+        listening.last_input(b"answer")
+        reply = b""
+        while chunk := client.recv(65536):
+            reply += chunk
+    assert listening.stop(signalled=False) == 0
+    assert (listening.stdout, reply) == (b"question", b"answer")
+
+
+# -- relay ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_the_reply_after_eof_gets_through_the_relay(loop: str) -> None:
+    with upstream(answer_after_eof) as port, relay("--loop", loop, "0", "127.0.0.1",
+                                                   str(port)) as running:
+        done = sansflow("connect", "127.0.0.1", str(running.port), stdin=b"req")
+        assert (done.returncode, done.stdout) == (0, b"reply-to:req")
+        assert running.stop() == 0
+    assert re.search(r"127\.0\.0\.1:\d+ -> 127\.0\.0\.1:\d+: 3 bytes up, EOF; "
+                     r"12 bytes down, EOF", running.stderr)
+
+
+def read_until_reset(client: socket.socket, received: list[bytes]) -> None:
+    while chunk := client.recv(65536):
+        received.append(chunk)
+
+
+def test_an_upstream_reset_reaches_the_client_as_a_reset() -> None:
+    with upstream(partial_then_reset) as port, relay("0", "127.0.0.1", str(port)) as running:
+        with socket.create_connection(("127.0.0.1", running.port)) as client:
+            client.sendall(b"req")
+            received: list[bytes] = []
+            with pytest.raises(ConnectionResetError):  # never a clean EOF (b"")
+                read_until_reset(client, received)
+        assert b"partial-".startswith(b"".join(received))
+        done = sansflow("connect", "127.0.0.1", str(running.port), stdin=b"req")
+        assert done.returncode == 1
+        assert done.stderr.startswith(b"sansflow: connection reset by peer (ECONNRESET) after")
+        running.stop()
+    logged = [line for line in running.stderr.splitlines() if "bytes down" in line]
+    assert len(logged) == 2
+    assert all(line.endswith("connection reset by peer (ECONNRESET)") for line in logged)
+
+
+def test_the_relay_refuses_beyond_max_connections_and_says_so() -> None:
+    with upstream(answer_after_eof) as port, relay("--max-connections", "1", "0",
+                                                   "127.0.0.1", str(port)) as running:
+        with socket.create_connection(("127.0.0.1", running.port)) as first:
+            first.sendall(b"held")
+            time.sleep(0.3)  # the relay has taken the first connection
+            with socket.create_connection(("127.0.0.1", running.port)) as second, \
+                    pytest.raises(ConnectionResetError):
+                second.recv(1)
+            first.shutdown(socket.SHUT_WR)
+            assert first.recv(100) == b"reply-to:held"
+        running.stop()
+    assert "refusing 127.0.0.1:" in running.stderr
+    assert "1 connections already (--max-connections)" in running.stderr
+
+
+@pytest.fixture(scope="module")
+def http_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
+    """``python -m http.server`` serving a 20 MiB file and a small one."""
+    www = tmp_path_factory.mktemp("www")
+    (www / "big").write_bytes(os.urandom(20 * 1024 * 1024))
+    (www / "small").write_bytes(b"small body")
+    process = subprocess.Popen(
+        [sys.executable, "-u", "-m", "http.server", "0", "--bind", "127.0.0.1",
+         "--directory", str(www)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert process.stdout is not None
+    match = re.search(rb"port (\d+)", process.stdout.readline())
+    assert match
+    try:
+        yield int(match.group(1)), www
+    finally:
+        process.terminate()
+        process.communicate(timeout=TIMEOUT)
+
+
+needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+
+
+@needs_curl
+def test_curl_downloads_20_mib_through_the_relay_byte_exact(
+        http_server: tuple[int, Path], tmp_path: Path) -> None:
+    port, www = http_server
+    with relay("0", "127.0.0.1", str(port)) as running:
+        subprocess.run(["curl", "-sSf", "-o", str(tmp_path / "big"),
+                        f"http://127.0.0.1:{running.port}/big"], check=True, timeout=TIMEOUT)
+        running.stop()
+    digest = hashlib.sha256((www / "big").read_bytes()).hexdigest()
+    assert hashlib.sha256((tmp_path / "big").read_bytes()).hexdigest() == digest
+    assert re.search(r"bytes up, EOF; 20971\d\d\d bytes down, EOF", running.stderr)
+
+
+@needs_curl
+def test_300_parallel_curl_requests_through_one_relay(http_server: tuple[int, Path],
+                                                      tmp_path: Path) -> None:
+    port, _ = http_server
+    with relay("--max-connections", "400", "0", "127.0.0.1", str(port)) as running:
+        done = subprocess.run(
+            ["curl", "-sS", "--parallel", "--parallel-max", "300", "-w", "%{http_code}\n",
+             "-o", str(tmp_path / "out_#1"), f"http://127.0.0.1:{running.port}/small?[1-300]"],
+            capture_output=True, timeout=TIMEOUT, check=False)
+        running.stop()
+    assert done.stdout.split() == [b"200"] * 300
+    bodies = {path.read_bytes() for path in tmp_path.glob("out_*")}
+    assert (len(list(tmp_path.glob("out_*"))), bodies) == (300, {b"small body"})
+    logged = [line for line in running.stderr.splitlines() if "bytes down" in line]
+    assert len(logged) == 300
+    assert all(re.search(r"EOF; \d+ bytes down, EOF$", line) for line in logged)
+
+
+# -- demo and the docs --------------------------------------------------------------------------
+
+
+def test_demo_shows_a_half_close_on_every_adapter() -> None:
+    done = sansflow("demo")
+    assert done.returncode == 0
+    out = done.stdout.decode()
+    for loop in LOOPS:
+        assert f"== {loop} adapter" in out
+    assert out.count("client: sent EOF (OPEN -> HALF_CLOSED_LOCAL)") == len(LOOPS)
+    assert out.count("client: read b'HELLO, HALF-CLOSED WORLD'") == len(LOOPS)
+
+
+CLI_DOC = (ROOT / "docs" / "cli.md").read_text()
+# Each sh block runs, unless the line before it says <!-- not runnable: why -->. Ports
+# 47000-47999 in the examples are replaced by free ones.
+BLOCKS = re.findall(r"(<!-- not runnable: [^>]*-->\n *)?```sh\n(.*?)^ *```", CLI_DOC,
+                    re.DOTALL | re.MULTILINE)
+RUNNABLE = [block for skip, block in BLOCKS if not skip]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_the_cli_guide_has_runnable_examples() -> None:
+    assert len(RUNNABLE) >= 4
+
+
+@pytest.mark.parametrize("block", RUNNABLE, ids=[f"example{i}" for i in range(len(RUNNABLE))])
+def test_the_cli_guide_examples_run(block: str, tmp_path: Path) -> None:
+    ports: dict[str, str] = {}
+    script = re.sub(r"\b47\d\d\d\b", lambda m: ports.setdefault(m.group(), str(free_port())),
+                    block)
+    bin_dir = str(Path(SANSFLOW[0]).parent) if SANSFLOW[0] != sys.executable else ""
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, capture_output=True,
+        timeout=TIMEOUT, check=False,
+        env={**os.environ, "PATH": os.pathsep.join(p for p in (bin_dir, os.environ["PATH"])
+                                                   if p)})
+    assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
