@@ -361,10 +361,12 @@ def test_demo_shows_a_half_close_on_every_adapter() -> None:
     assert out.count("client: read b'HELLO, HALF-CLOSED WORLD'") == len(LOOPS)
 
 
-CLI_DOC = (ROOT / "docs" / "cli.md").read_text()
+README = (ROOT / "README.md").read_text()
+CLI_DOCS = (ROOT / "docs" / "cli.md").read_text() + README[README.index("## Try it"):
+                                                          README.index("## Install and test")]
 # Each sh block runs, unless the line before it says <!-- not runnable: why -->. Ports
-# 47000-47999 in the examples are replaced by free ones.
-BLOCKS = re.findall(r"(<!-- not runnable: [^>]*-->\n *)?```sh\n(.*?)^ *```", CLI_DOC,
+# 47000-47999 and 9000 in the examples are replaced by free ones.
+BLOCKS = re.findall(r"(<!-- not runnable: [^>]*-->\n *)?```sh\n(.*?)^ *```", CLI_DOCS,
                     re.DOTALL | re.MULTILINE)
 RUNNABLE = [block for skip, block in BLOCKS if not skip]
 
@@ -382,7 +384,7 @@ def test_the_cli_guide_has_runnable_examples() -> None:
 @pytest.mark.parametrize("block", RUNNABLE, ids=[f"example{i}" for i in range(len(RUNNABLE))])
 def test_the_cli_guide_examples_run(block: str, tmp_path: Path) -> None:
     ports: dict[str, str] = {}
-    script = re.sub(r"\b47\d\d\d\b", lambda m: ports.setdefault(m.group(), str(free_port())),
+    script = re.sub(r"\b(47\d\d\d|9000)\b", lambda m: ports.setdefault(m.group(), str(free_port())),
                     block)
     bin_dir = str(Path(SANSFLOW[0]).parent) if SANSFLOW[0] != sys.executable else ""
     done = subprocess.run(
