@@ -46,10 +46,12 @@ from sansflow import (
     Ok,
     ReceiveState,
     SendState,
+    Shutdown,
 )
 from sansflow._adapter import AsyncDriverFlow
 from sansflow._flow import Buffer
 from sansflow._results import ReadResult, WriteResult
+from sansflow._tls import TlsInfo, TlsLayer
 
 from ._common import (
     READ_SIZE,
@@ -64,6 +66,10 @@ if TYPE_CHECKING:
 __all__ = ["AsyncioFlow"]
 
 _OK: Ok[None] = Ok(None)
+
+HANDED_OVER = FlowError(ErrorKind.TRANSPORT,
+                        detail="the connection now carries TLS: use the flow wrap_tls() returned")
+"""The error of a flow whose connection ``wrap_tls`` took."""
 
 # Receive buffers shared by every flow of a _BufferedDriver in the process. The transport
 # holds one only from get_buffer() to buffer_updated(), and the core copies the bytes out, so
@@ -101,13 +107,16 @@ class _Driver(asyncio.Protocol):
     """
 
     __slots__ = (
+        "_app",
         "_core",
         "_direct",
         "_eof_written",
         "_flush_pending",
         "_flushed_waiters",
         "_handed",
+        "_handshake_waiters",
         "_in_flush",
+        "_layers",
         "_loop",
         "_lost",
         "_lost_waiters",
@@ -123,7 +132,12 @@ class _Driver(asyncio.Protocol):
 
     def __init__(self, core: Flow, loop: asyncio.AbstractEventLoop,
                  server: Server | None = None) -> None:
-        self._core = core
+        self._core = core  # the core on the transport: ciphertext under TLS
+        # The TLS layers over it, innermost first (none for a plain flow), and the core the
+        # application uses: the outermost layer's plaintext flow, or the core itself.
+        self._layers: list[TlsLayer] = []
+        self._app = core
+        self._handshake_waiters: list[asyncio.Future[None]] | None = None
         self._loop = loop
         self._server = server
         self._transport: asyncio.Transport | None = None
@@ -157,7 +171,9 @@ class _Driver(asyncio.Protocol):
         # to drain to low water is woken then (the flush that follows counts them sent).
         low_water = self._core.low_water
         transport.set_write_buffer_limits(high=low_water, low=low_water)
-        self._writable = self._direct = not self._write_paused
+        self._writable = self._direct = not (self._write_paused or self._layers)
+        if self._layers:
+            self._update()  # a client's hello goes out
         if self._server is not None:
             self._server._connection_made(self)
 
@@ -165,6 +181,8 @@ class _Driver(asyncio.Protocol):
         core = self._core
         core.receive_data(data)  # bytes: kept as they are, no copy
         self._direct = self._writable  # the loop has control: a burst of writes is over
+        if self._layers:
+            self._update()  # decrypted (or answered), readers of the plaintext woken
         if core.reading_paused and not self._read_paused:
             self._pause_reading()
         # Data arrived, so a read has a result now: no need to ask the core.
@@ -194,6 +212,8 @@ class _Driver(asyncio.Protocol):
             if core.receive_state in RECEIVING:
                 core.receive_eof()
             core.receive_error(FlowError(ErrorKind.TRANSPORT, detail="the transport was closed"))
+        if self._layers:
+            self._step_layers()
         self._wake()
         waiters = self._lost_waiters
         if waiters is not None:
@@ -210,7 +230,7 @@ class _Driver(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        self._writable = self._direct = not (self._eof_written or self._released)
+        self._writable = self._direct = not (self._eof_written or self._released or self._layers)
         # Act on the next loop iteration, not in here: asyncio's selector transport calls us
         # from inside its write handler, which goes on once we return (shutting down the
         # socket for a pending write_eof(), or ending its close()). A transport closed from
@@ -227,9 +247,18 @@ class _Driver(asyncio.Protocol):
 
     def _update(self) -> None:
         core = self._core
+        layers = self._layers
         if not self._released:
-            if core.queued or core.eof_due:
+            while True:
+                if layers:
+                    self._step_layers()  # plaintext in and out, records to send
+                if not (core.queued or core.eof_due):
+                    break
+                before = core.queued
                 self._pull_out()
+                # The transport took records at once: the layers may encrypt more now.
+                if not (layers and core.queued < before and self._app.queued):
+                    break
             if self._read_paused and not core.reading_paused:
                 self._resume_reading()
             if core.state is _CLOSED:
@@ -325,7 +354,7 @@ class _Driver(asyncio.Protocol):
 
     def _wake(self) -> None:
         """Wake each waiter whose condition now holds; a waiter is woken once, not per chunk."""
-        core = self._core
+        core = self._app
         waiter = self._read_waiter
         if waiter is not None and core.read_ready:
             self._read_waiter = None
@@ -342,6 +371,46 @@ class _Driver(asyncio.Protocol):
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
+        waiters = self._handshake_waiters
+        if waiters is not None and (self._layers[-1].handshake_done or core.state is _CLOSED):
+            self._handshake_waiters = None
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    # -- TLS -------------------------------------------------------------------------------
+
+    def _add_layer(self, layer: TlsLayer) -> None:
+        """Carry ``layer`` over what the application used so far (its plaintext core)."""
+        self._layers.append(layer)
+        self._app = layer.outer
+        self._writable = self._direct = False  # every write is encrypted first
+
+    def _step_layers(self) -> None:
+        """Let each TLS layer move what it can, until none moves any more."""
+        layers = self._layers
+        if len(layers) == 1:
+            layers[0].step()
+            return
+        moved = True
+        while moved:
+            moved = False
+            for layer in layers:
+                moved = layer.step() or moved
+
+    async def _wait_handshake(self, timeout: float | None) -> bool:
+        """Wait until the outermost layer's handshake is done or the flow ended; ``False``
+        if ``timeout`` passed first."""
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        if self._handshake_waiters is None:
+            self._handshake_waiters = []
+        self._handshake_waiters.append(waiter)
+        self._wake()  # maybe done already
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
 
     def _release(self) -> None:
         """Let go of the transport once the core is CLOSED: a FIN after a clean end (the
@@ -361,6 +430,7 @@ class _Driver(asyncio.Protocol):
 
     def _abort_now(self, error: FlowError | None = None) -> None:
         """Abort without waiting: the core fails, the transport is reset, everyone wakes."""
+        self._app.abort(error)  # the layers see it: no close_notify goes out
         self._core.abort(error)
         transport = self._transport
         if transport is not None and self._released:
@@ -442,6 +512,8 @@ class _BufferedDriver(_Driver, asyncio.BufferedProtocol):
             _FREE_BUFFERS.append(buffer)
         # From here on as in data_received (inlined: this runs once per read).
         self._direct = self._writable
+        if self._layers:
+            self._update()
         if core.reading_paused and not self._read_paused:
             self._pause_reading()
         waiter = self._read_waiter
@@ -480,7 +552,7 @@ class AsyncioFlow(AsyncDriverFlow):
     a coroutine; none raises for an I/O failure (it shows as an ``Error`` result).
     """
 
-    __slots__ = ("_driver",)
+    __slots__ = ("_driver", "_successor")
     _core: Flow  # the core this flow drives (AdapterFlow only reads its state)
 
     def __init__(self, core: Flow, driver: _Driver) -> None:
@@ -488,6 +560,52 @@ class AsyncioFlow(AsyncDriverFlow):
         assert transport is not None  # made once connected
         super().__init__(core, **addresses(transport.get_extra_info("socket")))
         self._driver = driver
+        self._successor: AsyncioFlow | None = None  # the TLS flow that took the connection
+
+    def _hand_over(self, successor: AsyncioFlow) -> None:
+        """``wrap_tls`` took this flow's connection for ``successor``: from now on this flow
+        reads and writes as one whose connection ended, and its ``close``, ``shutdown`` and
+        ``abort`` are the successor's (so a server that closes its handler's flow, or a
+        ``with`` block around the plain flow, ends the TLS session properly)."""
+        ended = Flow()
+        ended.abort(HANDED_OVER)
+        self._core = ended
+        self._successor = successor
+
+    def _current(self) -> AsyncioFlow:
+        """The flow that carries this one's connection now: itself, or the last TLS flow
+        ``wrap_tls`` made over it."""
+        flow = self
+        while flow._successor is not None:
+            flow = flow._successor
+        return flow
+
+    async def close(self, timeout: float | None = None) -> None:
+        if self._successor is not None:
+            await self._successor.close(timeout)
+        else:
+            await super().close(timeout)
+
+    async def shutdown(self, how: Shutdown) -> None:
+        if self._successor is not None:
+            await self._successor.shutdown(how)
+        else:
+            await super().shutdown(how)
+
+    async def abort(self) -> None:
+        if self._successor is not None:
+            await self._successor.abort()
+        else:
+            await super().abort()
+
+    @property
+    def tls(self) -> TlsInfo | None:
+        """What the TLS handshake settled on (version, cipher, ALPN, the peer's certificate);
+        ``None`` for a plain flow."""
+        for layer in self._driver._layers:
+            if layer.outer is self._core:
+                return layer.tls
+        return None  # a plain flow, or one handed over to wrap_tls
 
     @property
     def transport(self) -> asyncio.Transport | None:
@@ -524,8 +642,8 @@ class AsyncioFlow(AsyncDriverFlow):
             finally:
                 self._reading = False
                 driver._read_waiter = None
-        if driver._read_paused:
-            driver._update()
+        if driver._read_paused or driver._layers:
+            driver._update()  # room to receive (or to decrypt) more
         return result
 
     async def write(self, data: bytes | bytearray | memoryview) -> WriteResult:

@@ -24,6 +24,7 @@ import asyncio
 import math
 import os
 import socket
+import ssl as ssl_
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
@@ -32,11 +33,15 @@ from sansflow import (
     HIGH_WATER,
     LOW_WATER,
     RECEIVE_LIMIT,
+    ErrorKind,
     Flow,
+    FlowError,
+    FlowState,
+    TlsLayer,
 )
 from sansflow._adapter import check_timeout
 
-from ._asyncio_flow import AsyncioFlow, _Driver, _new_driver
+from ._asyncio_flow import HANDED_OVER, AsyncioFlow, _Driver, _new_driver
 from ._common import (
     check_connected,
     receive_ended,
@@ -50,11 +55,25 @@ from ._connect import (
     connect_timed_out,
     where,
 )
-from ._server import GRACE, AsyncServerBase, run_async_handler, server_options
+from ._handshake import (
+    HANDSHAKE_TIMEOUT,
+    handshake_failed,
+    log_failed_handshake,
+    new_layer,
+    peer_of,
+    tls_context,
+)
+from ._server import (
+    GRACE,
+    HANDLER_CLOSE_TIMEOUT,
+    AsyncServerBase,
+    run_async_handler,
+    server_options,
+)
 
 __all__ = [
     "ATTEMPT_DELAY", "BACKLOG", "AsyncioFlow", "Server", "connect", "connect_unix", "serve",
-    "serve_unix", "wrap",
+    "serve_unix", "wrap", "wrap_tls",
 ]
 
 # The flows' module name is the one users import them from.
@@ -67,6 +86,7 @@ Handler = Callable[[AsyncioFlow], Awaitable[object]]
 
 
 async def connect(host: str, port: int, *, timeout: float | None = None,
+                  ssl: ssl_.SSLContext | bool | None = None, server_hostname: str | None = None,
                   high_water: int = HIGH_WATER, low_water: int = LOW_WATER,
                   receive_limit: int = RECEIVE_LIMIT) -> AsyncioFlow:
     """Open a TCP connection to ``host`` (a name, an IPv4 or an IPv6 address) and return its
@@ -79,12 +99,78 @@ async def connect(host: str, port: int, *, timeout: float | None = None,
     seconds pass first (for the whole connect), else the ``OSError`` of the first address
     that failed otherwise; each names host and port. After that, I/O failures are ``Error``
     results.
+
+    With ``ssl`` (an ``ssl.SSLContext``, or ``True`` for ``ssl.create_default_context()``)
+    the flow carries TLS, and ``connect`` returns once the handshake is done (``timeout``
+    covers it too). ``server_hostname`` (default: ``host``) is what the certificate must
+    name, and what SNI sends. A handshake that fails raises the ssl module's exception for
+    it (``ssl.SSLCertVerificationError`` for a certificate), whose text is the failure's
+    ``error_message``; the alert still reaches the server.
     """
     check_address(host, port)
     check_timeout(timeout)
+    context = tls_context(ssl, server_hostname)
     core = Flow(high_water=high_water, low_water=low_water, receive_limit=receive_limit)
+    started = asyncio.get_running_loop().time()
     sock = await _opened(_open_tcp(host, port), where(host, port), timeout)
-    return await _adopt(sock, core)
+    if context is None:
+        return await _adopt(sock, core)
+    layer = new_layer(core, context, server_side=False, server_hostname=server_hostname or host,
+                      require_close_notify=True)
+    flow = await _adopt(sock, core, layer)
+    left = None if timeout is None else timeout - (asyncio.get_running_loop().time() - started)
+    await _handshaken(flow, where(host, port), left)
+    return flow
+
+
+async def wrap_tls(flow: AsyncioFlow, ssl_context: ssl_.SSLContext, *, server_side: bool = False,
+                   server_hostname: str | None = None, require_close_notify: bool = True,
+                   handshake_timeout: float | None = None) -> AsyncioFlow:
+    """TLS over ``flow`` (after a plaintext exchange: STARTTLS; or inside another TLS flow),
+    returned once the handshake is done. ``flow`` belongs to the TLS flow from then on: it
+    answers like a flow whose connection ended (reads and writes give an ``Error``), and the
+    TLS flow's ``close`` or ``abort`` ends the connection.
+
+    ``require_close_notify=False`` reads a peer's end without TLS close_notify as ``Eof()``
+    instead of ``Error(TRUNCATED)``: for protocols that frame their own data (HTTP/1.1). A
+    handshake that fails or takes more than ``handshake_timeout`` seconds raises, as
+    ``connect`` does.
+    """
+    if not isinstance(flow, AsyncioFlow):
+        raise TypeError(f"wrap_tls() takes an AsyncioFlow, not {type(flow).__name__}")
+    if not isinstance(ssl_context, ssl_.SSLContext):
+        raise TypeError(f"wrap_tls() takes an ssl.SSLContext, not {ssl_context!r}")
+    check_timeout(handshake_timeout)
+    if flow.error is HANDED_OVER:
+        raise ValueError("this flow was handed to wrap_tls() already: use the flow it returned")
+    driver = flow._driver
+    layer = new_layer(driver._app, ssl_context, server_side=server_side,
+                      server_hostname=server_hostname,
+                      require_close_notify=require_close_notify)  # checks the rest
+    driver._add_layer(layer)
+    tls_flow = AsyncioFlow(layer.outer, driver)
+    flow._hand_over(tls_flow)
+    driver._update()
+    await _handshaken(tls_flow, peer_of(tls_flow), handshake_timeout)
+    return tls_flow
+
+
+async def _handshaken(flow: AsyncioFlow, where: str, timeout: float | None) -> None:
+    """Return once ``flow``'s handshake is done; else end the connection (the alert goes out
+    first) and raise what ``handshake_failed`` says."""
+    driver = flow._driver
+    done = await driver._wait_handshake(timeout)
+    if done and driver._layers[-1].handshake_done:
+        return
+    error = None if not done else flow.error
+    if not done:
+        driver._abort_now(FlowError(ErrorKind.TIMED_OUT, detail="TLS handshake deadline passed"))
+    else:
+        transport = driver._transport
+        if transport is not None:
+            transport.close()  # after what it holds: the alert
+    await driver._wait_lost()
+    raise handshake_failed(error, where, timeout)
 
 
 async def connect_unix(path: UnixPath, *,
@@ -143,14 +229,17 @@ async def _opened(opening: Awaitable[socket.socket | list[OSError]], where: str,
     return opened
 
 
-async def _adopt(sock: socket.socket, core: Flow) -> AsyncioFlow:
+async def _adopt(sock: socket.socket, core: Flow, layer: TlsLayer | None = None
+                 ) -> AsyncioFlow:
     """The flow over the connected ``sock``; its transport owns the socket from now on."""
     loop = asyncio.get_running_loop()
     driver = _new_driver(core, loop)
-    # Works for every stream family on asyncio's loop and on uvloop; server_side only
-    # matters for TLS, which is not used here.
+    if layer is not None:
+        driver._add_layer(layer)
+    # Works for every stream family on asyncio's loop and on uvloop; asyncio's own TLS
+    # (its ssl argument) is not used: TLS is the driver's layer.
     await loop.connect_accepted_socket(lambda: driver, sock)
-    return AsyncioFlow(core, driver)
+    return AsyncioFlow(driver._app, driver)
 
 
 async def _resolve(host: str | None, port: int, flags: int = 0
@@ -244,13 +333,17 @@ class Server(AsyncServerBase[Handler]):
     outlives the block.
     """
 
-    __slots__ = ("_drivers", "_listen", "_loop", "_servers", "_stopping", "_tasks")
+    __slots__ = ("_drivers", "_handshake_timeout", "_listen", "_loop", "_servers", "_stopping",
+                 "_tasks", "_tls")
 
     _RUNS_ONCE = "this server is already running"
 
     def __init__(self, handler: Handler, listen: Listen, *, options: dict[str, int],
-                 grace: float, path: UnixPath | None = None) -> None:
+                 grace: float, tls: ssl_.SSLContext | None = None,
+                 handshake_timeout: float | None = None, path: UnixPath | None = None) -> None:
         super().__init__(handler, options, path, grace=grace)
+        self._tls = tls
+        self._handshake_timeout = handshake_timeout
         self._listen = listen
         self._loop: asyncio.AbstractEventLoop | None = None
         self._servers: list[asyncio.Server] = []
@@ -303,6 +396,9 @@ class Server(AsyncServerBase[Handler]):
     def _new_driver(self) -> _Driver:
         assert self._loop is not None
         driver = _new_driver(self._new_core(), self._loop, self)
+        if self._tls is not None:
+            driver._add_layer(new_layer(driver._core, self._tls, server_side=True,
+                                        server_hostname=None, require_close_notify=True))
         self._drivers.add(driver)
         return driver
 
@@ -311,7 +407,7 @@ class Server(AsyncServerBase[Handler]):
             driver._abort_now()
             return
         assert self._loop is not None
-        task = self._loop.create_task(self._run(AsyncioFlow(driver._core, driver)))
+        task = self._loop.create_task(self._run(AsyncioFlow(driver._app, driver)))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -319,7 +415,16 @@ class Server(AsyncServerBase[Handler]):
         self._drivers.discard(driver)
 
     async def _run(self, flow: AsyncioFlow) -> None:
+        if self._tls is not None:
+            try:
+                await _handshaken(flow, peer_of(flow), self._handshake_timeout)
+            except OSError as exc:
+                log_failed_handshake(exc)
+                return
         await run_async_handler(self._handler, flow, _abort_at_once)
+        current = flow._current()
+        if current.state is not FlowState.CLOSED:  # the TLS flow of a STARTTLS in the handler
+            await current.close(timeout=HANDLER_CLOSE_TIMEOUT)
         # A flow the handler ended itself (a failure, say) may still hold its transport.
         await flow._driver._wait_lost()
 
@@ -330,8 +435,9 @@ async def _abort_at_once(flow: AsyncioFlow) -> None:
 
 
 def serve(handler: Handler, host: str | None, port: int, *, backlog: int = BACKLOG,
-          grace: float = GRACE, high_water: int = HIGH_WATER, low_water: int = LOW_WATER,
-          receive_limit: int = RECEIVE_LIMIT) -> Server:
+          grace: float = GRACE, ssl: ssl_.SSLContext | None = None,
+          handshake_timeout: float | None = HANDSHAKE_TIMEOUT, high_water: int = HIGH_WATER,
+          low_water: int = LOW_WATER, receive_limit: int = RECEIVE_LIMIT) -> Server:
     """A ``Server`` that gives each accepted TCP connection's flow to ``handler``.
 
     Use it as ``async with serve(handler, host, port) as server:``; ``server.port`` is the
@@ -340,9 +446,16 @@ def serve(handler: Handler, host: str | None, port: int, *, backlog: int = BACKL
     (``high_water``, ``low_water``, ``receive_limit``) apply to every accepted flow and are
     checked here, with the address. ``grace`` is how many seconds stopping the server lets
     running handlers finish before they are cancelled (``math.inf``: as long as they take).
+
+    With ``ssl`` (an ``ssl.SSLContext`` with the server's certificate) every flow carries
+    TLS, and the handler gets it once the handshake is done. A connection whose handshake
+    fails, or takes more than ``handshake_timeout`` seconds, is logged at WARNING on the
+    ``"sansflow"`` logger and closed; the handler never sees it.
     """
     check_address(host, port, server=True)
     options = server_options(handler, high_water, low_water, receive_limit, grace)
+    context = tls_context(ssl, server=True)
+    check_timeout(handshake_timeout)
 
     async def listen(loop: asyncio.AbstractEventLoop,
                      factory: Callable[[], asyncio.BaseProtocol]) -> list[asyncio.Server]:
@@ -360,7 +473,8 @@ def serve(handler: Handler, host: str | None, port: int, *, backlog: int = BACKL
             raise
         return servers
 
-    return Server(handler, listen, options=options, grace=grace)
+    return Server(handler, listen, options=options, grace=grace, tls=context,
+                  handshake_timeout=handshake_timeout)
 
 
 def serve_unix(handler: Handler, path: UnixPath, *, backlog: int = BACKLOG,

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import errno
 import importlib.util
-import inspect
 import logging
 import os
 import random
@@ -29,9 +28,6 @@ import pytest
 from loopback import full_backlog_port, has_ipv6_loopback, reset
 
 from sansflow import (
-    HIGH_WATER,
-    LOW_WATER,
-    RECEIVE_LIMIT,
     BusyError,
     Eof,
     Error,
@@ -45,8 +41,6 @@ from sansflow import (
     error_message,
 )
 from sansflow.adapters import asyncio as sf
-from sansflow.adapters._connect import BACKLOG
-from sansflow.adapters._server import GRACE
 
 uvloop: ModuleType | None
 try:
@@ -1170,20 +1164,6 @@ def test_addresses_are_checked_before_any_io(loop_kind: str) -> None:
                 await called(call)
 
     run(loop_kind, main)
-
-
-def test_every_option_is_named_with_the_shared_default() -> None:
-    options = {"high_water": HIGH_WATER, "low_water": LOW_WATER, "receive_limit": RECEIVE_LIMIT}
-    functions: list[tuple[Callable[..., object], dict[str, object]]] = [
-        (sf.connect, {"timeout": None}), (sf.connect_unix, {"timeout": None}), (sf.wrap, {}),
-        (sf.serve, {"backlog": BACKLOG, "grace": GRACE}),
-        (sf.serve_unix, {"backlog": BACKLOG, "grace": GRACE}),
-    ]
-    for function, extra in functions:
-        named = {name: parameter.default
-                 for name, parameter in inspect.signature(function).parameters.items()
-                 if parameter.kind is inspect.Parameter.KEYWORD_ONLY}
-        assert named == {**extra, **options}, function
 
 
 # -- AF_UNIX ---------------------------------------------------------------------------------

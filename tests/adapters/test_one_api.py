@@ -47,6 +47,7 @@ from sansflow.adapters import asyncio as sf_asyncio
 from sansflow.adapters import socket as sf_socket
 from sansflow.adapters import trio as sf_trio
 from sansflow.adapters._connect import BACKLOG
+from sansflow.adapters._handshake import HANDSHAKE_TIMEOUT
 from sansflow.adapters._server import GRACE
 
 uvloop: ModuleType | None
@@ -731,6 +732,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {  # function: its keyword-only parameters
     "serve_unix": {"backlog": BACKLOG, "grace": GRACE, **OPTIONS},
 }
 MODULES = {"asyncio": sf_asyncio, "trio": sf_trio, "socket": sf_socket}
+# TLS is on the asyncio adapter first; the other adapters take the same options next.
+TLS_FIRST: dict[tuple[str, str], dict[str, Any]] = {
+    ("asyncio", "connect"): {"ssl": None, "server_hostname": None},
+    ("asyncio", "serve"): {"ssl": None, "handshake_timeout": HANDSHAKE_TIMEOUT},
+}
 
 
 def parameters(function: Callable[..., Any]) -> tuple[list[str], dict[str, Any]]:
@@ -747,7 +753,8 @@ def parameters(function: Callable[..., Any]) -> tuple[list[str], dict[str, Any]]
 @pytest.mark.parametrize("name", API)
 def test_every_adapter_takes_the_same_arguments(name: str) -> None:
     seen = {adapter: parameters(getattr(module, name)) for adapter, module in MODULES.items()}
-    assert seen == dict.fromkeys(MODULES, (API[name], DEFAULTS[name]))
+    assert seen == {adapter: (API[name], {**DEFAULTS[name], **TLS_FIRST.get((adapter, name), {})})
+                    for adapter in MODULES}
 
 
 @pytest.mark.parametrize("name", ["connect", "connect_unix", "wrap"])

@@ -1,0 +1,96 @@
+"""What every adapter's TLS entry points share: the ``ssl`` argument, the layer's options, the
+exception a failed handshake raises, and the log line of a server's failed handshake."""
+
+from __future__ import annotations
+
+import logging
+import ssl as _ssl
+
+from sansflow import AdapterFlow, Flow, FlowError, TlsLayer, error_message
+
+__all__ = [
+    "HANDSHAKE_FAILED", "HANDSHAKE_TIMEOUT", "handshake_failed", "log_failed_handshake",
+    "new_layer", "peer_of", "tls_context",
+]
+
+HANDSHAKE_FAILED = "sansflow: TLS handshake failed: %s"
+"""What a server logs (at WARNING) for a connection whose handshake failed; the handler never
+sees that connection."""
+
+HANDSHAKE_TIMEOUT = 60.0
+"""Seconds a server gives a connection's TLS handshake before it drops the connection."""
+
+_log = logging.getLogger("sansflow")
+
+# What a failed handshake's exception keeps of the ssl module's own.
+_SSL_ATTRIBUTES = ("library", "reason", "verify_code", "verify_message")
+
+
+def tls_context(ssl: object, server_hostname: object = None, *, server: bool = False
+                ) -> _ssl.SSLContext | None:
+    """The context for ``connect(ssl=...)`` / ``serve(ssl=...)``: ``None`` for a plain flow,
+    the caller's ``SSLContext``, or for ``True`` (clients only) ``ssl.create_default_context()``
+    (the system's CAs, hostname checked). Refused now, with a precise error, if wrong."""
+    if server_hostname is not None and not isinstance(server_hostname, str):
+        raise TypeError(f"server_hostname must be a str or None, not {server_hostname!r}")
+    if ssl is None or ssl is False:
+        if server_hostname is not None:
+            raise ValueError("server_hostname is only for TLS: pass ssl= as well")
+        return None
+    if ssl is True and not server:
+        return _ssl.create_default_context()
+    if not isinstance(ssl, _ssl.SSLContext):
+        wanted = "an ssl.SSLContext" if server else "an ssl.SSLContext or True"
+        raise TypeError(f"ssl must be {wanted}, not {ssl!r}")
+    return ssl
+
+
+def new_layer(inner: Flow, context: _ssl.SSLContext, *, server_side: bool,
+              server_hostname: str | None, require_close_notify: bool) -> TlsLayer:
+    """A ``TlsLayer`` over ``inner`` whose plaintext flow takes ``inner``'s sizes."""
+    return TlsLayer(inner, context, server_side=server_side, server_hostname=server_hostname,
+                    require_close_notify=require_close_notify, high_water=inner.high_water,
+                    low_water=inner.low_water, receive_limit=inner.receive_limit)
+
+
+def handshake_failed(error: FlowError | None, where: str, timeout: float | None = None
+                     ) -> OSError:
+    """What ``connect`` and ``wrap_tls`` raise when the handshake failed with ``error``
+    (``None``: ``timeout`` passed first): the class of its cause where that is an
+    ``OSError`` (``ssl.SSLCertVerificationError`` for a certificate, ``ConnectionResetError``
+    for a reset), ``TimeoutError`` at the deadline, else ``ConnectionError``; the text is
+    ``where`` and ``error_message``, the cause is chained, and the ssl module's attributes
+    (``verify_message``, ``reason``...) are kept."""
+    if error is None:
+        return TimeoutError(f"{where}: TLS handshake timed out after {timeout} s")
+    text = f"{where}: {error_message(error)}"
+    cause = error.cause
+    exc: OSError
+    if isinstance(cause, OSError):
+        # The ssl module's errors show their second argument alone; other OSErrors their only
+        # one (with two, "[Errno N]" would come first).
+        exc = (type(cause)(cause.errno, text) if isinstance(cause, _ssl.SSLError)
+               else type(cause)(text))
+        exc.errno = cause.errno
+        for name in _SSL_ATTRIBUTES:
+            if hasattr(cause, name):
+                setattr(exc, name, getattr(cause, name))
+    else:  # ended by the application (an abort), or by a transport that gave no exception
+        exc = ConnectionError(text)
+    exc.__cause__ = cause
+    return exc
+
+
+def log_failed_handshake(exc: OSError) -> None:
+    """A server's connection whose handshake failed (``exc``, from ``handshake_failed``): one
+    line at WARNING, for a client that does not trust us or a port scanner is not the
+    server's own failure."""
+    _log.warning(HANDSHAKE_FAILED, exc)
+
+
+def peer_of(flow: AdapterFlow) -> str:
+    """How a handshake's exception names the peer: its address, where it has one."""
+    name = flow.peername
+    if isinstance(name, tuple):
+        return f"{name[0]}:{name[1]}" if ":" not in str(name[0]) else f"[{name[0]}]:{name[1]}"
+    return str(name) if name else "the peer"
