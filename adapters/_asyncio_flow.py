@@ -46,7 +46,6 @@ from sansflow import (
     Ok,
     ReceiveState,
     SendState,
-    Shutdown,
 )
 from sansflow._adapter import AsyncDriverFlow
 from sansflow._flow import Buffer
@@ -59,6 +58,7 @@ from ._common import (
     addresses,
     set_linger_zero,
 )
+from ._handshake import step_layers
 
 if TYPE_CHECKING:
     from .asyncio import Server
@@ -66,10 +66,6 @@ if TYPE_CHECKING:
 __all__ = ["AsyncioFlow"]
 
 _OK: Ok[None] = Ok(None)
-
-HANDED_OVER = FlowError(ErrorKind.TRANSPORT,
-                        detail="the connection now carries TLS: use the flow wrap_tls() returned")
-"""The error of a flow whose connection ``wrap_tls`` took."""
 
 # Receive buffers shared by every flow of a _BufferedDriver in the process. The transport
 # holds one only from get_buffer() to buffer_updated(), and the core copies the bytes out, so
@@ -213,7 +209,7 @@ class _Driver(asyncio.Protocol):
                 core.receive_eof()
             core.receive_error(FlowError(ErrorKind.TRANSPORT, detail="the transport was closed"))
         if self._layers:
-            self._step_layers()
+            step_layers(self._layers)
         self._wake()
         waiters = self._lost_waiters
         if waiters is not None:
@@ -251,7 +247,7 @@ class _Driver(asyncio.Protocol):
         if not self._released:
             while True:
                 if layers:
-                    self._step_layers()  # plaintext in and out, records to send
+                    step_layers(layers)  # plaintext in and out, records to send
                 if not (core.queued or core.eof_due):
                     break
                 before = core.queued
@@ -381,22 +377,11 @@ class _Driver(asyncio.Protocol):
     # -- TLS -------------------------------------------------------------------------------
 
     def _add_layer(self, layer: TlsLayer) -> None:
-        """Carry ``layer`` over what the application used so far (its plaintext core)."""
+        """Carry ``layer`` over the core the application used so far; the application uses
+        its plaintext core from now on."""
         self._layers.append(layer)
         self._app = layer.outer
         self._writable = self._direct = False  # every write is encrypted first
-
-    def _step_layers(self) -> None:
-        """Let each TLS layer move what it can, until none moves any more."""
-        layers = self._layers
-        if len(layers) == 1:
-            layers[0].step()
-            return
-        moved = True
-        while moved:
-            moved = False
-            for layer in layers:
-                moved = layer.step() or moved
 
     async def _wait_handshake(self, timeout: float | None) -> bool:
         """Wait until the outermost layer's handshake is done or the flow ended; ``False``
@@ -552,7 +537,7 @@ class AsyncioFlow(AsyncDriverFlow):
     a coroutine; none raises for an I/O failure (it shows as an ``Error`` result).
     """
 
-    __slots__ = ("_driver", "_successor")
+    __slots__ = ("_driver",)
     _core: Flow  # the core this flow drives (AdapterFlow only reads its state)
 
     def __init__(self, core: Flow, driver: _Driver) -> None:
@@ -560,52 +545,13 @@ class AsyncioFlow(AsyncDriverFlow):
         assert transport is not None  # made once connected
         super().__init__(core, **addresses(transport.get_extra_info("socket")))
         self._driver = driver
-        self._successor: AsyncioFlow | None = None  # the TLS flow that took the connection
-
-    def _hand_over(self, successor: AsyncioFlow) -> None:
-        """``wrap_tls`` took this flow's connection for ``successor``: from now on this flow
-        reads and writes as one whose connection ended, and its ``close``, ``shutdown`` and
-        ``abort`` are the successor's (so a server that closes its handler's flow, or a
-        ``with`` block around the plain flow, ends the TLS session properly)."""
-        ended = Flow()
-        ended.abort(HANDED_OVER)
-        self._core = ended
-        self._successor = successor
-
-    def _current(self) -> AsyncioFlow:
-        """The flow that carries this one's connection now: itself, or the last TLS flow
-        ``wrap_tls`` made over it."""
-        flow = self
-        while flow._successor is not None:
-            flow = flow._successor
-        return flow
-
-    async def close(self, timeout: float | None = None) -> None:
-        if self._successor is not None:
-            await self._successor.close(timeout)
-        else:
-            await super().close(timeout)
-
-    async def shutdown(self, how: Shutdown) -> None:
-        if self._successor is not None:
-            await self._successor.shutdown(how)
-        else:
-            await super().shutdown(how)
-
-    async def abort(self) -> None:
-        if self._successor is not None:
-            await self._successor.abort()
-        else:
-            await super().abort()
 
     @property
     def tls(self) -> TlsInfo | None:
         """What the TLS handshake settled on (version, cipher, ALPN, the peer's certificate);
         ``None`` for a plain flow."""
-        for layer in self._driver._layers:
-            if layer.outer is self._core:
-                return layer.tls
-        return None  # a plain flow, or one handed over to wrap_tls
+        layers = self._driver._layers
+        return layers[-1].tls if layers else None
 
     @property
     def transport(self) -> asyncio.Transport | None:

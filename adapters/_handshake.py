@@ -10,7 +10,7 @@ from sansflow import AdapterFlow, Flow, FlowError, TlsLayer, error_message
 
 __all__ = [
     "HANDSHAKE_FAILED", "HANDSHAKE_TIMEOUT", "handshake_failed", "log_failed_handshake",
-    "new_layer", "peer_of", "tls_context",
+    "new_layer", "peer_of", "step_layers", "tls_context",
 ]
 
 HANDSHAKE_FAILED = "sansflow: TLS handshake failed: %s"
@@ -94,3 +94,15 @@ def peer_of(flow: AdapterFlow) -> str:
     if isinstance(name, tuple):
         return f"{name[0]}:{name[1]}" if ":" not in str(name[0]) else f"[{name[0]}]:{name[1]}"
     return str(name) if name else "the peer"
+
+
+def step_layers(layers: list[TlsLayer]) -> None:
+    """Let each TLS layer of a flow (innermost first) move what it can, until none moves."""
+    if len(layers) == 1:
+        layers[0].step()
+        return
+    moved = True
+    while moved:
+        moved = False
+        for layer in layers:
+            moved = layer.step() or moved

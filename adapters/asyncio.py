@@ -36,12 +36,11 @@ from sansflow import (
     ErrorKind,
     Flow,
     FlowError,
-    FlowState,
     TlsLayer,
 )
 from sansflow._adapter import check_timeout
 
-from ._asyncio_flow import HANDED_OVER, AsyncioFlow, _Driver, _new_driver
+from ._asyncio_flow import AsyncioFlow, _Driver, _new_driver
 from ._common import (
     check_connected,
     receive_ended,
@@ -65,7 +64,6 @@ from ._handshake import (
 )
 from ._server import (
     GRACE,
-    HANDLER_CLOSE_TIMEOUT,
     AsyncServerBase,
     run_async_handler,
     server_options,
@@ -126,10 +124,9 @@ async def connect(host: str, port: int, *, timeout: float | None = None,
 async def wrap_tls(flow: AsyncioFlow, ssl_context: ssl_.SSLContext, *, server_side: bool = False,
                    server_hostname: str | None = None, require_close_notify: bool = True,
                    handshake_timeout: float | None = None) -> AsyncioFlow:
-    """TLS over ``flow`` (after a plaintext exchange: STARTTLS; or inside another TLS flow),
-    returned once the handshake is done. ``flow`` belongs to the TLS flow from then on: it
-    answers like a flow whose connection ended (reads and writes give an ``Error``), and the
-    TLS flow's ``close`` or ``abort`` ends the connection.
+    """Start TLS on ``flow`` (after a plaintext exchange: STARTTLS; or inside a TLS flow, for
+    a session in a tunnel) and return it once the handshake is done: the same flow, which
+    reads and writes plaintext over TLS from then on (``flow.tls`` tells the session).
 
     ``require_close_notify=False`` reads a peer's end without TLS close_notify as ``Eof()``
     instead of ``Error(TRUNCATED)``: for protocols that frame their own data (HTTP/1.1). A
@@ -141,18 +138,15 @@ async def wrap_tls(flow: AsyncioFlow, ssl_context: ssl_.SSLContext, *, server_si
     if not isinstance(ssl_context, ssl_.SSLContext):
         raise TypeError(f"wrap_tls() takes an ssl.SSLContext, not {ssl_context!r}")
     check_timeout(handshake_timeout)
-    if flow.error is HANDED_OVER:
-        raise ValueError("this flow was handed to wrap_tls() already: use the flow it returned")
     driver = flow._driver
     layer = new_layer(driver._app, ssl_context, server_side=server_side,
                       server_hostname=server_hostname,
                       require_close_notify=require_close_notify)  # checks the rest
     driver._add_layer(layer)
-    tls_flow = AsyncioFlow(layer.outer, driver)
-    flow._hand_over(tls_flow)
+    flow._core = layer.outer
     driver._update()
-    await _handshaken(tls_flow, peer_of(tls_flow), handshake_timeout)
-    return tls_flow
+    await _handshaken(flow, peer_of(flow), handshake_timeout)
+    return flow
 
 
 async def _handshaken(flow: AsyncioFlow, where: str, timeout: float | None) -> None:
@@ -422,9 +416,6 @@ class Server(AsyncServerBase[Handler]):
                 log_failed_handshake(exc)
                 return
         await run_async_handler(self._handler, flow, _abort_at_once)
-        current = flow._current()
-        if current.state is not FlowState.CLOSED:  # the TLS flow of a STARTTLS in the handler
-            await current.close(timeout=HANDLER_CLOSE_TIMEOUT)
         # A flow the handler ended itself (a failure, say) may still hold its transport.
         await flow._driver._wait_lost()
 

@@ -177,8 +177,8 @@ def test_an_untrusted_certificate_raises(run: Any, server_ctx: ssl.SSLContext,
 
 def test_starttls_after_a_plaintext_exchange(run: Any, server_ctx: ssl.SSLContext,
                                              client_ctx: ssl.SSLContext) -> None:
-    """``wrap_tls`` over a flow that has already talked in plaintext; the plain flow then
-    answers as an ended one, and the TLS flow carries the rest."""
+    """``wrap_tls`` over a flow that has already talked in plaintext: the same flow carries
+    the rest over TLS."""
     async def starttls_echo(flow: sf.AsyncioFlow) -> None:
         assert await flow.read(9) == Ok(b"STARTTLS\n")
         assert await flow.write(b"GO\n") == Ok(None)
@@ -190,14 +190,11 @@ def test_starttls_after_a_plaintext_exchange(run: Any, server_ctx: ssl.SSLContex
             plain = await sf.connect(HOST, server.port)
             assert await plain.write(b"STARTTLS\n") == Ok(None)
             assert await plain.read() == Ok(b"GO\n")
-            flow = await sf.wrap_tls(plain, client_ctx, server_hostname="localhost")
-            assert flow.tls is not None
             assert plain.tls is None
-            result = await plain.read()
-            assert isinstance(result, Error)
-            assert "wrap_tls" in result.error.detail
-            with pytest.raises(ValueError, match="wrap_tls"):
-                await sf.wrap_tls(plain, client_ctx, server_hostname="localhost")
+            flow = await sf.wrap_tls(plain, client_ctx, server_hostname="localhost")
+            assert flow is plain
+            assert flow.tls is not None
+            assert flow.tls.server_hostname == "localhost"
             assert await flow.write(b"secret") == Ok(None)
             await flow.shutdown(Shutdown.WRITE)
             assert await read_all(flow) == (b"secret", Eof())
@@ -326,10 +323,11 @@ def test_tls_inside_tls(run: Any, server_ctx: ssl.SSLContext, client_ctx: ssl.SS
 
     async def main() -> None:
         async with sf.serve(inner_echo, HOST, 0, ssl=server_ctx) as server:
-            outer = await sf.connect(HOST, server.port, ssl=client_ctx)
-            flow = await sf.wrap_tls(outer, client_ctx, server_hostname="localhost")
+            flow = await sf.connect(HOST, server.port, ssl=client_ctx)
+            outer_session = flow.tls
+            assert await sf.wrap_tls(flow, client_ctx, server_hostname="localhost") is flow
             assert flow.tls is not None
-            assert outer.tls is None  # handed over
+            assert flow.tls is not outer_session  # the inner session's
             assert await flow.write(b"nested " * 50_000) == Ok(None)
             await flow.shutdown(Shutdown.WRITE)
             assert await read_all(flow) == (b"nested " * 50_000, Eof())
