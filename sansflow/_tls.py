@@ -183,8 +183,10 @@ class TlsLayer:
         moved = False
         sslobj = self._ssl
         while not (self._peer_closed or self._broken):
-            if self._need_input and not self._feed():
-                break
+            if self._need_input:
+                if not self._feed():
+                    break
+                moved = True  # the inner flow's buffer shrank, even if no record is complete
             if self._outer.reading_paused and self._inner.error is None:
                 break
             try:

@@ -66,8 +66,10 @@ def tls_pair(version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3, *,
              client: ssl.SSLContext | None = None, server: ssl.SSLContext | None = None,
              server_hostname: str = "localhost", capacity: int | None = None,
              client_options: dict[str, Any] | None = None,
-             server_options: dict[str, Any] | None = None) -> TlsPair:
-    pair = FlowPair(capacity=capacity)
+             server_options: dict[str, Any] | None = None,
+             inner_options: dict[str, Any] | None = None) -> TlsPair:
+    pair = FlowPair(Flow(**(inner_options or {})), Flow(**(inner_options or {})),
+                    capacity=capacity)
     return TlsPair(
         pair,
         TlsLayer(pair.a, client or client_context(version), server_hostname=server_hostname,
@@ -194,6 +196,19 @@ def test_shutdown_read_discards_and_still_sees_close_notify() -> None:
         assert state(flow) is FlowState.CLOSED
 
 
+def test_bytes_after_the_peers_close_notify_are_dropped_and_its_fin_still_arrives() -> None:
+    tls = tls_pair(inner_options={"receive_limit": 1000})
+    tls.server.outer.close()
+    tls.run()
+    assert read_all(tls.client.outer) == (b"", Eof())
+    tls.server.inner.write(b"junk after close_notify " * 1000)  # more than the receive limit
+    tls.server.inner.shutdown(Shutdown.WRITE)
+    tls.client.outer.close()
+    tls.run()
+    for flow in tls.flows:
+        assert (state(flow), flow.error) == (FlowState.CLOSED, None)
+
+
 def test_starttls_after_a_plaintext_exchange() -> None:
     pair = FlowPair()
     pair.a.write(b"STARTTLS\r\n")
@@ -258,7 +273,9 @@ def test_a_huge_write_to_a_peer_that_never_reads_holds_little_ciphertext(
                                                          + 64 * 1024 + RECORD_OVERHEAD)
     # Reading at last lets all of it through, intact, with the same bounds all along.
     received = []
-    while client.outer.queued or server.outer.buffered:
+    for _ in range(10_000):  # a few hundred rounds move 10 MiB; more is a livelock
+        if not (client.outer.queued or server.outer.buffered):
+            break
         data, _ = read_all(server.outer)
         received.append(data)
         tls.pair.pump(RECORD)
@@ -438,6 +455,49 @@ def test_a_failed_verification_reaches_the_peer_as_an_alert(failure: Failure,
         assert state(flow) is FlowState.CLOSED
     assert not tls.client.step()
     assert not tls.server.step()
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_the_alert_for_a_bad_record_waits_behind_the_queued_ciphertext(
+        version: ssl.TLSVersion) -> None:
+    # The client reads nothing, so the server's ciphertext backs up to its inner queue.
+    tls = tls_pair(version, capacity=1000, inner_options={"receive_limit": 4096},
+                   client_options={"receive_limit": 1000})
+    tls.server.outer.write(b"s" * 200_000)
+    tls.run()
+    server_inner = tls.server.inner
+    assert not server_inner.write_ready
+    # A forged application-data record: its authentication fails.
+    server_inner.receive_data(b"\x17\x03\x03\x00\x20" + bytes(32))
+    tls.run()
+    server_error = tls.server.outer.error
+    assert server_error is not None
+    assert error_message(server_error) in {
+        "TLS failure: decryption failed or bad record mac "
+        "(DECRYPTION_FAILED_OR_BAD_RECORD_MAC)",
+        "TLS failure: bad record mac (BAD_RECORD_MAC)",
+    }
+    assert server_inner.send_state is SendState.OPEN  # no FIN while the alert waits
+    received = []
+    for _ in range(1000):
+        if tls.client.outer.error is not None:
+            break
+        data, _ = read_all(tls.client.outer)
+        received.append(data)
+        tls.run()
+    data, end = read_all(tls.client.outer)
+    received.append(data)
+    assert 0 < len(b"".join(received)) < 200_000
+    assert set(b"".join(received)) == {ord("s")}
+    client_error = tls.client.outer.error
+    assert end == Error(client_error)  # type: ignore[arg-type]
+    assert error_message(client_error) == (  # type: ignore[arg-type]
+        "TLS failure: peer sent alert bad record mac (SSLV3_ALERT_BAD_RECORD_MAC)"
+    )
+    tls.run()
+    for flow in tls.flows:
+        assert state(flow) is FlowState.CLOSED
+    assert tls.pair.resets == 0
 
 
 @pytest.mark.parametrize("version", VERSIONS)
