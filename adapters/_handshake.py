@@ -6,11 +6,11 @@ from __future__ import annotations
 import logging
 import ssl as _ssl
 
-from sansflow import AdapterFlow, Flow, FlowError, TlsLayer, error_message
+from sansflow import AdapterFlow, ErrorKind, Flow, FlowError, TlsLayer, error_message
 
 __all__ = [
-    "HANDSHAKE_FAILED", "HANDSHAKE_TIMEOUT", "handshake_failed", "log_failed_handshake",
-    "new_layer", "peer_of", "step_layers", "tls_context",
+    "HANDSHAKE_DEADLINE", "HANDSHAKE_FAILED", "HANDSHAKE_TIMEOUT", "handshake_failed",
+    "log_failed_handshake", "new_layer", "peer_of", "step_layers", "tls_context",
 ]
 
 HANDSHAKE_FAILED = "sansflow: TLS handshake failed: %s"
@@ -19,6 +19,9 @@ sees that connection."""
 
 HANDSHAKE_TIMEOUT = 60.0
 """Seconds a server gives a connection's TLS handshake before it drops the connection."""
+
+HANDSHAKE_DEADLINE = FlowError(ErrorKind.TIMED_OUT, detail="TLS handshake deadline passed")
+"""The error a flow is aborted with when its handshake takes too long."""
 
 _log = logging.getLogger("sansflow")
 

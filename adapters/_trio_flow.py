@@ -56,6 +56,7 @@ read, and ``shutdown(WRITE)`` ends both directions.
 
 from __future__ import annotations
 
+import math
 import os as _os
 import socket as _stdlib_socket
 from contextlib import suppress
@@ -77,6 +78,7 @@ from sansflow import (
 )
 from sansflow._adapter import AsyncDriverFlow
 from sansflow._flow import Buffer
+from sansflow._tls import TlsInfo, TlsLayer
 
 from ._common import (
     IOV_MAX,
@@ -87,6 +89,7 @@ from ._common import (
     send_queued,
     set_linger_zero,
 )
+from ._handshake import step_layers
 
 __all__ = ["TrioFlow"]
 
@@ -129,15 +132,19 @@ class TrioFlow(AsyncDriverFlow):
     run only when they had to wait (see the module documentation).
     """
 
-    __slots__ = ("_corked", "_in_send", "_lot", "_parked", "_receiving",
+    __slots__ = ("_corked", "_in_send", "_layers", "_lot", "_parked", "_receiving",
                  "_released", "_sender", "_sender_idle", "_sender_scope", "_socket",
-                 "_stream", "_sync", "_write_waiter")
+                 "_stream", "_sync", "_wire", "_write_waiter")
     _core: Flow  # the core this flow drives (AdapterFlow only reads its state)
 
     def __init__(self, stream: trio.abc.Stream, core: Flow) -> None:
         # A SocketStream's socket is used directly: exact partial sends, vectored sends.
         sock = stream.socket if isinstance(stream, trio.SocketStream) else None
         super().__init__(core, **addresses(sock))
+        # The core on the stream (ciphertext under TLS), and the TLS layers over it, innermost
+        # first; the application uses the outermost layer's plaintext core (``_core``).
+        self._wire = core
+        self._layers: list[TlsLayer] = []
         self._stream = stream
         self._socket = sock if sock is not None and hasattr(sock, "sendmsg") else None
         # On POSIX, a socket with a real descriptor is sent to without waiting (os.write /
@@ -189,7 +196,8 @@ class TrioFlow(AsyncDriverFlow):
                 if self._receiving:  # close() is receiving: it feeds the core for us
                     await self._park()
                 else:
-                    if self._sync and core.queued and not self._in_send:
+                    self._step()
+                    if self._sync and self._wire.queued and not self._in_send:
                         self._send_now()
                     await self._receive()
                 result = core.read(max_bytes)
@@ -233,6 +241,49 @@ class TrioFlow(AsyncDriverFlow):
         await self._abort(None)
         await trio.lowlevel.checkpoint()
 
+    @property
+    def tls(self) -> TlsInfo | None:
+        """What the TLS handshake settled on (version, cipher, ALPN, the peer's certificate);
+        ``None`` for a plain flow."""
+        layers = self._layers
+        return layers[-1].tls if layers else None
+
+    # -- TLS -------------------------------------------------------------------------------
+
+    def _add_layer(self, layer: TlsLayer) -> None:
+        """Carry ``layer`` over the core the application used so far; the application uses
+        its plaintext core from now on."""
+        self._layers.append(layer)
+        self._core = layer.outer
+
+    def _step(self) -> None:
+        """Let the TLS layers move what they can (decrypt what arrived, encrypt what the
+        application queued), and wake whoever that concerns."""
+        if not self._layers:
+            return
+        step_layers(self._layers)
+        if self._write_waiter is not None and self._core.write_ready:
+            self._wake_writer()
+        if self._parked:
+            self._lot.unpark_all()
+
+    async def _handshake(self, timeout: float | None) -> bool:
+        """Send and receive until the outermost layer's handshake is done or the flow ended;
+        ``False`` if ``timeout`` seconds passed first."""
+        layer = self._layers[-1]
+        app = self._core
+        with trio.move_on_after(math.inf if timeout is None else timeout):
+            while True:
+                self._kick()
+                if layer.handshake_done or app.state is _CLOSED:
+                    return True
+                if (self._receiving or self._reading or self._released
+                        or self._wire.receive_state not in RECEIVING):
+                    await self._park()
+                else:
+                    await self._receive()
+        return False
+
     # -- the primitives of AsyncDriverFlow (close, shutdown, writev) -------------------------
 
     def _push(self) -> None:
@@ -259,20 +310,26 @@ class TrioFlow(AsyncDriverFlow):
         else:
             with trio.move_on_after(timeout):
                 await self._closing()
-        core = self._core
-        if core.state is not _CLOSED:
+        wire = self._wire
+        if wire.state is not _CLOSED:
             return False
-        await self._release(graceful=core.error is None)
+        await self._release(graceful=wire.error is None)
         await trio.lowlevel.checkpoint()
         return True
+
+    async def _wait_flushed_wire(self) -> None:
+        """Wait once while the wire's EOF is queued (after a failed handshake's alert)."""
+        self._kick()
+        if self._wire.send_state is _EOF_QUEUED:
+            await self._park()
 
     async def _cancel_point(self) -> None:
         await _checkpoint_if_cancelled()
 
     async def _settle(self) -> None:
-        core = self._core
-        if core.state is _CLOSED:
-            await self._release(graceful=core.error is None)
+        wire = self._wire
+        if wire.state is _CLOSED:
+            await self._release(graceful=wire.error is None)
         await _cancel_shielded_checkpoint()
 
     # -- sending ---------------------------------------------------------------------------
@@ -285,6 +342,9 @@ class TrioFlow(AsyncDriverFlow):
         core = self._core
         if not core.queued:
             return  # an empty write
+        if self._layers:
+            self._kick()  # records made of it go out as the plain flow's data would
+            return
         if self._sync and not self._corked and not self._in_send:
             self._corked = True
             if self._send_now():
@@ -297,7 +357,8 @@ class TrioFlow(AsyncDriverFlow):
     def _kick(self) -> None:
         """Whatever is due (queued data, then EOF) is sent now where that cannot block, and
         otherwise by the sender, woken or started for it."""
-        core = self._core
+        self._step()
+        core = self._wire
         if self._sync and not self._in_send and core.queued:
             self._send_now()
         if core.eof_due and self._socket is not None:
@@ -311,14 +372,19 @@ class TrioFlow(AsyncDriverFlow):
     def _send_now(self) -> bool:
         """Send what the socket takes without waiting (sync sends only); ``True`` once
         nothing is left queued. A transport error ends the flow here."""
-        core = self._core
-        if not self._released:
+        core = self._wire
+        while not self._released:
             failure = send_queued(core, self._send_without_waiting)
             if failure is not None:
                 self._fail_now(failure)
                 return True
-            if self._write_waiter is not None and core.write_ready:
-                self._wake_writer()
+            if core.queued or not self._layers:
+                break
+            self._step()  # the socket took every record: encrypt more while it takes them
+            if not core.queued:
+                break
+        if self._write_waiter is not None and self._core.write_ready:
+            self._wake_writer()
         if core.queued:
             return False
         if self._parked:
@@ -348,7 +414,7 @@ class TrioFlow(AsyncDriverFlow):
     async def _sender_main(self) -> None:
         """The sender's system task. It never raises anything but ``trio.Cancelled`` for the
         run's own shutdown (an exception from a system task would crash the whole run)."""
-        core = self._core
+        core = self._wire
         try:
             with trio.CancelScope() as scope:  # cancelled by abort: the sender just ends
                 self._sender_scope = scope
@@ -364,6 +430,7 @@ class TrioFlow(AsyncDriverFlow):
                     ErrorKind.TRANSPORT, exc,
                     f"sending failed with {type(exc).__name__}: {exc}",
                 ))
+            self._step()
             with trio.CancelScope(shield=True):
                 await self._release(graceful=False)
         finally:
@@ -376,7 +443,7 @@ class TrioFlow(AsyncDriverFlow):
     async def _send_until_done(self) -> None:
         """Send what is queued, then our EOF; sleep while there is nothing to send; return
         once the send direction is finished."""
-        core = self._core
+        core = self._wire
         while True:
             if self._sync and core.queued:
                 if self._send_now():
@@ -399,9 +466,10 @@ class TrioFlow(AsyncDriverFlow):
                 finally:
                     self._in_send = False
                 core.sent(sent)  # ignored if the flow failed meanwhile
+                self._step()  # room on the wire: more records
                 if not core.queued and self._parked:
                     self._lot.unpark_all()  # a FlowStream waiting for the queue to drain
-                if self._write_waiter is not None and core.write_ready:
+                if self._write_waiter is not None and self._core.write_ready:
                     self._wake_writer()
             elif core.eof_due:
                 if self._socket is not None:
@@ -418,7 +486,7 @@ class TrioFlow(AsyncDriverFlow):
 
     async def _send_some(self) -> int:
         """One send of what is queued, waiting as long as it takes; returns the bytes sent."""
-        core = self._core
+        core = self._wire
         sock = self._socket
         if sock is not None:
             buffers = core.buffers_to_send(IOV_MAX)
@@ -432,7 +500,7 @@ class TrioFlow(AsyncDriverFlow):
 
     def _socket_eof(self) -> None:
         """Our EOF on a socket: ``shutdown(SHUT_WR)``, which never blocks."""
-        core = self._core
+        core = self._wire
         sock = self._socket
         assert sock is not None
         if self._released:
@@ -449,7 +517,7 @@ class TrioFlow(AsyncDriverFlow):
 
     async def _stream_eof(self) -> None:
         """Our EOF on a stream: ``send_eof``, or closing it all when it cannot half-close."""
-        core = self._core
+        core = self._wire
         send_eof = getattr(self._stream, "send_eof", None)
         if send_eof is None:
             core.eof_sent()
@@ -496,7 +564,7 @@ class TrioFlow(AsyncDriverFlow):
         What a receive took is in the core before it lets other tasks run: a send failing
         meanwhile takes in what the kernel still holds (``_fail_now``), which must come after.
         """
-        core = self._core
+        core = self._wire
         self._receiving = True
         try:
             size = min(READ_SIZE, core.receive_limit - core.buffered)
@@ -524,8 +592,10 @@ class TrioFlow(AsyncDriverFlow):
                 core.receive_data(data)
             else:
                 core.receive_eof()
-                if core.state is _CLOSED:
-                    await self._release(graceful=core.error is None)
+            if self._layers:
+                self._kick()  # decrypt it; send what the TLS session answers
+            if core.state is _CLOSED:
+                await self._release(graceful=core.error is None)
             if at_once:
                 await _cancel_shielded_checkpoint()  # a checkpoint either way, like trio's recv
         finally:
@@ -549,9 +619,9 @@ class TrioFlow(AsyncDriverFlow):
     async def _closing(self) -> None:
         """close()'s wait: flush and send EOF (or let the sender do it) while receiving until
         the peer's EOF (unless a reader receives, or the application must read first)."""
-        core = self._core
+        core = self._wire
         while core.state is not _CLOSED:
-            if core.send_state is _EOF_QUEUED:
+            if _EOF_QUEUED in (core.send_state, self._core.send_state):
                 self._kick()
                 if core.state is _CLOSED:
                     return
@@ -613,7 +683,7 @@ class TrioFlow(AsyncDriverFlow):
         read but not fed in: a receive feeds the core before it lets others run. Through the
         trio socket (Windows) that input cannot be taken without waiting, and is lost.
         """
-        core = self._core
+        core = self._wire
         if core.state is not _CLOSED:
             if self._sync:
                 sock = self._socket
@@ -621,18 +691,20 @@ class TrioFlow(AsyncDriverFlow):
                 receive_kept(lambda size: _os_read(sock.fileno(), size), core)
             core.receive_error(exc)
         self._stop_sender()
+        self._step()
         self._wake()
         self._close_socket()
 
     async def _failed(self, exc: BaseException) -> None:
         """The transport raised ``exc``: fail the core with its cause, release the stream."""
-        core = self._core
+        core = self._wire
         if core.state is not _CLOSED:  # else: our own abort closed the stream
             cause = exc.__cause__
             core.receive_error(
                 cause if isinstance(exc, trio.BrokenResourceError) and cause is not None else exc
             )
         self._stop_sender()
+        self._step()
         self._wake()
         await self._release(graceful=False)
 
@@ -643,7 +715,8 @@ class TrioFlow(AsyncDriverFlow):
             scope.cancel()
 
     async def _abort(self, error: FlowError | None) -> None:
-        core = self._core
+        self._core.abort(error)  # the TLS layers' plaintext core: no close_notify goes out
+        core = self._wire
         core.abort(error)
         self._stop_sender()
         self._wake()

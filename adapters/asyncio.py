@@ -33,9 +33,7 @@ from sansflow import (
     HIGH_WATER,
     LOW_WATER,
     RECEIVE_LIMIT,
-    ErrorKind,
     Flow,
-    FlowError,
     TlsLayer,
 )
 from sansflow._adapter import check_timeout
@@ -55,6 +53,7 @@ from ._connect import (
     where,
 )
 from ._handshake import (
+    HANDSHAKE_DEADLINE,
     HANDSHAKE_TIMEOUT,
     handshake_failed,
     log_failed_handshake,
@@ -158,7 +157,7 @@ async def _handshaken(flow: AsyncioFlow, where: str, timeout: float | None) -> N
         return
     error = None if not done else flow.error
     if not done:
-        driver._abort_now(FlowError(ErrorKind.TIMED_OUT, detail="TLS handshake deadline passed"))
+        driver._abort_now(HANDSHAKE_DEADLINE)
     else:
         transport = driver._transport
         if transport is not None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import os as _os
 import socket as _stdlib_socket
+import ssl as ssl_
 from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager
 from functools import partial
@@ -64,12 +65,24 @@ from ._connect import (
     remove_stale_socket_file,
     where,
 )
+from ._handshake import (
+    HANDSHAKE_DEADLINE,
+    HANDSHAKE_TIMEOUT,
+    handshake_failed,
+    log_failed_handshake,
+    new_layer,
+    peer_of,
+    tls_context,
+)
 from ._server import GRACE, AsyncServerBase, run_async_handler, server_options
 from ._trio_flow import TrioFlow, _is_fake
 
 __all__ = [
     "FlowStream", "Server", "TrioFlow", "connect", "connect_unix", "serve", "serve_unix", "wrap",
+    "wrap_tls",
 ]
+
+_ALERT_TIMEOUT = 1.0  # how long a failed handshake's alert may take to leave
 
 # The flows' module name is the one users import them from.
 TrioFlow.__module__ = __name__
@@ -118,6 +131,7 @@ async def wrap(sock: _stdlib_socket.socket | trio.abc.Stream, *, high_water: int
 
 
 async def connect(host: str, port: int, *, timeout: float | None = None,
+                  ssl: ssl_.SSLContext | bool | None = None, server_hostname: str | None = None,
                   high_water: int = HIGH_WATER, low_water: int = LOW_WATER,
                   receive_limit: int = RECEIVE_LIMIT) -> TrioFlow:
     """Open a TCP connection to ``host`` (a name, an IPv4 or an IPv6 address) and return its
@@ -130,12 +144,69 @@ async def connect(host: str, port: int, *, timeout: float | None = None,
     ``timeout`` seconds pass first (for the whole connect), else the ``OSError`` of the first
     address that failed otherwise; each names host and port. After that, I/O failures are
     ``Error`` results.
+
+    With ``ssl`` (an ``ssl.SSLContext``, or ``True`` for ``ssl.create_default_context()``)
+    the flow carries TLS, and ``connect`` returns once the handshake is done (``timeout``
+    covers it too). ``server_hostname`` (default: ``host``) is what the certificate must
+    name, and what SNI sends. A handshake that fails raises the ssl module's exception for
+    it (``ssl.SSLCertVerificationError`` for a certificate), whose text is the failure's
+    ``error_message``; the alert still reaches the server.
     """
     check_address(host, port)
     check_timeout(timeout)
+    context = tls_context(ssl, server_hostname)
     core = Flow(high_water=high_water, low_water=low_water, receive_limit=receive_limit)
+    started = trio.current_time()
     stream = await _opened(partial(trio.open_tcp_stream, host, port), where(host, port), timeout)
-    return TrioFlow(stream, core)
+    flow = TrioFlow(stream, core)
+    if context is not None:
+        flow._add_layer(new_layer(core, context, server_side=False,
+                                  server_hostname=server_hostname or host,
+                                  require_close_notify=True))
+        left = None if timeout is None else timeout - (trio.current_time() - started)
+        await _handshaken(flow, where(host, port), left)
+    return flow
+
+
+async def wrap_tls(flow: TrioFlow, ssl_context: ssl_.SSLContext, *, server_side: bool = False,
+                   server_hostname: str | None = None, require_close_notify: bool = True,
+                   handshake_timeout: float | None = None) -> TrioFlow:
+    """Start TLS on ``flow`` (after a plaintext exchange: STARTTLS; or inside a TLS flow, for
+    a session in a tunnel) and return it once the handshake is done: the same flow, which
+    reads and writes plaintext over TLS from then on (``flow.tls`` tells the session).
+
+    ``require_close_notify=False`` reads a peer's end without TLS close_notify as ``Eof()``
+    instead of ``Error(TRUNCATED)``: for protocols that frame their own data (HTTP/1.1). A
+    handshake that fails or takes more than ``handshake_timeout`` seconds raises, as
+    ``connect`` does.
+    """
+    if not isinstance(flow, TrioFlow):
+        raise TypeError(f"wrap_tls() takes a TrioFlow, not {type(flow).__name__}")
+    if not isinstance(ssl_context, ssl_.SSLContext):
+        raise TypeError(f"wrap_tls() takes an ssl.SSLContext, not {ssl_context!r}")
+    check_timeout(handshake_timeout)
+    flow._add_layer(new_layer(flow._core, ssl_context, server_side=server_side,
+                              server_hostname=server_hostname,
+                              require_close_notify=require_close_notify))  # checks the rest
+    await _handshaken(flow, peer_of(flow), handshake_timeout)
+    return flow
+
+
+async def _handshaken(flow: TrioFlow, where: str, timeout: float | None) -> None:
+    """Return once ``flow``'s handshake is done; else end the connection (the alert goes out
+    first) and raise what ``handshake_failed`` says."""
+    done = await flow._handshake(timeout)
+    if done and flow._layers[-1].handshake_done:
+        return
+    error = flow.error if done else None
+    if done:
+        with trio.move_on_after(_ALERT_TIMEOUT):  # the alert, then our FIN
+            while flow._wire.send_state is SendState.EOF_QUEUED and not flow._released:
+                await flow._wait_flushed_wire()
+        await flow._release(graceful=True)
+    else:
+        await flow._abort(HANDSHAKE_DEADLINE)
+    raise handshake_failed(error, where, timeout)
 
 
 async def connect_unix(path: UnixPath, *, timeout: float | None = None,
@@ -188,15 +259,18 @@ class Server(AsyncServerBase[Handler]):
     An exception leaving the block comes out as it is, not in an exception group.
     """
 
-    __slots__ = ("_accepting", "_all_done", "_listen", "_listeners", "_nursery",
-                 "_nursery_manager", "_running")
+    __slots__ = ("_accepting", "_all_done", "_handshake_timeout", "_listen", "_listeners",
+                 "_nursery", "_nursery_manager", "_running", "_tls")
 
     _RUNS_ONCE = "a server runs once"
 
     def __init__(self, handler: Handler,
                  listen: Callable[[], Awaitable[list[trio.SocketListener]]], *,
-                 options: dict[str, int], grace: float, path: UnixPath | None = None) -> None:
+                 options: dict[str, int], grace: float, tls: ssl_.SSLContext | None = None,
+                 handshake_timeout: float | None = None, path: UnixPath | None = None) -> None:
         super().__init__(handler, options, path, grace=grace)
+        self._tls = tls
+        self._handshake_timeout = handshake_timeout
         self._listen = listen
         self._listeners: list[trio.SocketListener] = []
         self._nursery_manager: AbstractAsyncContextManager[trio.Nursery] | None = None
@@ -264,9 +338,17 @@ class Server(AsyncServerBase[Handler]):
     async def _run(self, stream: trio.SocketStream) -> None:
         self._running += 1
         try:
+            flow = TrioFlow(stream, self._new_core())
+            if self._tls is not None:
+                flow._add_layer(new_layer(flow._core, self._tls, server_side=True,
+                                          server_hostname=None, require_close_notify=True))
+                try:
+                    await _handshaken(flow, peer_of(flow), self._handshake_timeout)
+                except OSError as exc:
+                    log_failed_handshake(exc)
+                    return
             # Cancelled (the server stops): abort() aborts the flow even so.
-            await run_async_handler(self._handler, TrioFlow(stream, self._new_core()),
-                                    TrioFlow.abort)
+            await run_async_handler(self._handler, flow, TrioFlow.abort)
         finally:
             self._running -= 1
             if not self._running and self._all_done is not None:
@@ -275,17 +357,21 @@ class Server(AsyncServerBase[Handler]):
 
 @overload
 def serve(handler: Handler, host: str | None, port: int, *, task_status: None = None,
-          backlog: int = BACKLOG, grace: float = GRACE, high_water: int = HIGH_WATER,
+          backlog: int = BACKLOG, grace: float = GRACE, ssl: ssl_.SSLContext | None = None,
+          handshake_timeout: float | None = HANDSHAKE_TIMEOUT, high_water: int = HIGH_WATER,
           low_water: int = LOW_WATER, receive_limit: int = RECEIVE_LIMIT) -> Server: ...
 @overload
 def serve(handler: Handler, host: str | None, port: int, *, task_status: trio.TaskStatus[int],
-          backlog: int = BACKLOG, grace: float = GRACE, high_water: int = HIGH_WATER,
+          backlog: int = BACKLOG, grace: float = GRACE, ssl: ssl_.SSLContext | None = None,
+          handshake_timeout: float | None = HANDSHAKE_TIMEOUT, high_water: int = HIGH_WATER,
           low_water: int = LOW_WATER, receive_limit: int = RECEIVE_LIMIT
           ) -> Coroutine[Any, Any, NoReturn]: ...
 def serve(handler: Handler, host: str | None, port: int, *,
           task_status: trio.TaskStatus[int] | None = None, backlog: int = BACKLOG,
-          grace: float = GRACE, high_water: int = HIGH_WATER, low_water: int = LOW_WATER,
-          receive_limit: int = RECEIVE_LIMIT) -> Server | Coroutine[Any, Any, NoReturn]:
+          grace: float = GRACE, ssl: ssl_.SSLContext | None = None,
+          handshake_timeout: float | None = HANDSHAKE_TIMEOUT, high_water: int = HIGH_WATER,
+          low_water: int = LOW_WATER, receive_limit: int = RECEIVE_LIMIT
+          ) -> Server | Coroutine[Any, Any, NoReturn]:
     """A ``Server`` that gives each accepted TCP connection's flow to ``handler``.
 
     Use it as ``async with serve(handler, host, port) as server:``; ``server.port`` is the
@@ -297,11 +383,18 @@ def serve(handler: Handler, host: str | None, port: int, *,
     apply to every accepted flow, are checked here. ``grace`` is how many seconds stopping
     the server lets running handlers finish before they are cancelled (``math.inf``: as long
     as they take).
+
+    With ``ssl`` (an ``ssl.SSLContext`` with the server's certificate) every flow carries
+    TLS, and the handler gets it once the handshake is done. A connection whose handshake
+    fails, or takes more than ``handshake_timeout`` seconds, is logged at WARNING on the
+    ``"sansflow"`` logger and closed; the handler never sees it.
     """
     check_address(host, port, server=True)
     options = server_options(handler, high_water, low_water, receive_limit, grace)
+    context = tls_context(ssl, server=True)
+    check_timeout(handshake_timeout)
     server = Server(handler, partial(_listen_tcp, host, port, backlog), options=options,
-                    grace=grace)
+                    grace=grace, tls=context, handshake_timeout=handshake_timeout)
     return server if task_status is None else _serve_until_cancelled(server, task_status)
 
 

@@ -732,10 +732,14 @@ DEFAULTS: dict[str, dict[str, Any]] = {  # function: its keyword-only parameters
     "serve_unix": {"backlog": BACKLOG, "grace": GRACE, **OPTIONS},
 }
 MODULES = {"asyncio": sf_asyncio, "trio": sf_trio, "socket": sf_socket}
-# TLS is on the asyncio adapter first; the other adapters take the same options next.
+# TLS is on the async adapters first; the socket adapter takes the same options next.
 TLS_FIRST: dict[tuple[str, str], dict[str, Any]] = {
-    ("asyncio", "connect"): {"ssl": None, "server_hostname": None},
-    ("asyncio", "serve"): {"ssl": None, "handshake_timeout": HANDSHAKE_TIMEOUT},
+    (adapter, function): options
+    for adapter in ("asyncio", "trio")
+    for function, options in (
+        ("connect", {"ssl": None, "server_hostname": None}),
+        ("serve", {"ssl": None, "handshake_timeout": HANDSHAKE_TIMEOUT}),
+    )
 }
 
 

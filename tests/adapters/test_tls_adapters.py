@@ -4,7 +4,6 @@ each other and against programs nobody here wrote (``openssl s_server``, ``curl`
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import logging
@@ -18,11 +17,13 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 import trustme
 
-from sansflow import AdapterFlow, Eof, Error, ErrorKind, Flow, FlowError, Ok, Shutdown
-from sansflow.adapters import asyncio as sf
+from sansflow import AdapterFlow, AsyncFlow, Eof, Error, ErrorKind, Flow, FlowError, Ok, Shutdown
+from sansflow.adapters import asyncio as sf_asyncio
+from sansflow.adapters import trio as sf_trio
 from sansflow.adapters._handshake import handshake_failed, peer_of
 
 uvloop: Any
@@ -32,7 +33,14 @@ except ImportError:  # pragma: no cover - uvloop is in the test extra where it b
     uvloop = None
 
 HOST = "127.0.0.1"
-LOOPS = ["asyncio", *(["uvloop"] if uvloop is not None else [])]
+# adapter: (module, how anyio runs the test there)
+ADAPTERS: dict[str, tuple[Any, dict[str, Any]]] = {
+    "asyncio": (sf_asyncio, {"backend": "asyncio"}),
+    **({"uvloop": (sf_asyncio, {"backend": "asyncio",
+                                "backend_options": {"loop_factory": uvloop.new_event_loop}})}
+       if uvloop is not None else {}),
+    "trio": (sf_trio, {"backend": "trio"}),
+}
 needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
 
@@ -61,35 +69,44 @@ def client_ctx(ca: trustme.CA) -> ssl.SSLContext:
     return ctx
 
 
-@pytest.fixture(params=LOOPS)
-def run(request: pytest.FixtureRequest) -> Callable[[Callable[[], Awaitable[None]]], None]:
+@pytest.fixture(params=list(ADAPTERS))
+def adapter(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def sf(adapter: str) -> Any:
+    """The adapter module under test."""
+    return ADAPTERS[adapter][0]
+
+
+@pytest.fixture
+def run(adapter: str) -> Callable[[Callable[[], Awaitable[None]]], None]:
     def runner(main: Callable[[], Awaitable[None]]) -> None:
         async def bounded() -> None:
-            await asyncio.wait_for(main(), 30)
+            with anyio.fail_after(30):
+                await main()
 
-        if request.param == "uvloop":
-            uvloop.run(bounded())
-        else:
-            asyncio.run(bounded())
+        anyio.run(bounded, **ADAPTERS[adapter][1])
 
     return runner
 
 
-async def read_all(flow: sf.AsyncioFlow) -> tuple[bytes, object]:
+async def read_all(flow: AsyncFlow) -> tuple[bytes, object]:
     chunks = []
     while type(result := await flow.read()) is Ok:
         chunks.append(result.value)
     return b"".join(chunks), result
 
 
-async def echo(flow: sf.AsyncioFlow) -> None:
+async def echo(flow: AsyncFlow) -> None:
     async for data in flow:
         await flow.write(data)
 
 
 @pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2])
 def test_a_reply_after_the_clients_close_notify_arrives(
-        run: Any, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext,
+        run: Any, sf: Any, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext,
         version: ssl.TLSVersion) -> None:
     """Half-close over TLS: the client's shutdown(WRITE) sends close_notify, the server reads
     the request then Eof(), and its reply (sent after that) still reaches the client, which
@@ -97,7 +114,7 @@ def test_a_reply_after_the_clients_close_notify_arrives(
     client_ctx.maximum_version = version
     ended: list[object] = []
 
-    async def answer_after_eof(flow: sf.AsyncioFlow) -> None:
+    async def answer_after_eof(flow: AsyncFlow) -> None:
         request, end = await read_all(flow)
         ended.append(end)
         await flow.write(b"got %d bytes" % len(request))
@@ -117,7 +134,7 @@ def test_a_reply_after_the_clients_close_notify_arrives(
     run(main)
 
 
-def test_a_large_echo_keeps_every_byte(run: Any, server_ctx: ssl.SSLContext,
+def test_a_large_echo_keeps_every_byte(run: Any, sf: Any, server_ctx: ssl.SSLContext,
                                        client_ctx: ssl.SSLContext) -> None:
     data = bytes(range(256)) * 16_384  # 4 MiB
 
@@ -130,9 +147,9 @@ def test_a_large_echo_keeps_every_byte(run: Any, server_ctx: ssl.SSLContext,
                     assert await flow.write(data[at:at + 100_000]) == Ok(None)
                 await flow.shutdown(Shutdown.WRITE)
 
-            sending = asyncio.ensure_future(send())
-            assert await read_all(flow) == (data, Eof())
-            await sending
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(send)
+                assert await read_all(flow) == (data, Eof())
             await flow.close(timeout=10)
             assert flow.error is None
 
@@ -140,12 +157,12 @@ def test_a_large_echo_keeps_every_byte(run: Any, server_ctx: ssl.SSLContext,
 
 
 def test_a_wrong_hostname_raises_and_the_server_sees_the_alert(
-        run: Any, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext,
+        run: Any, sf: Any, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext,
         caplog: pytest.LogCaptureFixture) -> None:
     handled: list[object] = []
 
     async def main() -> None:
-        async with sf.serve(handled.append, HOST, 0, ssl=server_ctx) as server:  # type: ignore[arg-type]
+        async with sf.serve(handled.append, HOST, 0, ssl=server_ctx) as server:
             with pytest.raises(ssl.SSLCertVerificationError) as caught:
                 await sf.connect(HOST, server.port, ssl=client_ctx, server_hostname="wrong.test")
             text = str(caught.value)
@@ -155,7 +172,7 @@ def test_a_wrong_hostname_raises_and_the_server_sees_the_alert(
             for _ in range(100):  # the server's side of it ends on its own task
                 if caplog.records:
                     break
-                await asyncio.sleep(0.01)
+                await anyio.sleep(0.01)
 
     with caplog.at_level(logging.WARNING, logger="sansflow"):
         run(main)
@@ -164,7 +181,7 @@ def test_a_wrong_hostname_raises_and_the_server_sees_the_alert(
     assert "BAD_CERTIFICATE" in caplog.records[0].getMessage()  # the alert, not a reset
 
 
-def test_an_untrusted_certificate_raises(run: Any, server_ctx: ssl.SSLContext,
+def test_an_untrusted_certificate_raises(run: Any, sf: Any, server_ctx: ssl.SSLContext,
                                          caplog: pytest.LogCaptureFixture) -> None:
     async def main() -> None:
         async with sf.serve(echo, HOST, 0, ssl=server_ctx) as server:
@@ -175,11 +192,11 @@ def test_an_untrusted_certificate_raises(run: Any, server_ctx: ssl.SSLContext,
         run(main)
 
 
-def test_starttls_after_a_plaintext_exchange(run: Any, server_ctx: ssl.SSLContext,
+def test_starttls_after_a_plaintext_exchange(run: Any, sf: Any, server_ctx: ssl.SSLContext,
                                              client_ctx: ssl.SSLContext) -> None:
     """``wrap_tls`` over a flow that has already talked in plaintext: the same flow carries
     the rest over TLS."""
-    async def starttls_echo(flow: sf.AsyncioFlow) -> None:
+    async def starttls_echo(flow: AsyncFlow) -> None:
         assert await flow.read(9) == Ok(b"STARTTLS\n")
         assert await flow.write(b"GO\n") == Ok(None)
         tls = await sf.wrap_tls(flow, server_ctx, server_side=True)
@@ -224,7 +241,7 @@ def truncating_server(server_ctx: ssl.SSLContext) -> Iterator[int]:
     listener.close()
 
 
-def test_a_fin_without_close_notify_is_truncated(run: Any, client_ctx: ssl.SSLContext,
+def test_a_fin_without_close_notify_is_truncated(run: Any, sf: Any, client_ctx: ssl.SSLContext,
                                                  truncating_server: int) -> None:
     async def main() -> None:
         flow = await sf.connect(HOST, truncating_server, ssl=client_ctx)
@@ -238,7 +255,7 @@ def test_a_fin_without_close_notify_is_truncated(run: Any, client_ctx: ssl.SSLCo
 
 
 @needs_openssl
-def test_against_openssl_s_server(run: Any, server_cert: trustme.LeafCert,
+def test_against_openssl_s_server(run: Any, sf: Any, server_cert: trustme.LeafCert,
                                   client_ctx: ssl.SSLContext, tmp_path: Path) -> None:
     """``openssl s_server -rev`` answers each line reversed; our close_notify ends its
     connection cleanly, and it answers with its own (our read ends with Eof())."""
@@ -281,14 +298,14 @@ def test_against_openssl_s_server(run: Any, server_cert: trustme.LeafCert,
 
 
 @needs_curl
-def test_curl_gets_a_page_from_a_tls_server(run: Any, server_ctx: ssl.SSLContext,
+def test_curl_gets_a_page_from_a_tls_server(run: Any, sf: Any, server_ctx: ssl.SSLContext,
                                            ca: trustme.CA, tmp_path: Path) -> None:
     cafile = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(cafile))
     body = b"hello over TLS\n" * 1000
     ends: list[object] = []
 
-    async def respond(flow: sf.AsyncioFlow) -> None:
+    async def respond(flow: AsyncFlow) -> None:
         request = b""
         while b"\r\n\r\n" not in request:
             result = await flow.read()
@@ -302,22 +319,21 @@ def test_curl_gets_a_page_from_a_tls_server(run: Any, server_ctx: ssl.SSLContext
 
     async def main() -> None:
         async with sf.serve(respond, HOST, 0, ssl=server_ctx) as server:
-            curl = await asyncio.create_subprocess_exec(
-                "curl", "--silent", "--show-error", "--cacert", str(cafile),
-                f"https://localhost:{server.port}/page",
-                "--resolve", f"localhost:{server.port}:{HOST}",
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-            out, err = await curl.communicate()
-            assert (curl.returncode, err) == (0, b"")
-            assert out == body
+            curl = await anyio.run_process(
+                ["curl", "--silent", "--show-error", "--cacert", str(cafile),
+                 f"https://localhost:{server.port}/page",
+                 "--resolve", f"localhost:{server.port}:{HOST}"], check=False)
+            assert (curl.returncode, curl.stderr) == (0, b"")
+            assert curl.stdout == body
 
     run(main)
     assert ends == [Eof()]
 
 
-def test_tls_inside_tls(run: Any, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> None:
+def test_tls_inside_tls(run: Any, sf: Any, server_ctx: ssl.SSLContext,
+                        client_ctx: ssl.SSLContext) -> None:
     """``wrap_tls`` over a TLS flow: a second session inside the first (a tunnel's)."""
-    async def inner_echo(flow: sf.AsyncioFlow) -> None:
+    async def inner_echo(flow: AsyncFlow) -> None:
         tunnel = await sf.wrap_tls(flow, server_ctx, server_side=True)
         await echo(tunnel)
 
@@ -337,7 +353,8 @@ def test_tls_inside_tls(run: Any, server_ctx: ssl.SSLContext, client_ctx: ssl.SS
     run(main)
 
 
-def test_a_silent_server_times_the_handshake_out(run: Any, client_ctx: ssl.SSLContext) -> None:
+def test_a_silent_server_times_the_handshake_out(run: Any, sf: Any,
+                                                client_ctx: ssl.SSLContext) -> None:
     async def main() -> None:
         with socket.create_server((HOST, 0)) as listener:  # accepts, never answers
             port = listener.getsockname()[1]
@@ -348,11 +365,11 @@ def test_a_silent_server_times_the_handshake_out(run: Any, client_ctx: ssl.SSLCo
 
 
 def test_a_silent_client_is_dropped_after_the_handshake_timeout(
-        run: Any, server_ctx: ssl.SSLContext, caplog: pytest.LogCaptureFixture) -> None:
+        run: Any, sf: Any, server_ctx: ssl.SSLContext, caplog: pytest.LogCaptureFixture) -> None:
     handled: list[object] = []
 
     async def main() -> None:
-        async with sf.serve(handled.append, HOST, 0, ssl=server_ctx,  # type: ignore[arg-type]
+        async with sf.serve(handled.append, HOST, 0, ssl=server_ctx,
                             handshake_timeout=0.1) as server:
             silent = await sf.connect(HOST, server.port)  # plain TCP: never says hello
             result = await silent.read()
@@ -369,24 +386,24 @@ def test_a_silent_client_is_dropped_after_the_handshake_timeout(
 
 
 @pytest.mark.parametrize(("call", "expected"), [
-    (lambda ctx: sf.connect(HOST, 1, ssl="yes"), TypeError),  # type: ignore[arg-type]
-    (lambda ctx: sf.connect(HOST, 1, server_hostname="x"), ValueError),
-    (lambda ctx: sf.connect(HOST, 1, ssl=ctx, server_hostname=b"x"),  # type: ignore[arg-type]
-     TypeError),
+    (lambda sf, ctx: sf.connect(HOST, 1, ssl="yes"), TypeError),
+    (lambda sf, ctx: sf.connect(HOST, 1, server_hostname="x"), ValueError),
+    (lambda sf, ctx: sf.connect(HOST, 1, ssl=ctx, server_hostname=b"x"), TypeError),
 ])
 def test_bad_tls_arguments_to_connect_raise_before_connecting(
-        run: Any, client_ctx: ssl.SSLContext, call: Any, expected: type[Exception]) -> None:
+        run: Any, sf: Any, client_ctx: ssl.SSLContext, call: Any,
+        expected: type[Exception]) -> None:
     async def main() -> None:
         with pytest.raises(expected):
-            await call(client_ctx)
+            await call(sf, client_ctx)
 
     run(main)
 
 
-def test_bad_tls_arguments_to_serve_and_wrap_tls(run: Any, server_ctx: ssl.SSLContext,
+def test_bad_tls_arguments_to_serve_and_wrap_tls(run: Any, sf: Any, server_ctx: ssl.SSLContext,
                                                  client_ctx: ssl.SSLContext) -> None:
     with pytest.raises(TypeError, match=r"ssl must be an ssl\.SSLContext"):
-        sf.serve(echo, HOST, 0, ssl=True)  # type: ignore[arg-type]  # a server needs its cert
+        sf.serve(echo, HOST, 0, ssl=True)  # a server needs its cert
     with pytest.raises(ValueError, match="timeout"):
         sf.serve(echo, HOST, 0, ssl=server_ctx, handshake_timeout=-1)
 
@@ -394,9 +411,9 @@ def test_bad_tls_arguments_to_serve_and_wrap_tls(run: Any, server_ctx: ssl.SSLCo
         async with sf.serve(echo, HOST, 0) as server:
             flow = await sf.connect(HOST, server.port)
             with pytest.raises(TypeError, match="SSLContext"):
-                await sf.wrap_tls(flow, "context")  # type: ignore[arg-type]
-            with pytest.raises(TypeError, match="AsyncioFlow"):
-                await sf.wrap_tls(object(), client_ctx)  # type: ignore[arg-type]
+                await sf.wrap_tls(flow, "context")
+            with pytest.raises(TypeError, match=r"wrap_tls\(\) takes an? \w+Flow, not object"):
+                await sf.wrap_tls(object(), client_ctx)
             with pytest.raises(ValueError, match="server_hostname"):
                 await sf.wrap_tls(flow, server_ctx, server_side=True, server_hostname="x")
             # Nothing changed: the flow still talks in plaintext.
