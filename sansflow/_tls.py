@@ -77,11 +77,11 @@ class TlsLayer:
 
     __slots__ = (
         "_broken",
+        "_done",
         "_handshake_done",
         "_incoming",
         "_info",
         "_inner",
-        "_inner_closed",
         "_need_input",
         "_outer",
         "_outer_ended",
@@ -113,7 +113,7 @@ class TlsLayer:
         self._unwrapped = False  # our close_notify is out
         self._peer_closed = False  # the peer's close_notify arrived
         self._outer_ended = False  # the layer itself ended outer (an error, or a ragged EOF)
-        self._inner_closed = False  # inner was shut down or aborted: nothing more to do
+        self._done = False  # inner was shut down, aborted or failed: nothing more to do
 
     @property
     def inner(self) -> Flow:
@@ -127,6 +127,7 @@ class TlsLayer:
 
     @property
     def handshake_done(self) -> bool:
+        """The handshake completed (``tls`` says how)."""
         return self._handshake_done
 
     @property
@@ -144,10 +145,11 @@ class TlsLayer:
     def step(self) -> bool:
         """Move everything that can move now, both ways; ``True`` if anything changed.
 
-        Cheap when nothing is due, so it may be called after every event on either flow.
+        Cheap when nothing is due, so it may be called after every event on either flow;
+        a driver repeats "move bytes below, then ``step()``" until neither moves anything.
         """
         changed = False
-        while not self._inner_closed and self._step_once():
+        while not self._done and self._step_once():
             changed = True
         return changed
 
@@ -159,7 +161,7 @@ class TlsLayer:
             # The application aborted: the peer sees a reset, never a close_notify, so that
             # it cannot take a cut stream for a complete one.
             inner.abort(outer.error)
-            self._inner_closed = True
+            self._done = True
             return True
         moved = self._receive()
         if self._handshake_done and not self._broken:
@@ -168,12 +170,12 @@ class TlsLayer:
         if inner.error is not None and not self._outer_ended:
             # The flow below failed (a reset): _receive took the plaintext that arrived first.
             self._end_outer(inner.error)
-            self._inner_closed = True
+            self._done = True
             return True
         session_over = self._broken or (self._unwrapped and self._peer_closed)
         if session_over and not self._outgoing.pending:
             inner.shutdown(Shutdown.WRITE)  # after our close_notify or alert: the FIN
-            self._inner_closed = True
+            self._done = True
             return True
         return moved
 
@@ -200,7 +202,10 @@ class TlsLayer:
             except ssl.SSLWantReadError:
                 self._need_input = True
                 continue
-            except ssl.SSLZeroReturnError:
+            except ssl.SSLZeroReturnError as exc:
+                if not self._handshake_done:  # a close_notify instead of an answer
+                    self._fail(exc)
+                    return True
                 data = b""  # the peer's close_notify, once ours went out too
             except ssl.SSLError as exc:
                 self._fail(exc)
@@ -365,10 +370,11 @@ def _flow_error(exc: ssl.SSLError, *, handshaking: bool) -> FlowError:
     """The one place an ``ssl.SSLError`` becomes a ``FlowError`` (with ``exc`` as its cause)."""
     if isinstance(exc, ssl.SSLCertVerificationError):
         return FlowError(ErrorKind.CERTIFICATE, exc, exc.verify_message.rstrip("."))
+    if handshaking and isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+        # Not a truncation (no data came yet) but a handshake that never finished.
+        return FlowError(ErrorKind.TLS, exc, "the peer closed the connection during the "
+                                             "handshake")
     if isinstance(exc, ssl.SSLEOFError):
-        if handshaking:  # not a truncation: there was no data yet, only a failed handshake
-            return FlowError(ErrorKind.TLS, exc, "the peer closed the connection during the "
-                                                 "handshake")
         return FlowError(ErrorKind.TRUNCATED, exc)
     # OpenSSL sets reason (None at times); an SSLError made in Python has none at all.
     reason = getattr(exc, "reason", None) or ""

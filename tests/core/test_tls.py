@@ -357,6 +357,23 @@ def test_an_eof_during_the_handshake_is_a_tls_failure_not_a_truncation() -> None
         assert layer.outer.read() == Error(error)
 
 
+def test_a_close_notify_during_the_handshake_is_a_tls_failure() -> None:
+    layer = TlsLayer(Flow(), client_context(), server_hostname="localhost")
+    layer.outer.write(b"never sent")
+    layer.step()
+    layer.inner.receive_data(b"\x15\x03\x03\x00\x02\x01\x00")  # a plaintext close_notify
+    assert layer.step()
+    error = _error(layer)
+    assert isinstance(error.cause, ssl.SSLZeroReturnError)
+    assert error_message(error) == (
+        "TLS failure: the peer closed the connection during the handshake"
+    )
+    assert layer.outer.read() == Error(error)
+    assert layer.outer.write(b"x") == Error(error)
+    assert layer.inner.send_state is SendState.EOF_QUEUED  # the FIN, behind the ClientHello
+    assert not layer.step()
+
+
 def test_an_inner_reset_during_the_handshake_fails_the_outer_flow() -> None:
     layer = TlsLayer(Flow(), server_context(), server_side=True)
     layer.outer.write(b"never sent")
