@@ -499,7 +499,8 @@ async def _stdio_async(args: argparse.Namespace, loop: _AsyncLoop, flow: AsyncWa
 
 def cmd_listen(args: argparse.Namespace, output: _Output) -> int:
     """Serve one connection at a time with stdin/stdout; the first only, without
-    ``--keep-open``. The exit status is the last connection's."""
+    ``--keep-open`` (which Ctrl-C or SIGTERM stop). The exit status is the last
+    connection's."""
     status = [0]
     if args.loop == "socket":
         from . import socket as sf
@@ -519,8 +520,9 @@ def cmd_listen(args: argparse.Namespace, output: _Output) -> int:
         with sf.serve(handle, args.host, args.port) as server:
             output.say(f"listening on {_address((args.host, server.port))}")
             if args.keep_open:
-                server.serve_forever()
-            served.wait()
+                _until_stopped(server.serve_forever)
+            else:
+                served.wait()
         return status[0]
     loop = _async_loop(args.loop)
 
@@ -541,9 +543,13 @@ def cmd_listen(args: argparse.Namespace, output: _Output) -> int:
             output.say(f"listening on {_address((args.host, server.port))}")
             if args.keep_open:
                 await server.serve_forever()
-            await served.wait()
+            else:
+                await served.wait()
         return status[0]
 
+    if args.keep_open:  # Ctrl-C or SIGTERM stop it normally
+        _until_stopped(partial(loop.run, main))
+        return status[0]
     last: int = loop.run(main)
     return last
 
@@ -653,8 +659,19 @@ def _until_stopped(serve: Callable[[], _T]) -> _T | None:
     """Run ``serve`` until Ctrl-C or SIGTERM, which stop a relay normally (status 0)."""
     try:
         return serve()
-    except KeyboardInterrupt:
+    except BaseException as exc:
+        if not _interrupted(exc):
+            raise
         return None
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` is a KeyboardInterrupt, alone or in exception groups (trio's nurseries
+    gather what their tasks raised)."""
+    if isinstance(exc, KeyboardInterrupt):
+        return True
+    inner = getattr(exc, "exceptions", None)
+    return isinstance(inner, tuple) and all(_interrupted(e) for e in inner)
 
 
 # -- demo ---------------------------------------------------------------------------------
@@ -854,7 +871,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # a connect or a listen failed: it names the address
         output.say(_failure_text(exc))
         return 1
-    except KeyboardInterrupt:
+    except BaseException as exc:
+        if not _interrupted(exc):
+            raise
         output.say("interrupted")
         return 1
     return status

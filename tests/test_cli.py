@@ -5,6 +5,7 @@ examples."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import os
@@ -16,12 +17,14 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import coverage
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,9 +35,30 @@ LOOPS = ["socket", "asyncio", "uvloop", "trio"]
 TIMEOUT = 30
 
 
+def measured_env(tmp: Path) -> dict[str, str]:
+    """The environment for a ``sansflow`` subprocess: when this run measures coverage, the
+    subprocess measures its own (coverage's .pth hook starts it from COVERAGE_PROCESS_START)
+    into a file beside this run's data, which pytest-cov combines at the end."""
+    env = dict(os.environ)
+    cov = coverage.Coverage.current()
+    if cov is not None:
+        data_file = os.path.abspath(os.environ.get("COVERAGE_FILE", cov.config.data_file))
+        rc = tmp / "subprocess.coveragerc"
+        rc.write_text(f"[run]\nbranch = {cov.config.branch}\nparallel = True\n"
+                      f"source = {', '.join(cov.config.source or [])}\n"
+                      f"data_file = {data_file}\n")
+        env.update(COVERAGE_PROCESS_START=str(rc), COVERAGE_FILE=data_file)
+    return env
+
+
+_RC_DIR = tempfile.mkdtemp(prefix="sansflow-cli-")
+atexit.register(shutil.rmtree, _RC_DIR, True)
+ENV = measured_env(Path(_RC_DIR))
+
+
 def sansflow(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
     return subprocess.run([*SANSFLOW, *args], input=stdin, capture_output=True,
-                          timeout=TIMEOUT, check=False)
+                          timeout=TIMEOUT, check=False, env=ENV)
 
 
 # -- peers nobody here wrote the client for ---------------------------------------------------
@@ -98,7 +122,7 @@ class Running:
     """A ``sansflow`` that serves (relay, listen) in the background."""
 
     def __init__(self, *args: str, stdin: int | None = subprocess.DEVNULL) -> None:
-        self.process = subprocess.Popen([*SANSFLOW, *args], stdin=stdin,
+        self.process = subprocess.Popen([*SANSFLOW, *args], stdin=stdin, env=ENV,
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         assert self.process.stderr is not None
         first = self.process.stderr.readline().decode()
@@ -107,6 +131,14 @@ class Running:
         self.port = int(match.group(1))
         self.stdout = b""
         self.stderr = first
+
+    def wait_for(self, text: str) -> None:
+        """Read stderr up to a line holding ``text``."""
+        assert self.process.stderr is not None
+        while text not in (line := self.process.stderr.readline().decode()):
+            assert line, f"stderr ended without {text!r}"
+            self.stderr += line
+        self.stderr += line
 
     def last_input(self, data: bytes) -> None:
         """Write ``data`` to the program's stdin, then end stdin."""
@@ -173,7 +205,8 @@ def test_an_idle_timeout_is_reported_and_exits_1(loop: str) -> None:
         with upstream(silent) as port:
             process = subprocess.Popen(
                 [*SANSFLOW, "connect", "--loop", loop, "--idle-timeout", "0.3", "127.0.0.1",
-                 str(port)], stdin=held_open, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                 str(port)], stdin=held_open, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                env=ENV)
             _, err = process.communicate(timeout=TIMEOUT)
     finally:
         os.close(held_open)
@@ -219,7 +252,7 @@ def test_the_module_runs_the_command(monkeypatch: pytest.MonkeyPatch,
 
 def test_python_m_sansflow_runs_the_same_command() -> None:
     done = subprocess.run([sys.executable, "-m", "sansflow", "--help"], capture_output=True,
-                          timeout=TIMEOUT, check=False)
+                          timeout=TIMEOUT, check=False, env=ENV)
     assert done.returncode == 0
     assert b"connect" in done.stdout
     assert b"relay" in done.stdout
@@ -228,7 +261,7 @@ def test_python_m_sansflow_runs_the_same_command() -> None:
 # -- listen ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("loop", ["socket", "asyncio"])
+@pytest.mark.parametrize("loop", ["socket", "asyncio", "uvloop", "trio"])
 def test_listen_answers_one_client_after_its_eof(loop: str) -> None:
     listening = Running("listen", "--loop", loop, "0", stdin=subprocess.PIPE)
     with socket.create_connection(("127.0.0.1", listening.port)) as client:
@@ -293,6 +326,48 @@ def test_the_relay_refuses_beyond_max_connections_and_says_so() -> None:
         running.stop()
     assert "refusing 127.0.0.1:" in running.stderr
     assert "1 connections already (--max-connections)" in running.stderr
+
+
+def test_a_refused_upstream_resets_the_client_and_is_logged() -> None:
+    with socket.socket() as bound:  # bound, not listening: connects are refused
+        bound.bind(("127.0.0.1", 0))
+        port = bound.getsockname()[1]
+        with relay("0", "127.0.0.1", str(port)) as running:
+            done = sansflow("connect", "--loop", "asyncio", "127.0.0.1", str(running.port),
+                            stdin=b"req")
+            running.stop()
+    # The reset, or what a send after it met (ENOTCONN): a failure either way, never an EOF.
+    assert done.returncode == 1
+    assert re.fullmatch(rb"sansflow: .*\(E(CONNRESET|NOTCONN)\) after 0 bytes received\n",
+                        done.stderr)
+    assert f"connection refused by 127.0.0.1:{port} (ECONNREFUSED)" in running.stderr
+
+
+@pytest.mark.parametrize("loop", ["socket", "trio"])
+def test_listen_keep_open_serves_each_client_in_turn(loop: str) -> None:
+    listening = Running("listen", "--keep-open", "--stats", "-v", "--loop", loop, "0")
+    for question in (b"one", b"two"):
+        with socket.create_connection(("127.0.0.1", listening.port)) as client:
+            client.sendall(question)
+            client.shutdown(socket.SHUT_WR)
+            assert client.recv(10) == b""  # stdin is /dev/null: an EOF is the answer
+        listening.wait_for("client -> stdout:")  # that connection is over
+    assert listening.stop() == 0
+    assert listening.stdout == b"onetwo"
+    assert listening.stderr.count("client: peer sent EOF") == 2
+    assert listening.stderr.count("stdin -> client: 0 bytes read") == 2
+
+
+@pytest.mark.parametrize("loop", ["socket", "uvloop"])
+def test_relay_stats_and_verbose_lines(loop: str) -> None:
+    with upstream(partial_then_reset) as port, relay("--loop", loop, "--stats", "-v", "0",
+                                                     "127.0.0.1", str(port)) as running:
+        sansflow("connect", "127.0.0.1", str(running.port), stdin=b"req")
+        running.stop()
+    assert "upstream: failed: connection reset by peer (ECONNRESET)" in running.stderr
+    assert "client: aborted: the peer sees a reset" in running.stderr
+    assert re.search(r"127\.0\.0\.1:\d+ -> 127\.0\.0\.1:\d+: 3 bytes read in 1 reads",
+                     running.stderr)
 
 
 @pytest.fixture(scope="module")
@@ -390,6 +465,6 @@ def test_the_cli_guide_examples_run(block: str, tmp_path: Path) -> None:
     done = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, capture_output=True,
         timeout=TIMEOUT, check=False,
-        env={**os.environ, "PATH": os.pathsep.join(p for p in (bin_dir, os.environ["PATH"])
+        env={**ENV, "PATH": os.pathsep.join(p for p in (bin_dir, os.environ["PATH"])
                                                    if p)})
     assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()

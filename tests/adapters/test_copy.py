@@ -331,6 +331,24 @@ def test_a_blocking_proxy_raises_what_a_direction_raised() -> None:
     assert "abort" in b.calls
 
 
+def test_an_asyncio_proxy_raises_what_a_direction_raised_and_cancels_the_other() -> None:
+    cancelled: list[bool] = []
+
+    class Stuck(AsyncScriptedEnd):
+        async def read(self, max_bytes: int | None = None  # type: ignore[override]
+                       ) -> ReadResult:
+            try:
+                await anyio.sleep_forever()
+            except anyio.get_cancelled_exc_class():
+                cancelled.append(True)
+                raise
+            raise AssertionError("unreachable")
+
+    with pytest.raises(IndexError):  # the one direction's read finds no script
+        anyio.run(_copy.proxy_asyncio, Stuck(), AsyncScriptedEnd(), backend="asyncio")
+    assert cancelled == [True]
+
+
 # -- exact stats under any chunking, and bounded memory ---------------------------------------
 
 
