@@ -314,6 +314,8 @@ class BlockingWatched(_Watch):
 class _Progress:
     """``--progress``: a bytes/s line on stderr, rewritten each second, while a flow runs."""
 
+    INTERVAL = 1.0
+
     def __init__(self, watched: _Watch, output: _Output) -> None:
         self._watched, self._output = watched, output
         self._stop = threading.Event()
@@ -323,7 +325,7 @@ class _Progress:
     def _run(self) -> None:
         start = last_time = time.monotonic()
         last = 0
-        while not self._stop.wait(1.0):
+        while not self._stop.wait(self.INTERVAL):
             now = time.monotonic()
             moved = self._watched.received + self._watched.sent
             self._output.raw(
@@ -782,8 +784,8 @@ def _common_options() -> argparse.ArgumentParser:
     common.add_argument("--progress", action="store_true",
                         help="a live bytes/s line on stderr (only when it is a terminal)")
     common.add_argument("--idle-timeout", type=_seconds, metavar="S",
-                        help="abort when no byte moved either way for S seconds "
-                             "(reported, exit 1; default: none)")
+                        help="abort both sides when no byte moved either way for S seconds "
+                             "(reported: connect and listen exit 1; default: none)")
     common.add_argument("--close-timeout", type=_seconds, metavar="S", default=CLOSE_TIMEOUT,
                         help="how long closing waits for the peer's EOF before aborting "
                              f"(reported, exit 1; default: {CLOSE_TIMEOUT:g})")

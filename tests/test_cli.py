@@ -5,9 +5,11 @@ examples."""
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import contextlib
 import hashlib
+import io
 import os
 import re
 import runpy
@@ -43,9 +45,12 @@ def measured_env(tmp: Path) -> dict[str, str]:
     cov = coverage.Coverage.current()
     if cov is not None:
         data_file = os.path.abspath(os.environ.get("COVERAGE_FILE", cov.config.data_file))
+        # directories as absolute paths: a subprocess may run elsewhere (the docs' examples)
+        sources = [os.path.abspath(source) if os.path.isdir(source) else source
+                   for source in cov.config.source or []]
         rc = tmp / "subprocess.coveragerc"
         rc.write_text(f"[run]\nbranch = {cov.config.branch}\nparallel = True\n"
-                      f"source = {', '.join(cov.config.source or [])}\n"
+                      f"source = {', '.join(sources)}\n"
                       f"data_file = {data_file}\n")
         env.update(COVERAGE_PROCESS_START=str(rc), COVERAGE_FILE=data_file)
     return env
@@ -421,6 +426,33 @@ def test_300_parallel_curl_requests_through_one_relay(http_server: tuple[int, Pa
     logged = [line for line in running.stderr.splitlines() if "bytes down" in line]
     assert len(logged) == 300
     assert all(re.search(r"EOF; \d+ bytes down, EOF$", line) for line in logged)
+
+
+def test_progress_is_a_line_rewritten_on_a_terminal_only(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from sansflow.adapters import _cli
+
+    class Counts:
+        received, sent = 3 * 1024 * 1024, 10
+
+    stream = io.StringIO()
+    output = _cli._Output(False, stream)
+    asked = argparse.Namespace(progress=True)
+    monkeypatch.setattr(_cli._Progress, "INTERVAL", 0.01)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    assert _cli._progress(asked, Counts(), output) is None  # type: ignore[arg-type]
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert _cli._progress(argparse.Namespace(progress=False), Counts(),  # type: ignore[arg-type]
+                          output) is None
+    progress = _cli._progress(asked, Counts(), output)  # type: ignore[arg-type]
+    assert progress is not None
+    while stream.getvalue().count("\r") < 2:
+        time.sleep(0.01)
+    progress.stop()
+    shown = stream.getvalue()
+    assert shown.startswith("\rsansflow: 3.0 MiB received, 10.0 B sent, ")
+    assert shown.endswith("\n")
+    assert "0.0 B/s" in shown  # nothing moved since the first line
 
 
 # -- demo and the docs --------------------------------------------------------------------------
