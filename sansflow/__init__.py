@@ -5,6 +5,8 @@ The core is ``Flow``; ``sansflow.adapters`` carries it over asyncio, trio and bl
 and ``sansflow.testing`` joins two flows in memory for tests.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._adapter import (
     AdapterFlow,
     AsyncAdapterFlow,
@@ -18,7 +20,9 @@ from ._flow import HIGH_WATER, LOW_WATER, RECEIVE_LIMIT, Buffer, Flow
 from ._relay import CopyStats, ProxyRelay, ProxyResult, Relay, RelayStep
 from ._results import WOULD_WAIT, Eof, Error, Ok, ReadResult, WouldWait, WriteResult
 from ._state import FlowState, ReceiveState, SendState, Shutdown
-from ._tls import TlsInfo, TlsLayer
+
+if TYPE_CHECKING:
+    from ._tls import TlsInfo, TlsLayer
 
 __all__ = [
     "HIGH_WATER",
@@ -61,3 +65,13 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # The TLS layer loads the ssl module, which loads socket and select: only when used, so
+    # that importing the core alone brings in no I/O module.
+    if name in ("TlsInfo", "TlsLayer"):
+        from . import _tls
+
+        return getattr(_tls, name)
+    raise AttributeError(f"module 'sansflow' has no attribute {name!r}")

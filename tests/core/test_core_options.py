@@ -80,7 +80,9 @@ CORE_FILES = [*sorted(ROOT.glob("*.py")), *(ROOT / "testing" / name for name in
 
 @pytest.mark.parametrize("path", CORE_FILES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_core_source_imports_no_io(path: Path) -> None:
-    assert not _imports(path) & set(FORBIDDEN)
+    # ssl's MemoryBIO and SSLObject do no I/O: the TLS layer, and it alone, uses them.
+    allowed = {"ssl"} if path.name == "_tls.py" else set()
+    assert not _imports(path) & (set(FORBIDDEN) - allowed)
 
 
 def test_importing_the_core_loads_no_io_and_no_hypothesis() -> None:

@@ -230,3 +230,5 @@ def test_public_surface() -> None:
     }
     for name in sansflow.__all__:
         assert getattr(sansflow, name) is not None
+    with pytest.raises(AttributeError, match="no attribute 'TLSLayer'"):
+        sansflow.TLSLayer  # noqa: B018  # a misspelt name is an AttributeError, as usual
