@@ -59,7 +59,7 @@ def server_options(handler: object, high_water: int, low_water: int, receive_lim
 
 async def run_async_handler(handler: Callable[[AsyncFlowT], Awaitable[object]], flow: AsyncFlowT,
                             interrupted: Callable[[AsyncFlowT], Awaitable[None]]) -> None:
-    """Run ``handler(flow)`` as an async server does: close the flow it leaves open; log what
+    """Run ``handler(flow)`` as an async server does: close the flow it leaves; log what
     it raises and abort the flow, so that one handler's bug does not stop the server. A
     ``BaseException`` that is not an ``Exception`` (a cancellation: the server stops; or the
     program is interrupted) goes on after ``interrupted(flow)``, which ends the flow the way
@@ -73,8 +73,9 @@ async def run_async_handler(handler: Callable[[AsyncFlowT], Awaitable[object]], 
     except BaseException:
         await interrupted(flow)
         raise
-    if flow.state is not _CLOSED:
-        await flow.close(timeout=HANDLER_CLOSE_TIMEOUT)
+    # Also when the flow is CLOSED: its transport may still be ending (under TLS, the FIN
+    # after both close_notifys), and close() returns once it has.
+    await flow.close(timeout=HANDLER_CLOSE_TIMEOUT)
 
 
 def run_blocking_handler(handler: Callable[[BlockingFlowT], object], flow: BlockingFlowT
@@ -88,8 +89,7 @@ def run_blocking_handler(handler: Callable[[BlockingFlowT], object], flow: Block
         logger.exception(HANDLER_FAILED)
         flow.abort()
     else:
-        if flow.state is not _CLOSED:
-            flow.close(timeout=HANDLER_CLOSE_TIMEOUT)
+        flow.close(timeout=HANDLER_CLOSE_TIMEOUT)  # also when CLOSED: see run_async_handler
 
 
 class ServerBase(Generic[HandlerT]):

@@ -73,6 +73,7 @@ from sansflow import (
     WriteResult,
 )
 from sansflow._adapter import BlockingDriverFlow, check_timeout
+from sansflow._tls import TlsInfo, TlsLayer
 
 from ._common import (
     READ_SIZE,
@@ -82,6 +83,7 @@ from ._common import (
     send_queued,
     set_linger_zero,
 )
+from ._handshake import step_layers
 
 __all__ = ["FLUSH_DELAY", "SocketFlow"]
 
@@ -144,6 +146,7 @@ class SocketFlow(BlockingDriverFlow):
         "_answering",
         "_changed",
         "_flush_at",
+        "_layers",
         "_lock",
         "_outside",
         "_receiving",
@@ -152,12 +155,17 @@ class SocketFlow(BlockingDriverFlow):
         "_shut_rd",
         "_sock",
         "_waiters",
+        "_wire",
     )
     _core: Flow  # the core this flow drives (AdapterFlow only reads its state)
     _lock: threading.Lock
 
     def __init__(self, sock: socket.socket, core: Flow) -> None:
         super().__init__(core, **addresses(sock))
+        # The core on the socket (ciphertext under TLS), and the TLS layers over it, innermost
+        # first; the application uses the outermost layer's plaintext core (``_core``).
+        self._wire = core
+        self._layers: list[TlsLayer] = []
         self._sock: socket.socket | None = sock
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # input arrived or was read; CLOSED
@@ -197,7 +205,9 @@ class SocketFlow(BlockingDriverFlow):
                         if self._receiving:
                             self._wait(None)  # close() is receiving: it wakes us with its input
                         else:
-                            data = self._receive(None, max_bytes or READ_SIZE)
+                            # What arrives goes to this reader as it is, unless TLS decrypts it.
+                            take = 0 if self._layers else max_bytes or READ_SIZE
+                            data = self._receive(None, take)
                             if data is not None:
                                 return Ok(data)
                         result = core.read(max_bytes)
@@ -225,7 +235,7 @@ class SocketFlow(BlockingDriverFlow):
                 self._claim_write()  # raises BusyError
             core = self._core
             if (type(data) is bytes and (self._answering or len(data) >= self._flush_at)
-                    and not core.queued and core.send_state is _SEND_OPEN):
+                    and not core.queued and core.send_state is _SEND_OPEN and not self._layers):
                 # A reply or a large write, and nothing queued before it: straight to the
                 # kernel, as sendall would; only what it does not take is queued (as a
                 # read-only view, no copy).
@@ -258,6 +268,45 @@ class SocketFlow(BlockingDriverFlow):
         with self._lock:
             self._send_until(self._flushed, None)
 
+    @property
+    def tls(self) -> TlsInfo | None:
+        """What the TLS handshake settled on (version, cipher, ALPN, the peer's certificate);
+        ``None`` for a plain flow."""
+        layers = self._layers
+        return layers[-1].tls if layers else None
+
+    # -- TLS (lock held) --------------------------------------------------------------------
+
+    def _add_layer(self, layer: TlsLayer) -> None:
+        """Carry ``layer`` over the core the application used so far; the application uses
+        its plaintext core from now on."""
+        self._layers.append(layer)
+        self._core = layer.outer
+
+    def _step(self) -> None:
+        """Let the TLS layers move what they can (decrypt what arrived, encrypt what the
+        application queued); threads waiting on the flow look again."""
+        if self._layers:
+            step_layers(self._layers)
+            self._notify()
+
+    def _handshake(self, timeout: float | None) -> bool:
+        """Send and receive until the outermost layer's handshake is done or the flow ended;
+        ``False`` if ``timeout`` seconds passed first."""
+        deadline = None if timeout is None else monotonic() + timeout
+        layer = self._layers[-1]
+        app = self._core
+        while True:
+            self._send()
+            if layer.handshake_done or app.state is _CLOSED:
+                return True
+            if _passed(deadline):
+                return False
+            if self._wants_input() and not self._receiving:
+                self._receive(deadline)
+            else:
+                self._wait(deadline)
+
     # -- the primitives of BlockingDriverFlow (close, shutdown, writev; lock held) -----------
 
     def _push(self) -> None:
@@ -273,9 +322,9 @@ class SocketFlow(BlockingDriverFlow):
         """Flush and send EOF, then receive until the peer's EOF (another thread may read what
         arrives; with the receive buffer full and nobody reading, wait for a reader)."""
         deadline = None if timeout is None else monotonic() + timeout
-        core = self._core
+        core = self._wire
         while core.state is not _CLOSED:
-            if core.queued or core.eof_due:
+            if not self._flushed():
                 self._send_until(self._flushed, deadline)
             elif self._wants_input() and not self._receiving:
                 self._receive(deadline)
@@ -291,7 +340,7 @@ class SocketFlow(BlockingDriverFlow):
     # -- receiving (lock held) ----------------------------------------------------------------
 
     def _wants_input(self) -> bool:
-        core = self._core
+        core = self._wire
         return (core.state is not _CLOSED and core.receive_state in RECEIVING
                 and not core.reading_paused)
 
@@ -320,7 +369,7 @@ class SocketFlow(BlockingDriverFlow):
             self._lock.acquire()
             self._receiving = False
             self._outside -= 1
-        core = self._core
+        core = self._wire
         if type(data) is bytes:
             if data and len(data) <= take and core.receive_state is _RECEIVE_OPEN:
                 if self._waiters:
@@ -332,6 +381,8 @@ class SocketFlow(BlockingDriverFlow):
                 core.receive_eof()  # ignored if the flow failed meanwhile (shutdown(SHUT_RD))
         elif isinstance(data, OSError):
             core.receive_error(data)
+        if self._layers:
+            self._send()  # decrypt it; send what the TLS session answers
         if self._waiters:  # also when nothing came: a waiting reader may take the role over
             self._changed.notify_all()
         if core.state is _CLOSED:
@@ -346,19 +397,25 @@ class SocketFlow(BlockingDriverFlow):
         if self._answering or core.queued >= self._flush_at:
             self._answering = False
             self._send()
-        if core.queued and not self._scheduled:
+        if self._pending() and not self._scheduled:
             self._schedule(FLUSH_DELAY)
 
     def _send(self) -> None:
-        """Hand the kernel what it takes now, then our EOF if it is due; never waits."""
-        core = self._core
+        """Hand the kernel what it takes now, then our EOF if it is due; never waits. Under
+        TLS, the layers encrypt what the application queued as the kernel takes records."""
+        core = self._wire
         sock = self._sock
-        if core.queued:
+        while True:
+            self._step()
+            if not core.queued:
+                break
             assert sock is not None  # data is queued only while the flow is not CLOSED
             failure = send_queued(core, lambda buffers: sock.sendmsg(buffers, (), _SEND_FLAGS))
             if failure is not None:
                 self._fail(failure)
                 return
+            if core.queued or not self._layers:
+                break  # the kernel's buffer is full, or there is nothing to encrypt
         if core.eof_due:
             assert sock is not None  # EOF is due only while the flow is not CLOSED
             try:
@@ -370,8 +427,12 @@ class SocketFlow(BlockingDriverFlow):
             self._release_if_closed()
 
     def _flushed(self) -> bool:
-        core = self._core
-        return not core.queued and not core.eof_due
+        app, wire = self._core, self._wire
+        return not (app.queued or app.eof_due or wire.queued or wire.eof_due)
+
+    def _pending(self) -> int:
+        """Bytes waiting to be sent: the queue, and under TLS the plaintext not yet encrypted."""
+        return self._wire.queued + (self._core.queued if self._layers else 0)
 
     def _writable(self) -> bool:
         return self._core.write_ready
@@ -422,14 +483,14 @@ class SocketFlow(BlockingDriverFlow):
             return
         try:
             self._scheduled = False
-            core = self._core
-            before = core.queued
+            before = self._pending()
             self._send()
-            if not core.queued or core.queued < before:
+            pending = self._pending()
+            if not pending or pending < before:
                 self._retry = FLUSH_DELAY  # done, or the kernel takes data: soon again
             else:
                 self._retry = min(self._retry * 2, _RETRY_MAX)  # it takes none: back off
-            if core.queued and self._sock is not None:
+            if pending and self._sock is not None:
                 self._schedule(self._retry)
         finally:
             self._lock.release()
@@ -459,14 +520,16 @@ class SocketFlow(BlockingDriverFlow):
         sock = self._sock
         assert sock is not None  # a send just used it
         if not self._receiving:
-            receive_kept(lambda size: sock.recv(size, socket.MSG_DONTWAIT), self._core)
-        self._core.receive_error(exc)
+            receive_kept(lambda size: sock.recv(size, socket.MSG_DONTWAIT), self._wire)
+        self._wire.receive_error(exc)
+        self._step()
         self._notify()
         self._release_if_closed()
 
     def _abort(self, error: FlowError | None) -> None:
-        core = self._core
+        core = self._wire
         if core.state is not _CLOSED:
+            self._core.abort(error)  # the TLS layers' plaintext core: no close_notify goes out
             core.abort(error)
             if self._sock is not None:
                 set_linger_zero(self._sock)  # close() then sends an RST, not a FIN
@@ -476,7 +539,7 @@ class SocketFlow(BlockingDriverFlow):
     def _release_if_closed(self) -> None:
         """Close the socket once the flow is CLOSED and no thread is in a call on it."""
         sock = self._sock
-        if sock is None or self._core.state is not _CLOSED:
+        if sock is None or self._wire.state is not _CLOSED:
             return
         if self._outside:
             if not self._shut_rd:

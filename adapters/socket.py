@@ -33,6 +33,7 @@ import logging
 import os
 import select
 import socket
+import ssl as ssl_
 import sys
 import threading
 from collections.abc import Callable
@@ -46,7 +47,9 @@ from sansflow import (
     LOW_WATER,
     RECEIVE_LIMIT,
     Flow,
+    TlsLayer,
 )
+from sansflow._adapter import check_timeout
 
 from ._common import (
     check_connected,
@@ -62,12 +65,30 @@ from ._connect import (
     remove_stale_socket_file,
     where,
 )
+from ._handshake import (
+    HANDSHAKE_DEADLINE,
+    HANDSHAKE_TIMEOUT,
+    handshake_failed,
+    log_failed_handshake,
+    new_layer,
+    peer_of,
+    tls_context,
+)
 from ._server import GRACE, ServerBase, run_blocking_handler, server_options
-from ._socket_flow import _POLL_SLICE, FLUSH_DELAY, SocketFlow, _deadline, _left, _passed, _poll
+from ._socket_flow import (
+    _POLL_SLICE,
+    FLUSH_DELAY,
+    SocketFlow,
+    _deadline,
+    _left,
+    _passed,
+    _poll,
+    _remaining,
+)
 
 __all__ = [
     "FLUSH_DELAY", "Server", "SocketFlow", "connect", "connect_unix", "serve", "serve_unix",
-    "wrap",
+    "wrap", "wrap_tls",
 ]
 
 # The flows' module name is the one users import them from.
@@ -80,6 +101,7 @@ _log = logging.getLogger("sansflow")
 
 
 def connect(host: str, port: int, *, timeout: float | None = None,
+            ssl: ssl_.SSLContext | bool | None = None, server_hostname: str | None = None,
             high_water: int = HIGH_WATER, low_water: int = LOW_WATER,
             receive_limit: int = RECEIVE_LIMIT) -> SocketFlow:
     """Open a TCP connection to ``host`` (a name, an IPv4 or an IPv6 address) and return its
@@ -92,8 +114,16 @@ def connect(host: str, port: int, *, timeout: float | None = None,
     does not resolve, ``TimeoutError`` when ``timeout`` seconds passed first, else the
     ``OSError`` of the first address that failed otherwise; each names host and port. The
     arguments are checked before any I/O.
+
+    With ``ssl`` (an ``ssl.SSLContext``, or ``True`` for ``ssl.create_default_context()``)
+    the flow carries TLS, and ``connect`` returns once the handshake is done (``timeout``
+    covers it too). ``server_hostname`` (default: ``host``) is what the certificate must
+    name, and what SNI sends. A handshake that fails raises the ssl module's exception for
+    it (``ssl.SSLCertVerificationError`` for a certificate), whose text is the failure's
+    ``error_message``; the alert still reaches the server.
     """
     check_address(host, port)
+    context = tls_context(ssl, server_hostname)
     deadline = _deadline(timeout)
     core = Flow(high_water=high_water, low_water=low_water, receive_limit=receive_limit)
     place = where(host, port)
@@ -105,7 +135,13 @@ def connect(host: str, port: int, *, timeout: float | None = None,
     for family, kind, proto, _, address in addresses:
         sock = _attempt(family, kind, proto, address, deadline, errors)
         if sock is not None:
-            return _adopt(sock, core)
+            flow = _adopt(sock, core)
+            if context is not None:
+                layer = new_layer(core, context, server_side=False,
+                                  server_hostname=server_hostname or host,
+                                  require_close_notify=True)
+                _handshaken(flow, layer, place, _remaining(deadline))
+            return flow
         if _passed(deadline):
             break
     if not errors or _passed(deadline):
@@ -201,6 +237,50 @@ def wrap(sock: socket.socket, *, high_water: int = HIGH_WATER, low_water: int = 
     return flow
 
 
+def wrap_tls(flow: SocketFlow, ssl_context: ssl_.SSLContext, *, server_side: bool = False,
+             server_hostname: str | None = None, require_close_notify: bool = True,
+             handshake_timeout: float | None = None) -> SocketFlow:
+    """Start TLS on ``flow`` (after a plaintext exchange: STARTTLS; or inside a TLS flow, for
+    a session in a tunnel) and return it once the handshake is done: the same flow, which
+    reads and writes plaintext over TLS from then on (``flow.tls`` tells the session).
+
+    ``require_close_notify=False`` reads a peer's end without TLS close_notify as ``Eof()``
+    instead of ``Error(TRUNCATED)``: for protocols that frame their own data (HTTP/1.1). A
+    handshake that fails or takes more than ``handshake_timeout`` seconds raises, as
+    ``connect`` does. Another thread must not use the flow meanwhile.
+    """
+    if not isinstance(flow, SocketFlow):
+        raise TypeError(f"wrap_tls() takes a SocketFlow, not {type(flow).__name__}")
+    if not isinstance(ssl_context, ssl_.SSLContext):
+        raise TypeError(f"wrap_tls() takes an ssl.SSLContext, not {ssl_context!r}")
+    check_timeout(handshake_timeout)
+    layer = new_layer(flow._core, ssl_context, server_side=server_side,
+                      server_hostname=server_hostname,
+                      require_close_notify=require_close_notify)  # checks the rest
+    _handshaken(flow, layer, peer_of(flow), handshake_timeout)
+    return flow
+
+
+def _handshaken(flow: SocketFlow, layer: TlsLayer, where: str, timeout: float | None) -> None:
+    """Put ``layer`` on ``flow`` and return once its handshake is done; else end the
+    connection (the alert goes out first) and raise what ``handshake_failed`` says."""
+    with flow._lock:
+        flow._add_layer(layer)
+        done = flow._handshake(timeout)
+        if done and layer.handshake_done:
+            return
+        error = flow.error if done else None
+        if done:
+            flow._send_until(flow._flushed, monotonic() + _ALERT_TIMEOUT)  # the alert, our FIN
+            flow._abort(None)  # what the peer sends no longer matters
+        else:
+            flow._abort(HANDSHAKE_DEADLINE)
+    raise handshake_failed(error, where, timeout)
+
+
+_ALERT_TIMEOUT = 1.0  # how long a failed handshake's alert may take to leave
+
+
 def _adopt(sock: socket.socket, core: Flow) -> SocketFlow:
     if sock.gettimeout() is not None:  # a default timeout: poll + call on every recv
         sock.setblocking(True)
@@ -230,8 +310,11 @@ class Server(ServerBase[Handler]):
     _NOT_LISTENING = "the server is not listening; use it in a with statement"
 
     def __init__(self, handler: Handler, listen: Callable[[], list[socket.socket]], *,
-                 grace: float, options: dict[str, int], path: UnixPath | None = None) -> None:
+                 grace: float, options: dict[str, int], tls: ssl_.SSLContext | None = None,
+                 handshake_timeout: float | None = None, path: UnixPath | None = None) -> None:
         super().__init__(handler, options, path, grace=grace)
+        self._tls = tls
+        self._handshake_timeout = handshake_timeout
         self._listen = listen
         self._listeners: list[socket.socket] = []
         self._wake: tuple[socket.socket, socket.socket] | None = None
@@ -367,6 +450,14 @@ class Server(ServerBase[Handler]):
                 aborting = self._stopping
             if aborting:
                 flow.abort()
+            elif self._tls is not None:
+                layer = new_layer(flow._core, self._tls, server_side=True, server_hostname=None,
+                                  require_close_notify=True)
+                try:
+                    _handshaken(flow, layer, peer_of(flow), self._handshake_timeout)
+                except OSError as exc:
+                    log_failed_handshake(exc)
+                    return
             run_blocking_handler(self._handler, flow)
         finally:
             with self._lock:
@@ -380,8 +471,9 @@ def _join(thread: threading.Thread, deadline: float) -> None:
 
 
 def serve(handler: Handler, host: str | None, port: int, *, backlog: int = BACKLOG,
-          grace: float = GRACE, high_water: int = HIGH_WATER, low_water: int = LOW_WATER,
-          receive_limit: int = RECEIVE_LIMIT) -> Server:
+          grace: float = GRACE, ssl: ssl_.SSLContext | None = None,
+          handshake_timeout: float | None = HANDSHAKE_TIMEOUT, high_water: int = HIGH_WATER,
+          low_water: int = LOW_WATER, receive_limit: int = RECEIVE_LIMIT) -> Server:
     """A server running ``handler(flow)`` on its own thread for each accepted TCP connection.
 
     ::
@@ -398,11 +490,18 @@ def serve(handler: Handler, host: str | None, port: int, *, backlog: int = BACKL
     to every accepted flow and are checked here, with the address. ``grace`` is how many
     seconds closing the server lets handlers finish before their flows are aborted
     (``math.inf``: as long as they take).
+
+    With ``ssl`` (an ``ssl.SSLContext`` with the server's certificate) every flow carries
+    TLS, and the handler gets it once the handshake is done. A connection whose handshake
+    fails, or takes more than ``handshake_timeout`` seconds, is logged at WARNING on the
+    ``"sansflow"`` logger and closed; the handler never sees it.
     """
     check_address(host, port, server=True)
     options = server_options(handler, high_water, low_water, receive_limit, grace, blocking=True)
+    context = tls_context(ssl, server=True)
+    check_timeout(handshake_timeout)
     return Server(handler, partial(_listen_tcp, host, port, backlog), grace=grace,
-                  options=options)
+                  options=options, tls=context, handshake_timeout=handshake_timeout)
 
 
 def serve_unix(handler: Handler, path: UnixPath, *, backlog: int = BACKLOG, grace: float = GRACE,

@@ -55,6 +55,7 @@ from sansflow.adapters import _socket_flow as socket_flow
 from sansflow.adapters import socket as sf
 from sansflow.adapters._common import READ_SIZE
 from sansflow.adapters._connect import BACKLOG
+from sansflow.adapters._handshake import HANDSHAKE_TIMEOUT
 from sansflow.adapters._server import GRACE
 
 HOST = "127.0.0.1"
@@ -1186,10 +1187,11 @@ OPTIONS = {"high_water": HIGH_WATER, "low_water": LOW_WATER, "receive_limit": RE
 
 
 @pytest.mark.parametrize(("name", "expected"), [
-    ("connect", {"timeout": None, **OPTIONS}),
+    ("connect", {"timeout": None, "ssl": None, "server_hostname": None, **OPTIONS}),
     ("connect_unix", {"timeout": None, **OPTIONS}),
     ("wrap", OPTIONS),
-    ("serve", {"backlog": BACKLOG, "grace": GRACE, **OPTIONS}),
+    ("serve", {"backlog": BACKLOG, "grace": GRACE, "ssl": None,
+               "handshake_timeout": HANDSHAKE_TIMEOUT, **OPTIONS}),
     ("serve_unix", {"backlog": BACKLOG, "grace": GRACE, **OPTIONS}),
 ])
 def test_options_are_named_keywords_with_the_shared_defaults(
