@@ -733,8 +733,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {  # function: its keyword-only parameters
 }
 MODULES = {"asyncio": sf_asyncio, "trio": sf_trio, "socket": sf_socket}
 # TLS options, for now on connect and serve (connect_unix and serve_unix do not take them).
-TLS = {"connect": {"ssl": None, "server_hostname": None},
-       "serve": {"ssl": None, "handshake_timeout": HANDSHAKE_TIMEOUT}}
+TLS: dict[str, dict[str, Any]] = {"connect": {"ssl": None, "server_hostname": None},
+                                  "serve": {"ssl": None, "handshake_timeout": HANDSHAKE_TIMEOUT}}
 
 
 def parameters(function: Callable[..., Any]) -> tuple[list[str], dict[str, Any]]:
