@@ -52,6 +52,8 @@ from ._connect import (
     connect_timed_out,
     where,
 )
+from ._copy import copy_asyncio as copy
+from ._copy import proxy_asyncio as proxy
 from ._handshake import (
     HANDSHAKE_DEADLINE,
     HANDSHAKE_TIMEOUT,
@@ -69,8 +71,8 @@ from ._server import (
 )
 
 __all__ = [
-    "ATTEMPT_DELAY", "BACKLOG", "AsyncioFlow", "Server", "connect", "connect_unix", "serve",
-    "serve_unix", "wrap", "wrap_tls",
+    "ATTEMPT_DELAY", "BACKLOG", "AsyncioFlow", "Server", "connect", "connect_unix", "copy",
+    "proxy", "serve", "serve_unix", "wrap", "wrap_tls",
 ]
 
 # The flows' module name is the one users import them from.

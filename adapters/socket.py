@@ -65,6 +65,8 @@ from ._connect import (
     remove_stale_socket_file,
     where,
 )
+from ._copy import copy_blocking as copy
+from ._copy import proxy_blocking as proxy
 from ._handshake import (
     HANDSHAKE_DEADLINE,
     HANDSHAKE_TIMEOUT,
@@ -87,8 +89,8 @@ from ._socket_flow import (
 )
 
 __all__ = [
-    "FLUSH_DELAY", "Server", "SocketFlow", "connect", "connect_unix", "serve", "serve_unix",
-    "wrap", "wrap_tls",
+    "FLUSH_DELAY", "Server", "SocketFlow", "connect", "connect_unix", "copy", "proxy", "serve",
+    "serve_unix", "wrap", "wrap_tls",
 ]
 
 # The flows' module name is the one users import them from.

@@ -65,6 +65,8 @@ from ._connect import (
     remove_stale_socket_file,
     where,
 )
+from ._copy import copy_trio as copy
+from ._copy import proxy_trio as proxy
 from ._handshake import (
     HANDSHAKE_DEADLINE,
     HANDSHAKE_TIMEOUT,
@@ -78,8 +80,8 @@ from ._server import GRACE, AsyncServerBase, run_async_handler, server_options
 from ._trio_flow import TrioFlow, _is_fake
 
 __all__ = [
-    "FlowStream", "Server", "TrioFlow", "connect", "connect_unix", "serve", "serve_unix", "wrap",
-    "wrap_tls",
+    "FlowStream", "Server", "TrioFlow", "connect", "connect_unix", "copy", "proxy", "serve",
+    "serve_unix", "wrap", "wrap_tls",
 ]
 
 _ALERT_TIMEOUT = 1.0  # how long a failed handshake's alert may take to leave

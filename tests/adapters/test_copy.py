@@ -29,7 +29,9 @@ from sansflow import (
     Shutdown,
     WriteResult,
 )
-from sansflow.adapters import _copy
+from sansflow.adapters import asyncio as sf_asyncio
+from sansflow.adapters import socket as sf_socket
+from sansflow.adapters import trio as sf_trio
 from sansflow.testing import conformance as kit
 from sansflow.testing._memory import memory_flow_pair
 
@@ -67,11 +69,11 @@ async def socket_pair() -> Pair:
 
 async def in_thread_proxy(a: Flow, b: Flow, idle_timeout: float | None = None) -> ProxyResult:
     return await anyio.to_thread.run_sync(
-        partial(_copy.proxy_blocking, a, b, idle_timeout=idle_timeout))
+        partial(sf_socket.proxy, a, b, idle_timeout=idle_timeout))
 
 
 async def in_thread_copy(src: Flow, dst: Flow) -> CopyStats:
-    return await anyio.to_thread.run_sync(_copy.copy_blocking, src, dst)
+    return await anyio.to_thread.run_sync(sf_socket.copy, src, dst)
 
 
 @dataclass(frozen=True)
@@ -89,14 +91,14 @@ class Setup:
 
 
 SETUPS = [
-    Setup("asyncio", "asyncio", asyncio_pair, _copy.proxy_asyncio, _copy.copy_asyncio),
-    Setup("uvloop", "asyncio", asyncio_pair, _copy.proxy_asyncio, _copy.copy_asyncio,
+    Setup("asyncio", "asyncio", asyncio_pair, sf_asyncio.proxy, sf_asyncio.copy),
+    Setup("uvloop", "asyncio", asyncio_pair, sf_asyncio.proxy, sf_asyncio.copy,
           {"use_uvloop": True}),
-    Setup("trio", "trio", trio_pair, _copy.proxy_trio, _copy.copy_trio),
+    Setup("trio", "trio", trio_pair, sf_trio.proxy, sf_trio.copy),
     Setup("socket", "asyncio", socket_pair, in_thread_proxy, in_thread_copy),
-    Setup("memory-asyncio", "asyncio", memory_flow_pair, _copy.proxy_asyncio,
-          _copy.copy_asyncio),
-    Setup("memory-trio", "trio", memory_flow_pair, _copy.proxy_trio, _copy.copy_trio),
+    Setup("memory-asyncio", "asyncio", memory_flow_pair, sf_asyncio.proxy,
+          sf_asyncio.copy),
+    Setup("memory-trio", "trio", memory_flow_pair, sf_trio.proxy, sf_trio.copy),
 ]
 
 
@@ -315,10 +317,10 @@ def test_each_end_is_passed_on(flavour: str, reads: list[ReadResult], writes: li
                                src_calls: list[str], dst_calls: list[str], end: object) -> None:
     if flavour == "blocking":
         src, dst = ScriptedEnd(reads=list(reads)), ScriptedEnd(writes=list(writes))
-        stats = _copy.copy_blocking(src, dst)
+        stats = sf_socket.copy(src, dst)
     else:
         src, dst = AsyncScriptedEnd(reads=list(reads)), AsyncScriptedEnd(writes=list(writes))
-        copy = _copy.copy_asyncio if flavour == "asyncio" else _copy.copy_trio
+        copy = sf_asyncio.copy if flavour == "asyncio" else sf_trio.copy
         stats = anyio.run(copy, src, dst, backend=flavour)
     assert (src.calls, dst.calls, stats.end) == (src_calls, dst_calls, end)
 
@@ -326,7 +328,7 @@ def test_each_end_is_passed_on(flavour: str, reads: list[ReadResult], writes: li
 def test_a_blocking_proxy_raises_what_a_direction_raised() -> None:
     a, b = ScriptedEnd(reads=[Ok(b"x")]), ScriptedEnd(reads=[])  # b's read finds no script
     with pytest.raises(IndexError):
-        _copy.proxy_blocking(a, b)
+        sf_socket.proxy(a, b)
     assert "abort" in a.calls
     assert "abort" in b.calls
 
@@ -345,7 +347,7 @@ def test_an_asyncio_proxy_raises_what_a_direction_raised_and_cancels_the_other()
             raise AssertionError("unreachable")
 
     with pytest.raises(IndexError):  # the one direction's read finds no script
-        anyio.run(_copy.proxy_asyncio, Stuck(), AsyncScriptedEnd(), backend="asyncio")
+        anyio.run(sf_asyncio.proxy, Stuck(), AsyncScriptedEnd(), backend="asyncio")
     assert cancelled == [True]
 
 
@@ -363,8 +365,8 @@ def test_stats_are_exact_under_any_chunking(requests: list[bytes], replies: list
                                             backend: str) -> None:
     make_pair = partial(memory_flow_pair, capacity=capacity, high_water=high_water,
                         low_water=high_water // 4, receive_limit=max(capacity // 2, 1))
-    proxy = _copy.proxy_asyncio if backend == "asyncio" else _copy.proxy_trio
-    setup = Setup(backend, backend, make_pair, proxy, _copy.copy_asyncio)
+    proxy = sf_asyncio.proxy if backend == "asyncio" else sf_trio.proxy
+    setup = Setup(backend, backend, make_pair, proxy, sf_asyncio.copy)
     sent, answered = b"".join(requests), b"".join(replies)
 
     async def scenario(setup: Setup) -> None:
