@@ -35,7 +35,7 @@ Where the bytes sit:
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
 from sansflow import (
     WOULD_WAIT,
@@ -60,9 +60,6 @@ from ._common import (
 )
 from ._handshake import step_layers
 
-if TYPE_CHECKING:
-    from .asyncio import Server
-
 __all__ = ["AsyncioFlow"]
 
 _OK: Ok[None] = Ok(None)
@@ -78,6 +75,13 @@ _CLOSED = FlowState.CLOSED
 _EOF_QUEUED = SendState.EOF_QUEUED
 _SEND_OPEN = SendState.OPEN
 _EOF_RECEIVED = ReceiveState.EOF_RECEIVED
+
+
+class _Server(Protocol):
+    """What a driver tells the server that accepted its connection (``asyncio.Server``)."""
+
+    def _connection_made(self, driver: _Driver) -> None: ...
+    def _connection_lost(self, driver: _Driver) -> None: ...
 
 
 def _expire(waiter: asyncio.Future[bool]) -> None:
@@ -127,7 +131,7 @@ class _Driver(asyncio.Protocol):
     )
 
     def __init__(self, core: Flow, loop: asyncio.AbstractEventLoop,
-                 server: Server | None = None) -> None:
+                 server: _Server | None = None) -> None:
         self._core = core  # the core on the transport: ciphertext under TLS
         # The TLS layers over it, innermost first (none for a plain flow), and the core the
         # application uses: the outermost layer's plaintext flow, or the core itself.
@@ -472,7 +476,7 @@ class _BufferedDriver(_Driver, asyncio.BufferedProtocol):
     __slots__ = ("_lent",)
 
     def __init__(self, core: Flow, loop: asyncio.AbstractEventLoop,
-                 server: Server | None = None) -> None:
+                 server: _Server | None = None) -> None:
         super().__init__(core, loop, server)
         self._lent: memoryview | None = None  # the receive buffer the transport holds
 
@@ -523,7 +527,7 @@ class _BufferedDriver(_Driver, asyncio.BufferedProtocol):
 
 
 def _new_driver(core: Flow, loop: asyncio.AbstractEventLoop,
-                server: Server | None = None) -> _Driver:
+                server: _Server | None = None) -> _Driver:
     if isinstance(loop, asyncio.BaseEventLoop):  # asyncio's own loops, not uvloop
         return _BufferedDriver(core, loop, server)
     return _Driver(core, loop, server)
