@@ -202,6 +202,10 @@ class SocketFlow(BlockingDriverFlow):
                     while result is WOULD_WAIT:
                         if core.queued:  # (a due EOF is sent by whoever made it due)
                             self._send()
+                            # A send that failed ended the flow, and let go of the socket.
+                            result = core.read(max_bytes)
+                            if result is not WOULD_WAIT:
+                                break
                         if self._receiving:
                             self._wait(None)  # close() is receiving: it wakes us with its input
                         else:

@@ -32,7 +32,7 @@ from types import ModuleType
 from typing import Generic, TypeVar
 
 import pytest
-from loopback import full_backlog_port, has_ipv6_loopback, refusing_port
+from loopback import full_backlog_port, has_ipv6_loopback, refusing_port, reset
 
 from sansflow import (
     HIGH_WATER,
@@ -1443,3 +1443,20 @@ def test_the_echo_examples_talk_to_each_other(capsys: pytest.CaptureFixture[str]
     out = capsys.readouterr().out
     assert f"echo server listening on 127.0.0.1:{port}" in out
     assert "hello echo\n" in out
+
+
+def test_a_read_whose_flush_meets_a_reset_answers_the_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read first sends what is queued; when that send finds the connection reset, the
+    flow has ended (and let go of its socket) before the read would receive: it answers the
+    error instead of receiving on a socket that is gone."""
+    monkeypatch.setattr(socket_flow, "FLUSH_DELAY", 60.0)  # the write stays queued for read()
+    with flow_and_peer() as (flow, peer):
+        assert flow.write(b"request") == Ok(None)
+        assert flow.queued == len(b"request")
+        reset(peer)
+        time.sleep(0.05)  # the RST arrives
+        result = flow.read()
+        assert isinstance(result, Error)
+        assert result.error.kind in (ErrorKind.RESET, ErrorKind.BROKEN_PIPE)
+        assert flow.state is FlowState.CLOSED
