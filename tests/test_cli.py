@@ -338,8 +338,7 @@ def test_a_refused_upstream_resets_the_client_and_is_logged() -> None:
         bound.bind(("127.0.0.1", 0))
         port = bound.getsockname()[1]
         with relay("0", "127.0.0.1", str(port)) as running:
-            done = sansflow("connect", "--loop", "asyncio", "127.0.0.1", str(running.port),
-                            stdin=b"req")
+            done = sansflow("connect", "127.0.0.1", str(running.port), stdin=b"req")
             running.stop()
     # The reset, or what a send after it met (ENOTCONN): a failure either way, never an EOF.
     assert done.returncode == 1
