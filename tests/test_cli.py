@@ -51,6 +51,7 @@ def measured_env(tmp: Path) -> dict[str, str]:
         rc = tmp / "subprocess.coveragerc"
         rc.write_text(f"[run]\nbranch = {cov.config.branch}\nparallel = True\n"
                       f"source = {', '.join(sources)}\n"
+                      f"omit = {', '.join(cov.config.run_omit or [])}\n"
                       f"data_file = {data_file}\n")
         env.update(COVERAGE_PROCESS_START=str(rc), COVERAGE_FILE=data_file)
     return env
