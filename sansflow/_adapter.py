@@ -9,13 +9,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._api import BrokenFlowError, FlowView
 from ._errors import BusyError, ErrorKind, FlowError
 from ._flow import Flow, buffer_list
 from ._results import WOULD_WAIT, Eof, Ok, ReadResult, WouldWait, WriteResult
 from ._state import FlowState, ReceiveState, SendState, Shutdown
+
+if TYPE_CHECKING:
+    from ._tls import TlsInfo
 
 __all__ = [
     "AdapterFlow", "AsyncAdapterFlow", "AsyncDriverFlow", "BlockingAdapterFlow",
@@ -58,6 +61,11 @@ class AdapterFlow:
     def sockname(self) -> Any:
         """Our own address when the flow was made; ``None`` where there is no socket."""
         return self._sockname
+
+    @property
+    def tls(self) -> TlsInfo | None:
+        """What the TLS handshake settled on; ``None`` here: adapters with TLS say more."""
+        return None
 
     @property
     def state(self) -> FlowState:

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from types import TracebackType
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from ._errors import FlowError, error_message
 from ._results import ReadResult, WriteResult
 from ._state import FlowState, ReceiveState, SendState, Shutdown
+
+if TYPE_CHECKING:
+    from ._tls import TlsInfo
 
 __all__ = ["AsyncFlow", "BlockingFlow", "BrokenFlowError", "FlowView"]
 
@@ -92,6 +95,11 @@ class _Connection(FlowView, Protocol):
     @property
     def sockname(self) -> Any:
         """Our own address when the flow was made; ``None`` where there is no socket."""
+
+    @property
+    def tls(self) -> TlsInfo | None:
+        """What the TLS handshake settled on (version, cipher, ALPN protocol, the peer's
+        certificate); ``None`` for a flow without TLS."""
 
 
 @runtime_checkable

@@ -4,6 +4,8 @@ protocol written once over every adapter (examples/rpc.py)."""
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -50,3 +52,12 @@ def test_eof_inside_a_frame_is_an_error() -> None:
     assert framer.feed(b"\x00\x00\x00\x05abc") == []
     with pytest.raises(rpc.ProtocolError, match="7 bytes left"):
         framer.check_complete()
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "trio"])
+def test_the_tls_example_half_closes_and_starts_tls(loop: str) -> None:
+    result = subprocess.run([sys.executable, str(EXAMPLES / "tls.py"), loop],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.splitlines() == [
+        "got 5 bytes over TLSv1.3", "220 ready, say STARTTLS", "got 6 bytes over TLSv1.3"]
