@@ -50,7 +50,7 @@ from sansflow import (
 from sansflow._adapter import AsyncDriverFlow
 from sansflow._flow import Buffer
 from sansflow._results import ReadResult, WriteResult
-from sansflow._tls import TlsInfo, TlsLayer
+from sansflow._tls import TlsLayer
 
 from ._common import (
     READ_SIZE,
@@ -549,13 +549,7 @@ class AsyncioFlow(AsyncDriverFlow):
         assert transport is not None  # made once connected
         super().__init__(core, **addresses(transport.get_extra_info("socket")))
         self._driver = driver
-
-    @property
-    def tls(self) -> TlsInfo | None:
-        """What the TLS handshake settled on (version, cipher, ALPN, the peer's certificate);
-        ``None`` for a plain flow."""
-        layers = self._driver._layers
-        return layers[-1].tls if layers else None
+        self._layers = driver._layers  # the same list: the driver steps them
 
     @property
     def transport(self) -> asyncio.Transport | None:

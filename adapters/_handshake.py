@@ -7,10 +7,12 @@ import logging
 import ssl as _ssl
 
 from sansflow import AdapterFlow, ErrorKind, Flow, FlowError, TlsLayer, error_message
+from sansflow._adapter import check_timeout
 
 __all__ = [
-    "HANDSHAKE_DEADLINE", "HANDSHAKE_FAILED", "HANDSHAKE_TIMEOUT", "handshake_failed",
-    "log_failed_handshake", "new_layer", "peer_of", "step_layers", "tls_context",
+    "HANDSHAKE_DEADLINE", "HANDSHAKE_FAILED", "HANDSHAKE_TIMEOUT", "check_wrap_tls",
+    "handshake_failed", "log_failed_handshake", "new_layer", "peer_of", "step_layers",
+    "tls_context",
 ]
 
 HANDSHAKE_FAILED = "sansflow: TLS handshake failed: %s"
@@ -109,3 +111,14 @@ def step_layers(layers: list[TlsLayer]) -> None:
         moved = False
         for layer in layers:
             moved = layer.step() or moved
+
+
+def check_wrap_tls(flow: object, flow_class: type[AdapterFlow], ssl_context: object,
+                   handshake_timeout: object) -> None:
+    """Refuse ``wrap_tls`` arguments of the wrong kind, before anything changes (the layer
+    checks the rest when it is made)."""
+    if not isinstance(flow, flow_class):
+        raise TypeError(f"wrap_tls() takes a {flow_class.__name__}, not {type(flow).__name__}")
+    if not isinstance(ssl_context, _ssl.SSLContext):
+        raise TypeError(f"wrap_tls() takes an ssl.SSLContext, not {ssl_context!r}")
+    check_timeout(handshake_timeout)

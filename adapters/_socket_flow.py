@@ -73,7 +73,6 @@ from sansflow import (
     WriteResult,
 )
 from sansflow._adapter import BlockingDriverFlow, check_timeout
-from sansflow._tls import TlsInfo, TlsLayer
 
 from ._common import (
     READ_SIZE,
@@ -146,7 +145,6 @@ class SocketFlow(BlockingDriverFlow):
         "_answering",
         "_changed",
         "_flush_at",
-        "_layers",
         "_lock",
         "_outside",
         "_receiving",
@@ -165,7 +163,6 @@ class SocketFlow(BlockingDriverFlow):
         # The core on the socket (ciphertext under TLS), and the TLS layers over it, innermost
         # first; the application uses the outermost layer's plaintext core (``_core``).
         self._wire = core
-        self._layers: list[TlsLayer] = []
         self._sock: socket.socket | None = sock
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # input arrived or was read; CLOSED
@@ -272,20 +269,7 @@ class SocketFlow(BlockingDriverFlow):
         with self._lock:
             self._send_until(self._flushed, None)
 
-    @property
-    def tls(self) -> TlsInfo | None:
-        """What the TLS handshake settled on (version, cipher, ALPN, the peer's certificate);
-        ``None`` for a plain flow."""
-        layers = self._layers
-        return layers[-1].tls if layers else None
-
     # -- TLS (lock held) --------------------------------------------------------------------
-
-    def _add_layer(self, layer: TlsLayer) -> None:
-        """Carry ``layer`` over the core the application used so far; the application uses
-        its plaintext core from now on."""
-        self._layers.append(layer)
-        self._core = layer.outer
 
     def _step(self) -> None:
         """Let the TLS layers move what they can (decrypt what arrived, encrypt what the

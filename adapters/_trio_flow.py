@@ -78,7 +78,6 @@ from sansflow import (
 )
 from sansflow._adapter import AsyncDriverFlow
 from sansflow._flow import Buffer
-from sansflow._tls import TlsInfo, TlsLayer
 
 from ._common import (
     IOV_MAX,
@@ -132,7 +131,7 @@ class TrioFlow(AsyncDriverFlow):
     run only when they had to wait (see the module documentation).
     """
 
-    __slots__ = ("_corked", "_in_send", "_layers", "_lot", "_parked", "_receiving",
+    __slots__ = ("_corked", "_in_send", "_lot", "_parked", "_receiving",
                  "_released", "_sender", "_sender_idle", "_sender_scope", "_socket",
                  "_stream", "_sync", "_wire", "_write_waiter")
     _core: Flow  # the core this flow drives (AdapterFlow only reads its state)
@@ -144,7 +143,6 @@ class TrioFlow(AsyncDriverFlow):
         # The core on the stream (ciphertext under TLS), and the TLS layers over it, innermost
         # first; the application uses the outermost layer's plaintext core (``_core``).
         self._wire = core
-        self._layers: list[TlsLayer] = []
         self._stream = stream
         self._socket = sock if sock is not None and hasattr(sock, "sendmsg") else None
         # On POSIX, a socket with a real descriptor is sent to without waiting (os.write /
@@ -241,20 +239,7 @@ class TrioFlow(AsyncDriverFlow):
         await self._abort(None)
         await trio.lowlevel.checkpoint()
 
-    @property
-    def tls(self) -> TlsInfo | None:
-        """What the TLS handshake settled on (version, cipher, ALPN, the peer's certificate);
-        ``None`` for a plain flow."""
-        layers = self._layers
-        return layers[-1].tls if layers else None
-
     # -- TLS -------------------------------------------------------------------------------
-
-    def _add_layer(self, layer: TlsLayer) -> None:
-        """Carry ``layer`` over the core the application used so far; the application uses
-        its plaintext core from now on."""
-        self._layers.append(layer)
-        self._core = layer.outer
 
     def _step(self) -> None:
         """Let the TLS layers move what they can (decrypt what arrived, encrypt what the

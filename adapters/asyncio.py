@@ -57,6 +57,7 @@ from ._copy import proxy_asyncio as proxy
 from ._handshake import (
     HANDSHAKE_DEADLINE,
     HANDSHAKE_TIMEOUT,
+    check_wrap_tls,
     handshake_failed,
     log_failed_handshake,
     new_layer,
@@ -134,16 +135,12 @@ async def wrap_tls(flow: AsyncioFlow, ssl_context: ssl_.SSLContext, *, server_si
     handshake that fails or takes more than ``handshake_timeout`` seconds raises, as
     ``connect`` does.
     """
-    if not isinstance(flow, AsyncioFlow):
-        raise TypeError(f"wrap_tls() takes an AsyncioFlow, not {type(flow).__name__}")
-    if not isinstance(ssl_context, ssl_.SSLContext):
-        raise TypeError(f"wrap_tls() takes an ssl.SSLContext, not {ssl_context!r}")
-    check_timeout(handshake_timeout)
+    check_wrap_tls(flow, AsyncioFlow, ssl_context, handshake_timeout)
     driver = flow._driver
     layer = new_layer(driver._app, ssl_context, server_side=server_side,
                       server_hostname=server_hostname,
                       require_close_notify=require_close_notify)  # checks the rest
-    driver._add_layer(layer)
+    driver._add_layer(layer)  # the flow's list too
     flow._core = layer.outer
     driver._update()
     await _handshaken(flow, peer_of(flow), handshake_timeout)

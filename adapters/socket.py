@@ -70,6 +70,7 @@ from ._copy import proxy_blocking as proxy
 from ._handshake import (
     HANDSHAKE_DEADLINE,
     HANDSHAKE_TIMEOUT,
+    check_wrap_tls,
     handshake_failed,
     log_failed_handshake,
     new_layer,
@@ -251,11 +252,7 @@ def wrap_tls(flow: SocketFlow, ssl_context: ssl_.SSLContext, *, server_side: boo
     handshake that fails or takes more than ``handshake_timeout`` seconds raises, as
     ``connect`` does. Another thread must not use the flow meanwhile.
     """
-    if not isinstance(flow, SocketFlow):
-        raise TypeError(f"wrap_tls() takes a SocketFlow, not {type(flow).__name__}")
-    if not isinstance(ssl_context, ssl_.SSLContext):
-        raise TypeError(f"wrap_tls() takes an ssl.SSLContext, not {ssl_context!r}")
-    check_timeout(handshake_timeout)
+    check_wrap_tls(flow, SocketFlow, ssl_context, handshake_timeout)
     layer = new_layer(flow._core, ssl_context, server_side=server_side,
                       server_hostname=server_hostname,
                       require_close_notify=require_close_notify)  # checks the rest

@@ -70,6 +70,7 @@ from ._copy import proxy_trio as proxy
 from ._handshake import (
     HANDSHAKE_DEADLINE,
     HANDSHAKE_TIMEOUT,
+    check_wrap_tls,
     handshake_failed,
     log_failed_handshake,
     new_layer,
@@ -182,11 +183,7 @@ async def wrap_tls(flow: TrioFlow, ssl_context: ssl_.SSLContext, *, server_side:
     handshake that fails or takes more than ``handshake_timeout`` seconds raises, as
     ``connect`` does.
     """
-    if not isinstance(flow, TrioFlow):
-        raise TypeError(f"wrap_tls() takes a TrioFlow, not {type(flow).__name__}")
-    if not isinstance(ssl_context, ssl_.SSLContext):
-        raise TypeError(f"wrap_tls() takes an ssl.SSLContext, not {ssl_context!r}")
-    check_timeout(handshake_timeout)
+    check_wrap_tls(flow, TrioFlow, ssl_context, handshake_timeout)
     flow._add_layer(new_layer(flow._core, ssl_context, server_side=server_side,
                               server_hostname=server_hostname,
                               require_close_notify=require_close_notify))  # checks the rest

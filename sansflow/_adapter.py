@@ -18,7 +18,7 @@ from ._results import WOULD_WAIT, Eof, Ok, ReadResult, WouldWait, WriteResult
 from ._state import FlowState, ReceiveState, SendState, Shutdown
 
 if TYPE_CHECKING:
-    from ._tls import TlsInfo
+    from ._tls import TlsInfo, TlsLayer
 
 __all__ = [
     "AdapterFlow", "AsyncAdapterFlow", "AsyncDriverFlow", "BlockingAdapterFlow",
@@ -41,10 +41,13 @@ class AdapterFlow:
     gets ``BusyError``, checked before anything else so that it changes nothing.
     """
 
-    __slots__ = ("_core", "_peername", "_reading", "_sockname", "_writing")
+    __slots__ = ("_core", "_layers", "_peername", "_reading", "_sockname", "_writing")
 
     def __init__(self, core: FlowView, *, peername: Any = None, sockname: Any = None) -> None:
         self._core = core
+        # The TLS layers the flow carries, innermost first; under TLS, ``_core`` is the
+        # outermost one's plaintext core.
+        self._layers: list[TlsLayer] = []
         self._reading = False
         self._writing = False
         self._peername = peername
@@ -64,8 +67,16 @@ class AdapterFlow:
 
     @property
     def tls(self) -> TlsInfo | None:
-        """What the TLS handshake settled on; ``None`` here: adapters with TLS say more."""
-        return None
+        """What the TLS handshake settled on (version, cipher, ALPN protocol, the peer's
+        certificate); ``None`` for a flow without TLS."""
+        layers = self._layers
+        return layers[-1].tls if layers else None
+
+    def _add_layer(self, layer: TlsLayer) -> None:
+        """Carry ``layer`` over the core the application used so far, whose plaintext core the
+        application uses from now on."""
+        self._layers.append(layer)
+        self._core = layer.outer
 
     @property
     def state(self) -> FlowState:
