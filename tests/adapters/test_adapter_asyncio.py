@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from functools import partial
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -1485,7 +1486,9 @@ def test_example_argument_parsing(examples: tuple[ModuleType, ModuleType]) -> No
 def test_echo_examples_run_as_scripts(loop_flag: list[str]) -> None:
     server = subprocess.Popen(
         [sys.executable, str(EXAMPLES / "asyncio_echo_server.py"), "--port", "0", *loop_flag],
-        stdout=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, text=True,
+        # Ctrl-C reaches it even when this run ignores SIGINT (started in the background).
+        preexec_fn=partial(signal.signal, signal.SIGINT, signal.SIG_DFL))
     try:
         assert server.stdout is not None
         line = server.stdout.readline()
