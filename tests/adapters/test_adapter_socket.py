@@ -1460,3 +1460,22 @@ def test_a_read_whose_flush_meets_a_reset_answers_the_error(
         assert isinstance(result, Error)
         assert result.error.kind in (ErrorKind.RESET, ErrorKind.BROKEN_PIPE)
         assert flow.state is FlowState.CLOSED
+
+
+def test_a_server_is_entered_once() -> None:
+    server = sf.serve(echo_handler, HOST, 0)
+    with server, pytest.raises(RuntimeError, match="entered once"), server:
+        pass
+
+
+def test_wrap_takes_a_socket_with_a_timeout_as_a_blocking_one() -> None:
+    """A socket with a timeout would poll before every recv: the flow makes it blocking and
+    does its own waiting."""
+    ours, theirs = tcp_sockets()
+    ours.settimeout(5)
+    with sf.wrap(ours) as flow, theirs:
+        assert ours.gettimeout() is None
+        theirs.sendall(b"hello")
+        theirs.shutdown(socket.SHUT_WR)
+        assert flow.read() == Ok(b"hello")
+        assert flow.read() == Eof()
