@@ -41,6 +41,7 @@ from sansflow import (
 )
 
 from . import _copy
+from ._connect import address_text
 
 __all__ = ["main"]
 
@@ -105,13 +106,6 @@ def _size(count: float) -> str:
             return f"{count:.1f} {unit}"
         count /= 1024
     return f"{count:.1f} GiB"
-
-
-def _address(address: Any) -> str:
-    if isinstance(address, tuple) and len(address) >= 2:
-        host = address[0]
-        return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
-    return str(address or "?")
 
 
 def _failure_text(exc: OSError) -> str:
@@ -462,8 +456,8 @@ def cmd_connect(args: argparse.Namespace, output: _Output) -> int:
 
 
 def _stdio_blocking(args: argparse.Namespace, flow: BlockingWatched, output: _Output) -> int:
-    output.detail(f"{flow.name}: connected, {_address(flow.flow.sockname)} -> "
-                  f"{_address(flow.flow.peername)}")
+    output.detail(f"{flow.name}: connected, {address_text(flow.flow.sockname)} -> "
+                  f"{address_text(flow.flow.peername)}")
     stdio = Stdio()
     progress = _progress(args, flow, output)
     try:
@@ -481,8 +475,8 @@ def _stdio_blocking(args: argparse.Namespace, flow: BlockingWatched, output: _Ou
 
 async def _stdio_async(args: argparse.Namespace, loop: _AsyncLoop, flow: AsyncWatched,
                        output: _Output) -> int:
-    output.detail(f"{flow.name}: connected, {_address(flow.flow.sockname)} -> "
-                  f"{_address(flow.flow.peername)}")
+    output.detail(f"{flow.name}: connected, {address_text(flow.flow.sockname)} -> "
+                  f"{address_text(flow.flow.peername)}")
     stdio = Stdio()
     progress = _progress(args, flow, output)
     try:
@@ -520,7 +514,7 @@ def cmd_listen(args: argparse.Namespace, output: _Output) -> int:
                 served.set()
 
         with sf.serve(handle, args.host, args.port) as server:
-            output.say(f"listening on {_address((args.host, server.port))}")
+            output.say(f"listening on {address_text((args.host, server.port))}")
             if args.keep_open:
                 _until_stopped(server.serve_forever)
             else:
@@ -542,7 +536,7 @@ def cmd_listen(args: argparse.Namespace, output: _Output) -> int:
                 served.set()
 
         async with loop.sf.serve(handle, args.host, args.port) as server:
-            output.say(f"listening on {_address((args.host, server.port))}")
+            output.say(f"listening on {address_text((args.host, server.port))}")
             if args.keep_open:
                 await server.serve_forever()
             else:
@@ -585,13 +579,13 @@ class _Admission:
 
 
 def cmd_relay(args: argparse.Namespace, output: _Output) -> int:
-    upstream = _address((args.upstream_host, args.upstream_port))
+    upstream = address_text((args.upstream_host, args.upstream_port))
     admission = _Admission(args.max_connections, output)
     if args.loop == "socket":
         from . import socket as sf
 
         def handle(flow: Any) -> None:
-            peer = _address(flow.peername)
+            peer = address_text(flow.peername)
             if not admission.enter(peer):
                 flow.abort()
                 return
@@ -614,13 +608,13 @@ def cmd_relay(args: argparse.Namespace, output: _Output) -> int:
             _report_relay(args, output, peer, upstream, result, down, up)
 
         with sf.serve(handle, args.bind, args.port) as server:
-            output.say(f"relaying {_address((args.bind, server.port))} to {upstream}")
+            output.say(f"relaying {address_text((args.bind, server.port))} to {upstream}")
             _until_stopped(server.serve_forever)
         return 0
     loop = _async_loop(args.loop)
 
     async def handle_async(flow: Any) -> None:
-        peer = _address(flow.peername)
+        peer = address_text(flow.peername)
         if not admission.enter(peer):
             await flow.abort()
             return
@@ -642,7 +636,7 @@ def cmd_relay(args: argparse.Namespace, output: _Output) -> int:
 
     async def main() -> int:
         async with loop.sf.serve(handle_async, args.bind, args.port) as server:
-            output.say(f"relaying {_address((args.bind, server.port))} to {upstream}")
+            output.say(f"relaying {address_text((args.bind, server.port))} to {upstream}")
             await server.serve_forever()
         return 0
 

@@ -10,6 +10,7 @@ import os
 import socket
 import stat
 from collections.abc import Sequence
+from typing import Any
 
 __all__ = [
     "BACKLOG", "UnixPath", "check_address", "check_path", "connect_failed", "connect_timed_out",
@@ -45,6 +46,14 @@ def check_path(path: object) -> None:
 def where(host: str, port: int) -> str:
     """``host``:``port`` as people write it (``[::1]:8000`` for IPv6)."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def address_text(address: Any, missing: str = "?") -> str:
+    """A socket address as people write it: ``where`` for an IP address, an AF_UNIX path as
+    it is, ``missing`` where there is none."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        return where(str(address[0]), address[1])
+    return str(address) if address else missing
 
 
 def connect_failed(where: str, errors: Sequence[OSError]) -> OSError:

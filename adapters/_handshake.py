@@ -9,6 +9,8 @@ import ssl as _ssl
 from sansflow import AdapterFlow, ErrorKind, Flow, FlowError, TlsLayer, error_message
 from sansflow._adapter import check_timeout
 
+from ._connect import address_text
+
 __all__ = [
     "HANDSHAKE_DEADLINE", "HANDSHAKE_FAILED", "HANDSHAKE_TIMEOUT", "check_wrap_tls",
     "handshake_failed", "log_failed_handshake", "new_layer", "peer_of", "step_layers",
@@ -95,10 +97,7 @@ def log_failed_handshake(exc: OSError) -> None:
 
 def peer_of(flow: AdapterFlow) -> str:
     """How a handshake's exception names the peer: its address, where it has one."""
-    name = flow.peername
-    if isinstance(name, tuple):
-        return f"{name[0]}:{name[1]}" if ":" not in str(name[0]) else f"[{name[0]}]:{name[1]}"
-    return str(name) if name else "the peer"
+    return address_text(flow.peername, "the peer")
 
 
 def step_layers(layers: list[TlsLayer]) -> None:

@@ -29,6 +29,9 @@ from pathlib import Path
 import coverage
 import pytest
 
+from sansflow import CopyStats, Eof, Error, ErrorKind, FlowError
+from sansflow.adapters import _cli
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path(sys.executable).parent / "sansflow"
 # The console script of the install; ``python -m sansflow`` where it is missing.
@@ -500,3 +503,18 @@ def test_the_cli_guide_examples_run(block: str, tmp_path: Path) -> None:
         env={**ENV, "PATH": os.pathsep.join(p for p in (bin_dir, os.environ["PATH"])
                                                    if p)})
     assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
+
+
+@pytest.mark.parametrize(("stats", "expected"), [
+    (CopyStats(started=1.0), "a: 0 bytes read in 0 reads, 0 written in 0 writes, 0.000 s, "
+                             "ended: still running"),
+    (CopyStats(read_bytes=3 << 30, read_ops=3, write_bytes=3 << 30, write_ops=3, started=0.0,
+               ended=1.0, end=Eof()),
+     "a: 3221225472 bytes read in 3 reads, 3221225472 written in 3 writes, 1.000 s, "
+     "3.0 GiB/s, ended: EOF"),
+    (CopyStats(read_bytes=1, read_ops=1, started=0.0, ended=2.0,
+               end=Error(FlowError(ErrorKind.TIMED_OUT))),
+     "a: 1 bytes read in 1 reads, 0 written in 0 writes, 2.000 s, 0.0 B/s, ended: timed out"),
+])
+def test_stats_lines(stats: CopyStats, expected: str) -> None:
+    assert _cli.describe_stats("a", stats) == expected
