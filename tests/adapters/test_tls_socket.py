@@ -269,3 +269,54 @@ def test_bad_tls_arguments(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContex
         assert flow.write(b"plain") == Ok(None)  # nothing changed
         flow.shutdown(Shutdown.WRITE)
         assert read_all(flow) == (b"plain", Eof())
+
+
+@needs_openssl
+def test_openssl_s_client_ends_cleanly_or_is_truncated(
+        server_ctx: ssl.SSLContext, ca: trustme.CA, tmp_path: Path) -> None:
+    """``openssl s_client`` sends close_notify then its FIN at the end of its input: the
+    server reads the data, then ``Eof()``. Killed, it sends no close_notify: the data, then
+    ``Error(TRUNCATED)`` (or ``RESET``)."""
+    cafile = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(cafile))
+    seen: list[tuple[bytes, object]] = []
+    arrived = threading.Event()
+    ended = threading.Event()
+
+    def handler(flow: BlockingFlow) -> None:
+        first = flow.read()
+        arrived.set()
+        data, end = read_all(flow)
+        seen.append(((first.value if type(first) is Ok else b"") + data, end))
+        ended.set()
+
+    with sf.serve(handler, HOST, 0, ssl=server_ctx) as server:
+        command = ["openssl", "s_client", "-connect", f"{HOST}:{server.port}", "-CAfile",
+                   str(cafile), "-servername", "localhost", "-brief"]
+        done = subprocess.run(command, input=b"hello\n", capture_output=True, timeout=30,
+                              check=False)
+        assert done.returncode == 0, done.stderr
+        assert ended.wait(10)
+        assert seen.pop() == (b"hello\n", Eof())
+
+        ended.clear()
+        arrived.clear()
+        killed = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        try:
+            assert killed.stdin is not None
+            killed.stdin.write(b"partial\n")
+            killed.stdin.flush()
+            assert arrived.wait(10)
+            killed.kill()
+            assert ended.wait(10)
+        finally:
+            killed.kill()
+            killed.wait()
+            killed.stdin.close()  # type: ignore[union-attr]
+    data, end = seen.pop()
+    assert data == b"partial\n"
+    assert isinstance(end, Error)
+    # A FIN without close_notify; or a reset, when the killed process had not read all that
+    # reached it (the session tickets sent after the handshake). Never a clean end.
+    assert end.error.kind in (ErrorKind.TRUNCATED, ErrorKind.RESET)
