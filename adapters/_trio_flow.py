@@ -74,6 +74,7 @@ from sansflow import (
     Ok,
     ReadResult,
     SendState,
+    Shutdown,
     WriteResult,
 )
 from sansflow._adapter import AsyncDriverFlow
@@ -740,23 +741,32 @@ class TrioFlow(AsyncDriverFlow):
     async def _detach(self) -> None:
         """Release the stream for ``FlowStream.aclose``, without waiting for the peer.
 
-        First lets what is queued be sent; then closes gracefully. If that wait is
-        cancelled, or the flow fails, the connection is reset instead, so that the peer
-        cannot mistake the end for a clean one.
+        First lets what is queued be sent (under TLS, with our close_notify after it, so that
+        the peer reads a clean end); then closes gracefully. If that wait is cancelled, or the
+        flow fails, the connection is reset instead, so that the peer cannot mistake the end
+        for a clean one.
         """
-        core = self._core
+        core, wire = self._core, self._wire
+        if self._layers and core.send_state is _SEND_OPEN:
+            core.shutdown(Shutdown.WRITE)
+
+        def sending() -> bool:
+            return bool(core.queued or wire.queued or self._in_send
+                        or (self._layers and core.send_state is _EOF_QUEUED))
+
         try:
-            while (core.queued or self._in_send) and not self._released:
+            while sending() and not self._released:
                 self._kick()
-                if not (core.queued or self._in_send):
+                if not sending():
                     break
                 await self._park()
         except BaseException:
             await self._abort(None)
             raise
-        if core.queued:
+        if core.queued or wire.queued:
             await self._abort(None)
             return
+        wire.abort()  # (the TLS layers' close_notify is out: this drops only what follows)
         core.abort()
         self._stop_sender()
         self._wake()

@@ -14,6 +14,7 @@ import ssl
 import subprocess
 import threading
 from collections.abc import Awaitable, Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -459,3 +460,25 @@ class _Named(AdapterFlow):
 ])
 def test_a_handshake_names_its_peer(peername: object, expected: str) -> None:
     assert peer_of(_Named(peername)) == expected
+
+
+def test_flow_stream_over_tls_is_a_half_closeable_stream(
+        server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> None:
+    """trio's own stream checks over TLS flows: ``send_eof`` is our close_notify, and
+    ``aclose`` ends with one too. trio's ``SSLStream`` has no ``send_eof`` at all."""
+    import trio.testing
+
+    async def tls_flow_streams() -> tuple[sf_trio.FlowStream, sf_trio.FlowStream]:
+        with socket.create_server((HOST, 0)) as listener:
+            client = socket.create_connection(listener.getsockname())
+            server, _ = listener.accept()
+        a, b = await sf_trio.wrap(client), await sf_trio.wrap(server)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(partial(sf_trio.wrap_tls, a, client_ctx, server_hostname="localhost"))
+            tasks.start_soon(partial(sf_trio.wrap_tls, b, server_ctx, server_side=True))
+        return sf_trio.FlowStream(a), sf_trio.FlowStream(b)
+
+    async def main() -> None:
+        await trio.testing.check_half_closeable_stream(tls_flow_streams, None)
+
+    anyio.run(main, backend="trio")
