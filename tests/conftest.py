@@ -1,14 +1,16 @@
-"""Shared test settings: hypothesis profiles (``HYPOTHESIS_PROFILE=thorough`` for long runs), and
-error log records as test failures."""
+"""Shared test settings: hypothesis profiles (``HYPOTHESIS_PROFILE=thorough`` for long runs),
+error log records as test failures, and a test CA with TLS contexts for the TLS tests."""
 
 from __future__ import annotations
 
 import logging
 import os
+import ssl
 import threading
 from collections.abc import Generator, Iterator
 
 import pytest
+import trustme
 from hypothesis import settings
 
 pytest_plugins = ["pytester"]
@@ -127,3 +129,32 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
         raise
     if watch is not None:
         watch.check(expectations=True)
+
+
+# -- TLS: a test CA (trustme) and contexts made from it, for the tests that run TLS --------
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def server_cert(ca: trustme.CA) -> trustme.LeafCert:
+    """A certificate for ``localhost`` and the loopback address."""
+    return ca.issue_cert("localhost", "127.0.0.1")
+
+
+@pytest.fixture
+def server_ctx(server_cert: trustme.LeafCert) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_cert.configure_cert(ctx)
+    return ctx
+
+
+@pytest.fixture
+def client_ctx(ca: trustme.CA) -> ssl.SSLContext:
+    """A client context that trusts ``ca`` (and nothing else)."""
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    return ctx

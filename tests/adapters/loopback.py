@@ -1,9 +1,11 @@
 """Plain loopback sockets that the adapter tests set against the flows: a peer's reset, a port
-that refuses, a port whose connects hang, and whether IPv6 loopback exists here."""
+that refuses, a port whose connects hang, and whether IPv6 loopback exists here; and whether
+the programs some tests talk to (openssl, curl) are installed."""
 
 from __future__ import annotations
 
 import select
+import shutil
 import socket
 import struct
 from collections.abc import Iterator
@@ -12,6 +14,8 @@ from contextlib import contextmanager
 import pytest
 
 HOST = "127.0.0.1"
+needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
+needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
 
 
 def reset(sock: socket.socket) -> None:

@@ -8,7 +8,6 @@ import contextlib
 import errno
 import logging
 import re
-import shutil
 import socket
 import ssl
 import subprocess
@@ -21,6 +20,7 @@ from typing import Any
 import anyio
 import pytest
 import trustme
+from loopback import needs_curl, needs_openssl
 
 from sansflow import AdapterFlow, AsyncFlow, Eof, Error, ErrorKind, Flow, FlowError, Ok, Shutdown
 from sansflow.adapters import asyncio as sf_asyncio
@@ -42,32 +42,6 @@ ADAPTERS: dict[str, tuple[Any, dict[str, Any]]] = {
        if uvloop is not None else {}),
     "trio": (sf_trio, {"backend": "trio"}),
 }
-needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
-needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
-
-
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture(scope="module")
-def server_cert(ca: trustme.CA) -> trustme.LeafCert:
-    return ca.issue_cert("localhost", HOST)
-
-
-@pytest.fixture
-def server_ctx(server_cert: trustme.LeafCert) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_cert.configure_cert(ctx)
-    return ctx
-
-
-@pytest.fixture
-def client_ctx(ca: trustme.CA) -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ca.configure_trust(ctx)
-    return ctx
 
 
 @pytest.fixture(params=list(ADAPTERS))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-import shutil
 import socket
 import ssl
 import subprocess
@@ -16,37 +15,12 @@ from pathlib import Path
 
 import pytest
 import trustme
+from loopback import needs_curl, needs_openssl
 
 from sansflow import BlockingFlow, Eof, Error, ErrorKind, Ok, Shutdown
 from sansflow.adapters import socket as sf
 
 HOST = "127.0.0.1"
-needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
-needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
-
-
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture(scope="module")
-def server_cert(ca: trustme.CA) -> trustme.LeafCert:
-    return ca.issue_cert("localhost", HOST)
-
-
-@pytest.fixture
-def server_ctx(server_cert: trustme.LeafCert) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_cert.configure_cert(ctx)
-    return ctx
-
-
-@pytest.fixture
-def client_ctx(ca: trustme.CA) -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ca.configure_trust(ctx)
-    return ctx
 
 
 def read_all(flow: BlockingFlow) -> tuple[bytes, object]:
