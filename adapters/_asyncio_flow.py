@@ -137,7 +137,7 @@ class _Driver(asyncio.Protocol):
         # application uses: the outermost layer's plaintext flow, or the core itself.
         self._layers: list[TlsLayer] = []
         self._app = core
-        self._handshake_waiters: list[asyncio.Future[None]] | None = None
+        self._handshake_waiters: list[asyncio.Future[bool]] | None = None
         self._loop = loop
         self._server = server
         self._transport: asyncio.Transport | None = None
@@ -371,12 +371,12 @@ class _Driver(asyncio.Protocol):
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
-        waiters = self._handshake_waiters
-        if waiters is not None and (self._layers[-1].handshake_done or core.state is _CLOSED):
+        handshakes = self._handshake_waiters
+        if handshakes is not None and (self._layers[-1].handshake_done or core.state is _CLOSED):
             self._handshake_waiters = None
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
+            for handshake in handshakes:
+                if not handshake.done():
+                    handshake.set_result(True)
 
     # -- TLS -------------------------------------------------------------------------------
 
@@ -390,16 +390,11 @@ class _Driver(asyncio.Protocol):
     async def _wait_handshake(self, timeout: float | None) -> bool:
         """Wait until the outermost layer's handshake is done or the flow ended; ``False``
         if ``timeout`` passed first."""
-        waiter: asyncio.Future[None] = self._loop.create_future()
+        if self._layers[-1].handshake_done or self._app.state is _CLOSED:
+            return True
         if self._handshake_waiters is None:
             self._handshake_waiters = []
-        self._handshake_waiters.append(waiter)
-        self._wake()  # maybe done already
-        try:
-            await asyncio.wait_for(waiter, timeout)
-        except asyncio.TimeoutError:
-            return False
-        return True
+        return await self._wait_listed(self._handshake_waiters, timeout)
 
     def _release(self) -> None:
         """Let go of the transport once the core is CLOSED: a FIN after a clean end (the
@@ -447,10 +442,15 @@ class _Driver(asyncio.Protocol):
         """Wait until the transport is gone; ``False`` if ``timeout`` passed first."""
         if self._lost:
             return True
+        if self._lost_waiters is None:
+            self._lost_waiters = []
+        return await self._wait_listed(self._lost_waiters, timeout)
+
+    async def _wait_listed(self, waiters: list[asyncio.Future[bool]], timeout: float | None
+                           ) -> bool:
+        """Wait on a new future in ``waiters``, which whoever wakes them sets to ``True``;
+        ``False`` if ``timeout`` passed first."""
         waiter: asyncio.Future[bool] = self._loop.create_future()
-        waiters = self._lost_waiters
-        if waiters is None:
-            waiters = self._lost_waiters = []
         waiters.append(waiter)
         timer = None if timeout is None else self._loop.call_later(timeout, _expire, waiter)
         try:
@@ -458,7 +458,7 @@ class _Driver(asyncio.Protocol):
         finally:
             if timer is not None:
                 timer.cancel()
-            if self._lost_waiters is waiters:
+            if waiter in waiters:  # timed out or cancelled (a wake-up takes the whole list)
                 waiters.remove(waiter)
 
 

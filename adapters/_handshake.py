@@ -52,8 +52,9 @@ def tls_context(ssl: object, server_hostname: object = None, *, server: bool = F
     return ssl
 
 
-def new_layer(inner: Flow, context: _ssl.SSLContext, *, server_side: bool,
-              server_hostname: str | None, require_close_notify: bool) -> TlsLayer:
+def new_layer(inner: Flow, context: _ssl.SSLContext, *, server_side: bool = False,
+              server_hostname: str | None = None, require_close_notify: bool = True
+              ) -> TlsLayer:
     """A ``TlsLayer`` over ``inner`` whose plaintext flow takes ``inner``'s sizes."""
     return TlsLayer(inner, context, server_side=server_side, server_hostname=server_hostname,
                     require_close_notify=require_close_notify, high_water=inner.high_water,

@@ -115,8 +115,7 @@ async def connect(host: str, port: int, *, timeout: float | None = None,
     sock = await _opened(_open_tcp(host, port), where(host, port), timeout)
     if context is None:
         return await _adopt(sock, core)
-    layer = new_layer(core, context, server_side=False, server_hostname=server_hostname or host,
-                      require_close_notify=True)
+    layer = new_layer(core, context, server_hostname=server_hostname or host)
     flow = await _adopt(sock, core, layer)
     left = None if timeout is None else timeout - (asyncio.get_running_loop().time() - started)
     await _handshaken(flow, where(host, port), left)
@@ -389,8 +388,7 @@ class Server(AsyncServerBase[Handler]):
         assert self._loop is not None
         driver = _new_driver(self._new_core(), self._loop, self)
         if self._tls is not None:
-            driver._add_layer(new_layer(driver._core, self._tls, server_side=True,
-                                        server_hostname=None, require_close_notify=True))
+            driver._add_layer(new_layer(driver._core, self._tls, server_side=True))
         self._drivers.add(driver)
         return driver
 

@@ -140,9 +140,7 @@ def connect(host: str, port: int, *, timeout: float | None = None,
         if sock is not None:
             flow = _adopt(sock, core)
             if context is not None:
-                layer = new_layer(core, context, server_side=False,
-                                  server_hostname=server_hostname or host,
-                                  require_close_notify=True)
+                layer = new_layer(core, context, server_hostname=server_hostname or host)
                 _handshaken(flow, layer, place, _remaining(deadline))
             return flow
         if _passed(deadline):
@@ -450,8 +448,7 @@ class Server(ServerBase[Handler]):
             if aborting:
                 flow.abort()
             elif self._tls is not None:
-                layer = new_layer(flow._core, self._tls, server_side=True, server_hostname=None,
-                                  require_close_notify=True)
+                layer = new_layer(flow._core, self._tls, server_side=True)
                 try:
                     _handshaken(flow, layer, peer_of(flow), self._handshake_timeout)
                 except OSError as exc:

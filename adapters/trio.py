@@ -163,9 +163,7 @@ async def connect(host: str, port: int, *, timeout: float | None = None,
     stream = await _opened(partial(trio.open_tcp_stream, host, port), where(host, port), timeout)
     flow = TrioFlow(stream, core)
     if context is not None:
-        flow._add_layer(new_layer(core, context, server_side=False,
-                                  server_hostname=server_hostname or host,
-                                  require_close_notify=True))
+        flow._add_layer(new_layer(core, context, server_hostname=server_hostname or host))
         left = None if timeout is None else timeout - (trio.current_time() - started)
         await _handshaken(flow, where(host, port), left)
     return flow
@@ -339,8 +337,7 @@ class Server(AsyncServerBase[Handler]):
         try:
             flow = TrioFlow(stream, self._new_core())
             if self._tls is not None:
-                flow._add_layer(new_layer(flow._core, self._tls, server_side=True,
-                                          server_hostname=None, require_close_notify=True))
+                flow._add_layer(new_layer(flow._core, self._tls, server_side=True))
                 try:
                     await _handshaken(flow, peer_of(flow), self._handshake_timeout)
                 except OSError as exc:
