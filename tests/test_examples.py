@@ -4,6 +4,7 @@ protocol written once over every adapter (examples/rpc.py)."""
 from __future__ import annotations
 
 import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -61,3 +62,37 @@ def test_the_tls_example_half_closes_and_starts_tls(loop: str) -> None:
     assert (result.returncode, result.stderr) == (0, "")
     assert result.stdout.splitlines() == [
         "got 5 bytes over TLSv1.3", "220 ready, say STARTTLS", "got 6 bytes over TLSv1.3"]
+
+
+TLS_DOC = (EXAMPLES.parent / "docs" / "tls.md").read_text()
+
+
+@pytest.mark.parametrize(("path", "shown"), re.findall(
+    r"<!-- example: (\S+) -->\n```python\n(.*?)```\n<!-- end example -->", TLS_DOC, re.DOTALL))
+def test_the_tls_page_shows_the_files_the_tests_run(path: str, shown: str) -> None:
+    assert (EXAMPLES.parent / path).read_text() == shown
+
+
+def test_the_tls_pages_excerpt_is_in_its_example() -> None:
+    excerpt = TLS_DOC.split("```python\n")[2].split("```\n<!-- not runnable")[0]
+    assert excerpt.startswith("async def starttls")
+    assert excerpt in (EXAMPLES / "tls.py").read_text()
+
+
+def run_example(name: str) -> list[str]:
+    result = subprocess.run([sys.executable, str(EXAMPLES / name)], capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert (result.returncode, result.stderr) == (0, "")
+    return result.stdout.splitlines()
+
+
+def test_the_blocking_tls_example_half_closes_and_sees_the_truncation() -> None:
+    assert run_example("tls_blocking.py") == [
+        "TLSv1.3 with localhost", "HELLO OVER TLS", "Ok(b'the first half of a reply')",
+        "the peer closed the connection without TLS close_notify: data may be truncated"]
+
+
+def test_the_tls_layers_by_hand_close_both_ways() -> None:
+    lines = run_example("tls_by_hand.py")
+    assert lines[0].startswith("TLSv1.3 TLS_")
+    assert lines[1:] == ["both close_notifys went through; inner flows: CLOSED CLOSED"]
