@@ -147,13 +147,26 @@ class _Trio:
                   watcher: Callable[[], Awaitable[None]] | None) -> None:
         import trio
 
+        # A job's exception comes out bare, as from asyncio's gather and the blocking proxy,
+        # not in the exception group a nursery would wrap it in.
+        failures: list[Exception] = []
+
+        async def guarded(job: Callable[[], Awaitable[None]]) -> None:
+            try:
+                await job()
+            except Exception as exc:
+                failures.append(exc)
+                outer.cancel_scope.cancel()  # nothing may outlive the failed job
+
         async with trio.open_nursery() as outer:
             if watcher is not None:
                 outer.start_soon(watcher)
             async with trio.open_nursery() as inner:
                 for job in jobs:
-                    inner.start_soon(job)
+                    inner.start_soon(guarded, job)
             outer.cancel_scope.cancel()
+        if failures:
+            raise failures[0]
 
 
 async def _pump(runtime: _Runtime, relay: Relay, src: AsyncEnd, dst: AsyncEnd) -> None:
