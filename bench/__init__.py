@@ -2,8 +2,10 @@
 
 ``python -m bench --help``, from the root of a clone, says how to run them. Four scenarios on
 127.0.0.1 (bulk, ping-pong, small writes, many connections), both ends on the stack under test,
-every byte count verified; medians of interleaved repetitions, the ratio sansflow / peer per
-pair, peak RSS per run and bytes per idle flow. Not part of the wheel: it ships the library only.
+every byte count verified; each run in a process of its own, warmed as a long-running one;
+medians of interleaved repetitions, the ratio sansflow / peer per pair in two groups of peer
+(the same programming model; raw callbacks, the limit), peak RSS per run and bytes per idle
+flow. Not part of the wheel: it ships the library only.
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._common import PROFILES, SCENARIOS, Measurement, Params, Profile
-from ._registry import PAIRS, STACKS, StackSpec
+from ._registry import GROUPS, PAIRS, STACKS, StackSpec
 
 if TYPE_CHECKING:
     from ._harness import run_suite
 
 __all__ = [
+    "GROUPS",
     "PAIRS",
     "PROFILES",
     "SCENARIOS",

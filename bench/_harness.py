@@ -18,12 +18,21 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ._common import PROFILES, SCENARIOS, Params, Profile
-from ._registry import PAIRS, STACKS, NotInstalled, StackSpec, Unavailable, load_stack
-from ._worker import IDLE_SUBJECTS, JobResult, idle_bytes, run_scenario
+from ._registry import (
+    GROUPS,
+    PAIRS,
+    STACKS,
+    NotInstalled,
+    StackSpec,
+    Unavailable,
+    load_stack,
+)
+from ._worker import IDLE_SUBJECTS, WARMING, JobResult, idle_bytes, run_scenario
 
 __all__ = ["PROFILES", "Profile", "format_report", "main", "run_suite"]
 
-SCHEMA = "sansflow.bench/1"
+SCHEMA = "sansflow.bench/2"
+COLD = "cold: a fresh process, its allocator as it starts"
 MiB = 1024 * 1024
 
 
@@ -68,14 +77,14 @@ def _run_in_child(job: dict[str, Any], timeout: float) -> dict[str, Any]:
 
 
 def _execute(
-    spec: StackSpec, scenario: str, params: Params, isolate: bool
+    spec: StackSpec, scenario: str, params: Params, isolate: bool, warmed: bool
 ) -> dict[str, Any]:
     if isolate:
         job = {"job": "scenario", "stack": spec.name, "scenario": scenario,
-               "params": params.to_json()}
+               "params": params.to_json(), "warmed": warmed}
         # The child bounds its own run; this bound is for a child that hangs regardless.
         return _run_in_child(job, params.timeout + 60.0)
-    result: JobResult = run_scenario(spec.name, scenario, params, fresh=False)
+    result: JobResult = run_scenario(spec.name, scenario, params, fresh=False, warmed=warmed)
     return dict(result)
 
 
@@ -99,6 +108,7 @@ def _run_record(
         "measurement": measurement,
         "rss_base_kib": result.get("rss_base_kib"),
         "rss_peak_kib": result.get("rss_peak_kib"),
+        "warmed": result.get("warmed"),
         "wall_s": wall_s,
     }
 
@@ -177,10 +187,14 @@ def run_suite(
     *,
     reps: int | None = None,
     isolate: bool = True,
+    warmed: bool = True,
     idle: bool = True,
     log: TextIO | None = None,
 ) -> dict[str, Any]:
     """Run the suite and return the report (the JSON document); nothing is printed but ``log``.
+
+    ``warmed``: each run's process warms its allocator first (``_worker.warm``), so that the
+    figures are those of a long-running process; without it, those of a fresh one.
 
     Runs are interleaved: each repetition runs every stack once per scenario, and every other
     repetition reverses the order, so that drift and position weigh on every stack alike.
@@ -191,17 +205,15 @@ def run_suite(
     stack_rows: list[dict[str, Any]] = []
     runnable: list[tuple[StackSpec, list[str]]] = []
     for spec in stacks:
-        # Only a missing optional library excuses a native peer; a sansflow stack that cannot
-        # run is a failure whatever the reason (leave it out with --only to skip it on purpose).
+        # Only a missing optional library excuses a stack (its peers go with it); a sansflow
+        # stack that cannot run for any other reason is a failure (leave it out with --only to
+        # skip it on purpose).
         note: str | None = None
         failure: str | None = None
         try:
             loaded = load_stack(spec)
         except NotInstalled as exc:
-            if spec.kind == "sansflow":
-                failure = str(exc)
-            else:
-                note = str(exc)
+            note = str(exc)
         except Unavailable as exc:
             failure = str(exc)
         except Exception as exc:  # a module half-written elsewhere must not stop the rest
@@ -209,7 +221,7 @@ def run_suite(
         else:
             runnable.append((spec, [s for s in scenarios if s in loaded]))
         reason = note or failure
-        stack_rows.append({"name": spec.name, "kind": spec.kind,
+        stack_rows.append({"name": spec.name, "kind": spec.kind, "group": spec.group,
                            "description": spec.description,
                            "available": reason is None, "reason": reason,
                            "failed": failure is not None})
@@ -226,7 +238,7 @@ def run_suite(
         ordered = jobs if rep % 2 == 0 else _reverse_within_scenarios(jobs)
         for spec, scenario in ordered:
             t0 = time.monotonic()
-            result = _execute(spec, scenario, params, isolate)
+            result = _execute(spec, scenario, params, isolate, warmed)
             record = _run_record(spec, scenario, rep, result, time.monotonic() - t0)
             runs.append(record)
             _log(log, f"[{len(runs)}/{total}] {_describe(record)}")
@@ -251,6 +263,7 @@ def run_suite(
         "params": params.to_json(),
         "reps": reps,
         "isolation": "subprocess per run" if isolate else "in-process",
+        "process": WARMING if warmed else COLD,
         "environment": _environment(),
         "stacks": stack_rows,
         "scenarios": list(scenarios),
@@ -338,6 +351,23 @@ def _title(scenario: str, params: dict[str, Any]) -> str:
     )
 
 
+def _scenario_rows(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    lines = []
+    for name, s in rows:
+        spread = ("-" if s["median"] is None or not s["median"] or len(s["values"]) < 2
+                  else f"±{50 * (s['max'] - s['min']) / s['median']:.0f}%")
+        grown = (None if s["rss_peak_kib"] is None or s["rss_base_kib"] is None
+                 else s["rss_peak_kib"] - s["rss_base_kib"])
+        lines.append(
+            f"  {name:<24} {_fmt(s['median']):>12} {s['unit'] or '':<14} {spread:>7} "
+            f"{_fmt(s['p50_us']):>8} {_fmt(s['p99_us']):>8} "
+            f"{_mib(s['rss_peak_kib']):>9} {_mib(grown):>6} "
+            f"{s['runs'] - s['failures']:>3}/{s['runs']}"
+        )
+        lines += [f"      error: {error}" for error in s["errors"]]
+    return lines
+
+
 def format_report(report: dict[str, Any]) -> str:
     """The report as tables for a person to read."""
     env = report["environment"]
@@ -345,7 +375,10 @@ def format_report(report: dict[str, Any]) -> str:
         f"sansflow.bench: profile {report['profile']}, {report['reps']} rep(s), "
         f"{report['isolation']}; Python {env['python']} on {env['platform']}, "
         f"{env['cpu_count']} CPUs; {report['duration_s']:.0f} s",
+        f"processes {report['process']}",
     ]
+    group_of = {row["name"]: row["group"] for row in report["stacks"]}
+    sections = [(None, "sansflow"), *GROUPS.items()]
     for row in report["stacks"]:
         if row["failed"]:
             lines.append(f"  could not run {row['name']}: {row['reason']}")
@@ -359,26 +392,22 @@ def format_report(report: dict[str, Any]) -> str:
         if not rows:
             continue
         lines += ["", _title(scenario, report["params"]), header]
-        for name, s in rows:
-            spread = ("-" if s["median"] is None or not s["median"] or len(s["values"]) < 2
-                      else f"±{50 * (s['max'] - s['min']) / s['median']:.0f}%")
-            grown = (None if s["rss_peak_kib"] is None or s["rss_base_kib"] is None
-                     else s["rss_peak_kib"] - s["rss_base_kib"])
-            lines.append(
-                f"  {name:<24} {_fmt(s['median']):>12} {s['unit'] or '':<14} {spread:>7} "
-                f"{_fmt(s['p50_us']):>8} {_fmt(s['p99_us']):>8} "
-                f"{_mib(s['rss_peak_kib']):>9} {_mib(grown):>6} "
-                f"{s['runs'] - s['failures']:>3}/{s['runs']}"
-            )
-            for error in s["errors"]:
-                lines.append(f"      error: {error}")
-    if report["ratios"]:
-        lines += ["", "ratio sansflow / peer (median rates; above 1: sansflow is faster)"]
+        for group, heading in sections:
+            mine = [(name, s) for name, s in rows if group_of.get(name) == group]
+            if mine:
+                lines.append(f"  -- {heading}")
+                lines += _scenario_rows(mine)
+    for group, heading in GROUPS.items():
+        ratios = [r for r in report["ratios"] if group_of.get(r["peer"]) == group]
+        if not ratios:
+            continue
+        lines += ["", f"ratio sansflow / peer, {heading} (median rates; above 1: sansflow "
+                  "is faster)"]
         lines.append(f"  {'sansflow':<24} {'peer':<20} "
                      + " ".join(f"{s:>12}" for s in report["scenarios"]))
-        pairs = dict.fromkeys((r["sansflow"], r["peer"]) for r in report["ratios"])
+        pairs = dict.fromkeys((r["sansflow"], r["peer"]) for r in ratios)
         for ours, peer in pairs:
-            cells = {r["scenario"]: r["ratio"] for r in report["ratios"]
+            cells = {r["scenario"]: r["ratio"] for r in ratios
                      if r["sansflow"] == ours and r["peer"] == peer}
             lines.append(f"  {ours:<24} {peer:<20} " + " ".join(
                 f"{_fmt(cells.get(s), 2):>12}" for s in report["scenarios"]))
@@ -432,9 +461,12 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m bench",
         description="sansflow's adapters against native asyncio, uvloop, trio, anyio and "
                     "blocking sockets, on 127.0.0.1.",
-        epilog="The exit status is 1 when a run fails or a selected stack cannot run; only a "
-               "native peer whose optional library (uvloop, trio, anyio) is not installed is "
-               "skipped (leave a sansflow stack out with --only).",
+        epilog="Each run has a process of its own, warmed first: 1 MiB allocated and freed, so "
+               "that glibc serves large reads from its heap as in a long-running process (--cold "
+               "to leave it as it starts). The exit status is 1 when a run fails or a selected "
+               "stack cannot run; only a stack whose optional library (uvloop, trio, anyio) is "
+               "not installed is skipped, with a note, and its peers with it (leave a sansflow "
+               "stack out with --only).",
     )
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_const", dest="profile", const="quick",
@@ -449,6 +481,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="add the ratio partners of the stacks --only selects")
     parser.add_argument("--reps", type=int, help="repetitions (default: the profile's)")
     parser.add_argument("--timeout", type=float, help="seconds allowed for one run")
+    parser.add_argument("--cold", action="store_true",
+                        help="leave each run's process cold (its allocator as it starts) instead "
+                             "of warming it as a long-running process is; labelled as such")
     parser.add_argument("--in-process", action="store_true",
                         help="run everything in this process: faster, but no RSS figures")
     parser.add_argument("--no-idle", action="store_true", help="skip bytes per idle flow")
@@ -477,7 +512,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stacks = _with_peers(stacks)
     report = run_suite(
         profile, stacks, scenarios, reps=args.reps, isolate=not args.in_process,
-        idle=not args.no_idle, log=None if args.quiet else sys.stderr,
+        warmed=not args.cold, idle=not args.no_idle, log=None if args.quiet else sys.stderr,
     )
     print(format_report(report))
     if args.json is not None:

@@ -13,10 +13,20 @@ from typing import Literal
 
 from ._common import SCENARIOS, Stack
 
-__all__ = ["PAIRS", "STACKS", "NotInstalled", "StackSpec", "Unavailable", "by_name",
+__all__ = ["GROUPS", "PAIRS", "STACKS", "NotInstalled", "StackSpec", "Unavailable", "by_name",
            "load_stack"]
 
 Kind = Literal["sansflow", "native", "core"]
+Group = Literal["model", "limit"]
+
+GROUPS: dict[Group, str] = {
+    "model": "same programming model",
+    "limit": "raw callbacks and syscalls, the limit",
+}
+"""The two kinds of peer. A sansflow adapter is read, written and awaited like a stream: its
+fair comparison is the streams of the same event loop. Callbacks (and, for blocking sockets,
+``sendmsg``/``recv_into`` into a reused buffer) do the least work per byte a program can: the
+ceiling, not a rival API."""
 
 
 class Unavailable(Exception):
@@ -34,36 +44,42 @@ class StackSpec:
     loader: str
     """``module:function`` in this package; the function returns the ``Stack``."""
     description: str
+    group: Group | None = None
+    """A native peer's group (``GROUPS``); ``None`` for sansflow's own stacks."""
     optional: tuple[str, ...] = ()
-    """The optional libraries it needs (extras): without one it is skipped with a note. Any
-    other reason it cannot run fails the benchmark."""
+    """The optional libraries it needs (extras): without one it is skipped with a note, a
+    sansflow stack too (its peers are skipped alike, so there is nothing to compare). Any other
+    reason it cannot run fails the benchmark: with uvloop or trio installed, their sansflow
+    stacks must run."""
 
 
 STACKS: tuple[StackSpec, ...] = (
     StackSpec("sansflow-asyncio", "sansflow", "_sansflow:asyncio_stack",
               "sansflow asyncio adapter (asyncio's own loop)"),
     StackSpec("asyncio-buffered", "native", "_asyncio_native:buffered_stack",
-              "asyncio BufferedProtocol"),
-    StackSpec("asyncio-protocol", "native", "_asyncio_native:protocol_stack", "asyncio Protocol"),
-    StackSpec("asyncio-streams", "native", "_asyncio_native:streams_stack", "asyncio Streams"),
+              "asyncio BufferedProtocol", "limit"),
+    StackSpec("asyncio-protocol", "native", "_asyncio_native:protocol_stack", "asyncio Protocol",
+              "limit"),
+    StackSpec("asyncio-streams", "native", "_asyncio_native:streams_stack", "asyncio Streams",
+              "model"),
     StackSpec("anyio-asyncio", "native", "_anyio_native:stack", "anyio streams on asyncio",
-              ("anyio",)),
+              "model", ("anyio",)),
     StackSpec("sansflow-asyncio-uvloop", "sansflow", "_sansflow:asyncio_uvloop_stack",
-              "sansflow asyncio adapter on uvloop", ("uvloop",)),
+              "sansflow asyncio adapter on uvloop", None, ("uvloop",)),
     StackSpec("uvloop-protocol", "native", "_asyncio_native:uvloop_protocol_stack",
-              "uvloop Protocol", ("uvloop",)),
+              "uvloop Protocol", "limit", ("uvloop",)),
     StackSpec("uvloop-streams", "native", "_asyncio_native:uvloop_streams_stack",
-              "asyncio Streams on uvloop", ("uvloop",)),
+              "asyncio Streams on uvloop", "model", ("uvloop",)),
     StackSpec("sansflow-trio", "sansflow", "_sansflow:trio_stack", "sansflow trio adapter",
-              ("trio",)),
+              None, ("trio",)),
     StackSpec("trio-socketstream", "native", "_trio_native:stack", "trio SocketStream",
-              ("trio",)),
+              "model", ("trio",)),
     StackSpec("sansflow-socket", "sansflow", "_sansflow:socket_stack",
               "sansflow blocking-socket adapter"),
     StackSpec("blocking-sendall", "native", "_blocking_native:sendall_stack",
-              "blocking socket, sendall/recv"),
+              "blocking socket, sendall/recv", "model"),
     StackSpec("blocking-sendmsg", "native", "_blocking_native:sendmsg_stack",
-              "blocking socket, sendmsg/recv_into"),
+              "blocking socket, sendmsg/recv_into", "limit"),
     StackSpec("sansflow-core", "core", "_sansflow:core_stack",
               "sansflow core alone, in memory (no I/O)"),
 )

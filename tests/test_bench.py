@@ -5,6 +5,8 @@ No figure is ever asserted: a timed assertion fails on a busy machine and proves
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
 import json
 import subprocess
 import sys
@@ -23,7 +25,7 @@ import bench  # noqa: E402
 from bench import _harness  # noqa: E402
 
 RUN_KEYS = {"stack", "scenario", "rep", "ok", "error", "measurement", "rss_base_kib",
-            "rss_peak_kib", "wall_s"}
+            "rss_peak_kib", "warmed", "wall_s"}
 MEASUREMENT_KEYS = {"value", "unit", "elapsed_s", "ops", "bytes_expected", "bytes_verified",
                     "p50_us", "p99_us"}
 SUMMARY_KEYS = {"unit", "median", "min", "max", "values", "runs", "failures", "errors", "p50_us",
@@ -78,7 +80,8 @@ def test_sansflow_stack_runs_and_verifies(report: dict[str, Any], name: str) -> 
 
 
 def test_report_shape(report: dict[str, Any]) -> None:
-    assert report["schema"] == "sansflow.bench/1"
+    assert report["schema"] == "sansflow.bench/2"
+    assert report["process"].startswith("warmed: 1 MiB allocated and freed")
     assert report["profile"] == "tiny"
     assert report["reps"] == 1
     assert report["scenarios"] == list(bench.SCENARIOS)
@@ -88,6 +91,7 @@ def test_report_shape(report: dict[str, Any]) -> None:
     assert {"python", "platform", "cpu_count", "versions"} <= set(report["environment"])
     for run in report["runs"]:
         assert set(run) == RUN_KEYS
+        assert run["warmed"] is True
         # In-process: this process's peak says nothing about one run.
         assert run["rss_peak_kib"] is None
     for per_stack in report["results"].values():
@@ -115,7 +119,60 @@ def test_table_names_every_stack_that_ran(report: dict[str, Any]) -> None:
     table = _harness.format_report(report)
     for name in report["results"]:
         assert name in table
+    assert "processes warmed: 1 MiB allocated and freed" in table
     assert "all byte counts verified" in table
+
+
+def test_ratios_print_in_two_groups(report: dict[str, Any]) -> None:
+    table = _harness.format_report(report)
+    model = table.index("ratio sansflow / peer, same programming model")
+    limit = table.index("ratio sansflow / peer, raw callbacks and syscalls, the limit")
+    assert model < limit
+    for ours, peer in bench.PAIRS:
+        row = next(line for line in table.splitlines()
+                   if line.split()[:2] == [ours, peer])
+        at = table.index(row)
+        in_model = model < at < limit
+        assert in_model == (bench._registry.by_name(peer).group == "model"), row
+        assert in_model or at > limit
+    groups = {s.group for s in bench.STACKS if s.kind == "native"}
+    assert groups == set(bench.GROUPS)
+    assert all(s.group is None for s in bench.STACKS if s.kind != "native")
+
+
+def test_protocol_ping_pong_client_pings_from_its_callback() -> None:
+    from bench import _asyncio_native as native
+
+    class Transport:
+        def __init__(self) -> None:
+            self.written: list[bytes] = []
+
+        def write(self, data: bytes) -> None:
+            self.written.append(data)
+
+    async def main() -> None:
+        for ping in (native._PingPlain, native._PingBuffered):
+            transport = Transport()
+            client = ping([], b"ping", 3)
+            client.connection_made(transport)  # type: ignore[arg-type]
+            client.start()
+            for trip in range(3):
+                assert transport.written == [b"ping"] * (trip + 1)
+                if isinstance(client, native._PingBuffered):
+                    client.get_buffer(-1)[:2] = b"pi"
+                    client.buffer_updated(2)
+                    client.get_buffer(-1)[:2] = b"ng"
+                    client.buffer_updated(2)
+                else:
+                    client.data_received(b"pi")
+                    client.data_received(b"ng")
+            # No task ran in between: each completed echo sent the next ping itself.
+            assert transport.written == [b"ping"] * 3
+            assert client.done.done()
+            assert client.received == 12
+            assert all(sample > 0 for sample in client.samples)
+
+    asyncio.run(main())
 
 
 def test_subprocess_runs_measure_peak_rss(tmp_path: Path) -> None:
@@ -136,8 +193,23 @@ def test_subprocess_runs_measure_peak_rss(tmp_path: Path) -> None:
     }
     for run in report["runs"]:
         assert run["ok"], run["error"]
+        assert run["warmed"] is True
         assert 0 < run["rss_base_kib"] <= run["rss_peak_kib"]
     assert "ping-pong" in proc.stdout
+    assert "processes warmed:" in proc.stdout
+
+
+def test_cold_runs_are_labelled_cold(capsys: pytest.CaptureFixture[str]) -> None:
+    status = bench.main(["--tiny", "--in-process", "--no-idle", "--cold", "--only",
+                         "blocking-sendall", "--only", "bulk"])
+    captured = capsys.readouterr()
+    assert status == 0, captured.out
+    assert "processes cold:" in captured.out
+    assert "bulk" in captured.err  # the progress lines, on stderr
+    report = _harness.run_suite(bench.PROFILES["tiny"], [bench._registry.by_name(
+        "blocking-sendall")], ["bulk"], isolate=False, warmed=False, idle=False)
+    assert report["process"].startswith("cold:")
+    assert [run["warmed"] for run in report["runs"]] == [False]
 
 
 def _unimportable(monkeypatch: pytest.MonkeyPatch, *modules: str) -> None:
@@ -156,7 +228,10 @@ def test_sansflow_stacks_that_cannot_run_fail_the_benchmark(
     out = capsys.readouterr().out
     assert status != 0
     last = out.splitlines()[-1]
-    sansflow_stacks = [s.name for s in bench.STACKS if s.kind != "native"]
+    # With its optional library installed (uvloop, trio), a sansflow stack must run.
+    sansflow_stacks = [s.name for s in bench.STACKS if s.kind != "native"
+                       and all(importlib.util.find_spec(lib) for lib in s.optional)]
+    assert "sansflow-asyncio" in sansflow_stacks
     for name in sansflow_stacks:
         assert f"could not run {name}:" in out
         assert name in last
@@ -165,23 +240,17 @@ def test_sansflow_stacks_that_cannot_run_fail_the_benchmark(
     assert "blocking-sendall" in out.split("ping-pong", 1)[1]
 
 
-def test_a_missing_optional_library_skips_a_native_peer_but_fails_a_sansflow_stack(
+def test_a_missing_optional_library_skips_its_stacks_with_a_note(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _unimportable(monkeypatch, "uvloop")
     status = bench.main(["--tiny", "--in-process", "--quiet", "--no-idle", "--only",
-                         "uvloop-*,blocking-sendall", "--only", "pingpong"])
+                         "*uvloop*,blocking-sendall", "--only", "pingpong"])
     out = capsys.readouterr().out
     assert status == 0, out
-    for name in ("uvloop-protocol", "uvloop-streams"):
+    for name in ("sansflow-asyncio-uvloop", "uvloop-protocol", "uvloop-streams"):
         assert f"skipped {name}: not installed (optional): uvloop" in out
     assert out.splitlines()[-1] == "all byte counts verified"
-
-    status = bench.main(["--tiny", "--in-process", "--quiet", "--no-idle", "--only",
-                         "sansflow-asyncio-uvloop", "--only", "pingpong"])
-    out = capsys.readouterr().out
-    assert status != 0
-    assert "sansflow-asyncio-uvloop" in out.splitlines()[-1]
 
 
 def test_a_benchmark_that_measured_nothing_fails(
