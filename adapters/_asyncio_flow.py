@@ -35,6 +35,8 @@ Where the bytes sit:
 from __future__ import annotations
 
 import asyncio
+import os
+from functools import partial
 from typing import Protocol, cast
 
 from sansflow import (
@@ -56,6 +58,8 @@ from ._common import (
     READ_SIZE,
     RECEIVING,
     addresses,
+    eof_failure,
+    receive_kept,
     set_linger_zero,
 )
 from ._handshake import step_layers
@@ -200,10 +204,14 @@ class _Driver(asyncio.Protocol):
         return True  # keep the transport open: our own direction may still be sending
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        self._transport = None
+        transport, self._transport = self._transport, None
         self._released = self._lost = True
         self._writable = self._direct = False
         core = self._core
+        if isinstance(exc, OSError) and transport is not None:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:  # uvloop reports a failed write_eof() here
+                exc = eof_failure(sock, exc)
         if exc is not None:
             core.receive_error(exc)
         elif core.state is not _CLOSED:
@@ -334,6 +342,11 @@ class _Driver(asyncio.Protocol):
             try:
                 transport.write_eof()
             except OSError as exc:
+                # The transport has not failed (it reads on): the peer's last bytes, then why.
+                sock = transport.get_extra_info("socket")
+                if sock is not None:
+                    exc = eof_failure(sock, exc)
+                    receive_kept(partial(os.read, sock.fileno()), core)
                 core.receive_error(exc)
                 return
         # else: the peer's EOF came first, so the flow is CLOSED now and the transport

@@ -156,6 +156,20 @@ def receive_ended(sock: SocketLike, core: Flow) -> None:
                                                       "and the kernel no longer says how"))
 
 
+def eof_failure(sock: SocketLike, exc: OSError) -> OSError:
+    """What a failed ``shutdown(SHUT_WR)`` (our EOF) reports: ``exc``, unless it is the
+    ENOTCONN with which Linux answers on a connection that a reset already ended; then the
+    reset itself, which waits in ``SO_ERROR`` until a read takes it. Read it before the
+    kernel's last bytes (``receive_kept``): a read that meets the error takes it."""
+    if exc.errno != errno.ENOTCONN:
+        return exc
+    try:
+        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    except OSError:  # the socket is closed already: ENOTCONN is all there is to tell
+        return exc
+    return OSError(code, os.strerror(code)) if code else exc  # ECONNRESET: ConnectionResetError
+
+
 def receive_kept(read: Callable[[int], bytes], core: Flow, *, past_limit: bool = False) -> None:
     """Feed ``core`` what the kernel still holds for it, before the caller ends the flow:
     the peer's last bytes, which the kernel keeps readable after a reset, and which closing

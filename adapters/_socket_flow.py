@@ -78,6 +78,7 @@ from ._common import (
     READ_SIZE,
     RECEIVING,
     addresses,
+    eof_failure,
     receive_kept,
     send_queued,
     set_linger_zero,
@@ -409,7 +410,7 @@ class SocketFlow(BlockingDriverFlow):
             try:
                 sock.shutdown(socket.SHUT_WR)
             except OSError as exc:
-                self._fail(exc)
+                self._fail(eof_failure(sock, exc))
                 return
             core.eof_sent()
             self._release_if_closed()

@@ -85,6 +85,7 @@ from ._common import (
     READ_SIZE,
     RECEIVING,
     addresses,
+    eof_failure,
     receive_kept,
     send_queued,
     set_linger_zero,
@@ -494,7 +495,7 @@ class TrioFlow(AsyncDriverFlow):
         try:
             sock.shutdown(_stdlib_socket.SHUT_WR)
         except OSError as exc:
-            self._fail_now(exc)
+            self._fail_now(eof_failure(sock, exc))
             return
         core.eof_sent()
         if core.state is _CLOSED:

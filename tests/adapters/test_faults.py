@@ -628,6 +628,31 @@ def test_reset_right_after_accept_before_any_byte(driver: Driver) -> None:
     run(driver, scenario)
 
 
+def test_a_reset_that_beats_our_eof_is_the_reset_after_the_data_before_it(
+        driver: Driver) -> None:
+    """The peer sends, then resets, before our EOF goes out: on a connection a reset ended,
+    Linux answers our shutdown(SHUT_WR) with ENOTCONN, which must neither hide the reset nor
+    lose the bytes that came before it."""
+
+    async def scenario() -> None:
+        with socket.create_server((HOST, 0)) as listener:
+            listener.settimeout(TIMEOUT)
+            flow = await driver.connect(HOST, listener.getsockname()[1])
+            accepted, _ = await anyio.to_thread.run_sync(listener.accept)
+            accepted.sendall(b"8 bytes!")
+            reset(accepted)
+            time.sleep(0.2)  # the RST arrives while no flow runs: only our EOF can meet it
+            await flow.shutdown(Shutdown.WRITE)
+            assert await flow.read() == Ok(b"8 bytes!")
+            end = await flow.read()
+            assert isinstance(end, Error)
+            assert end.error.kind is ErrorKind.RESET, end
+            assert isinstance(end.error.cause, ConnectionResetError)
+            await flow.close()
+
+    run(driver, scenario)
+
+
 def test_server_survives_clients_that_reset_before_any_byte(driver: Driver) -> None:
     """A client that resets as soon as its handler runs makes that handler's read answer
     RESET; one that resets before the server may even have accepted it does no harm (its
