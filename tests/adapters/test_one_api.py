@@ -43,6 +43,7 @@ from sansflow import (
     Shutdown,
     error_message,
 )
+from sansflow.adapters import anyio as sf_anyio
 from sansflow.adapters import asyncio as sf_asyncio
 from sansflow.adapters import socket as sf_socket
 from sansflow.adapters import trio as sf_trio
@@ -684,6 +685,8 @@ ADAPTERS: dict[str, tuple[ModuleType, dict[str, Any] | None]] = {
                                 "backend_options": {"loop_factory": uvloop.new_event_loop}})}
        if uvloop is not None else {}),
     "trio": (sf_trio, {"backend": "trio"}),
+    "anyio-asyncio": (sf_anyio, {"backend": "asyncio"}),
+    "anyio-trio": (sf_anyio, {"backend": "trio"}),
     "socket": (sf_socket, None),
 }
 
@@ -731,7 +734,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {  # function: its keyword-only parameters
     "serve": {"backlog": BACKLOG, "grace": GRACE, **OPTIONS},
     "serve_unix": {"backlog": BACKLOG, "grace": GRACE, **OPTIONS},
 }
-MODULES = {"asyncio": sf_asyncio, "trio": sf_trio, "socket": sf_socket}
+MODULES = {"asyncio": sf_asyncio, "trio": sf_trio, "anyio": sf_anyio, "socket": sf_socket}
 # TLS options, for now on connect and serve (connect_unix and serve_unix do not take them).
 TLS: dict[str, dict[str, Any]] = {"connect": {"ssl": None, "server_hostname": None},
                                   "serve": {"ssl": None, "handshake_timeout": HANDSHAKE_TIMEOUT}}
@@ -758,4 +761,4 @@ def test_every_adapter_takes_the_same_arguments(name: str) -> None:
 def test_the_async_adapters_make_flows_with_await(name: str) -> None:
     awaited = {adapter: inspect.iscoroutinefunction(getattr(module, name))
                for adapter, module in MODULES.items()}
-    assert awaited == {"asyncio": True, "trio": True, "socket": False}
+    assert awaited == {"asyncio": True, "trio": True, "anyio": True, "socket": False}
