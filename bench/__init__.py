@@ -5,7 +5,8 @@
 every byte count verified; each run in a process of its own, warmed as a long-running one;
 medians of interleaved repetitions, the ratio sansflow / peer per pair in two groups of peer
 (the same programming model; raw callbacks, the limit), peak RSS per run and bytes per idle
-flow. Not part of the wheel: it ships the library only.
+flow. ``--tls``: the TLS variants of the same scenarios (TLS 1.3, a test CA made at run time
+with trustme) and the goals they aim at. Not part of the wheel: it ships the library only.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._common import PROFILES, SCENARIOS, Measurement, Params, Profile
-from ._registry import GROUPS, PAIRS, STACKS, StackSpec
+from ._registry import GROUPS, PAIRS, STACKS, TLS_GOALS, Goal, StackSpec
 
 if TYPE_CHECKING:
     from ._harness import run_suite
@@ -25,6 +26,8 @@ __all__ = [
     "PROFILES",
     "SCENARIOS",
     "STACKS",
+    "TLS_GOALS",
+    "Goal",
     "Measurement",
     "Params",
     "Profile",

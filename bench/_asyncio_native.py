@@ -7,6 +7,10 @@ Read size: ``BufferedProtocol`` hands the transport a 64 KiB buffer and Streams 
 ``read(65536)``, like every other stack. A plain ``Protocol`` has no read size in its API: the
 transport picks it (256 KiB per ``recv`` on asyncio's selector loop, uvloop's own buffer), and
 it is left at that default rather than patched through a private attribute.
+
+Over TLS (``ssl=`` on both ends, the contexts of ``_tls``) the transports cannot half-close
+(``can_write_eof()`` is false): where the plain run half-closes, the TLS run closes, which sends
+close_notify and waits for the peer's; a client that wants an echo reads it before it closes.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from ._common import (
     pingpong_result,
     small_writes_result,
 )
+from ._tls import client_options, server_options
 
 __all__ = [
     "buffered_stack",
@@ -208,12 +213,37 @@ class _EchoBuffered(_Echo, asyncio.BufferedProtocol):
         self.transport.write(bytes(self.buffer[:nbytes]))
 
 
-class _ClientPlain(_Endpoint, asyncio.Protocol):
+class _Client(_Endpoint):
+    """A client that can wait for so many bytes (an echo over TLS, which cannot half-close)."""
+
+    def __init__(self, registry: list[_Endpoint]) -> None:
+        super().__init__(registry)
+        self.want = 0
+        self.enough: asyncio.Future[None] | None = None
+
+    def expect(self, nbytes: int) -> asyncio.Future[None]:
+        self.want = nbytes
+        self.enough = self.loop.create_future()
+        self._count(0)
+        return self.enough
+
+    def _count(self, nbytes: int) -> None:
+        self.received += nbytes
+        if self.enough is not None and self.received >= self.want and not self.enough.done():
+            self.enough.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self.enough is not None and not self.enough.done():
+            self.enough.set_exception(exc or ConnectionError("connection lost mid echo"))
+
+
+class _ClientPlain(_Client, asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
-        self.received += len(data)
+        self._count(len(data))
 
 
-class _ClientBuffered(_Endpoint, asyncio.BufferedProtocol):
+class _ClientBuffered(_Client, asyncio.BufferedProtocol):
     def __init__(self, registry: list[_Endpoint]) -> None:
         super().__init__(registry)
         self.buffer = memoryview(bytearray(READ_SIZE))
@@ -222,7 +252,7 @@ class _ClientBuffered(_Endpoint, asyncio.BufferedProtocol):
         return self.buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.received += nbytes
+        self._count(nbytes)
 
 
 class _Ping(_Endpoint):
@@ -291,7 +321,7 @@ class _PingBuffered(_Ping, asyncio.BufferedProtocol):
 class _Kinds:
     sink: type[_Sink]
     echo: type[_Echo]
-    client: type[_Endpoint]
+    client: type[_Client]
     ping: type[_Ping]
 
 
@@ -299,17 +329,30 @@ _PLAIN = _Kinds(_SinkPlain, _EchoPlain, _ClientPlain, _PingPlain)
 _BUFFERED = _Kinds(_SinkBuffered, _EchoBuffered, _ClientBuffered, _PingBuffered)
 
 
+E = TypeVar("E", bound=_Endpoint)
+
+
 async def _connect(
-    factory: Callable[[], _Endpoint], port: int
-) -> tuple[asyncio.Transport, _Endpoint]:
+    factory: Callable[[], E], port: int, tls: bool
+) -> tuple[asyncio.Transport, E]:
     loop = asyncio.get_running_loop()
-    transport, protocol = await loop.create_connection(factory, HOST, port)
+    transport, protocol = await loop.create_connection(
+        factory, HOST, port, **client_options(tls)
+    )
     return transport, protocol
 
 
-async def _server(factory: Callable[[], _Endpoint]) -> asyncio.AbstractServer:
+async def _server(factory: Callable[[], _Endpoint], tls: bool) -> asyncio.AbstractServer:
     loop = asyncio.get_running_loop()
-    return await loop.create_server(factory, HOST, 0, backlog=BACKLOG)
+    return await loop.create_server(factory, HOST, 0, backlog=BACKLOG, **server_options(tls))
+
+
+def _end_sending(transport: asyncio.Transport, tls: bool) -> None:
+    # Half-close; over TLS, close: close_notify, then the transport waits for the peer's.
+    if tls:
+        transport.close()
+    else:
+        transport.write_eof()
 
 
 async def _close_server(server: asyncio.AbstractServer) -> None:
@@ -317,20 +360,22 @@ async def _close_server(server: asyncio.AbstractServer) -> None:
     await server.wait_closed()
 
 
-async def _proto_stream(kinds: _Kinds, chunk: bytes, count: int) -> tuple[float, int]:
+async def _proto_stream(
+    kinds: _Kinds, chunk: bytes, count: int, tls: bool
+) -> tuple[float, int]:
     """Send ``count`` writes of ``chunk``, half-close, wait for the server's close."""
     registry: list[_Endpoint] = []
     tally: list[int] = []
-    server = await _server(lambda: kinds.sink(registry, tally))
+    server = await _server(lambda: kinds.sink(registry, tally), tls)
     try:
-        transport, client = await _connect(lambda: kinds.client(registry), _port(server))
+        transport, client = await _connect(lambda: kinds.client(registry), _port(server), tls)
         write = transport.write
         start = perf_counter()
         for _ in range(count):
             write(chunk)
             if client.resume is not None:
                 await client.resume
-        transport.write_eof()
+        _end_sending(transport, tls)
         await client.lost
         elapsed = perf_counter() - start
         check(client.received == 0, "the sink server sent data")
@@ -343,31 +388,30 @@ async def _proto_stream(kinds: _Kinds, chunk: bytes, count: int) -> tuple[float,
 
 async def _proto_bulk(kinds: _Kinds, p: Params) -> Measurement:
     elapsed, received = await _proto_stream(
-        kinds, payload(p.bulk_write), p.bulk_bytes // p.bulk_write
+        kinds, payload(p.bulk_write), p.bulk_bytes // p.bulk_write, p.tls
     )
     return bulk_result(p, elapsed, received)
 
 
 async def _proto_small(kinds: _Kinds, p: Params) -> Measurement:
-    elapsed, received = await _proto_stream(kinds, payload(p.small_size), p.small_writes)
+    elapsed, received = await _proto_stream(kinds, payload(p.small_size), p.small_writes, p.tls)
     return small_writes_result(p, elapsed, received)
 
 
 async def _proto_pingpong(kinds: _Kinds, p: Params) -> Measurement:
     registry: list[_Endpoint] = []
     tally: list[int] = []
-    server = await _server(lambda: kinds.echo(registry, tally))
+    server = await _server(lambda: kinds.echo(registry, tally), p.tls)
     message = payload(p.pingpong_size)
     try:
         transport, client = await _connect(
-            lambda: kinds.ping(registry, message, p.pingpong_trips), _port(server)
+            lambda: kinds.ping(registry, message, p.pingpong_trips), _port(server), p.tls
         )
-        assert isinstance(client, _Ping)
         start = perf_counter()
         client.start()
         await client.done
         elapsed = perf_counter() - start
-        transport.write_eof()
+        _end_sending(transport, p.tls)
         await client.lost
         check(len(tally) == 1, "the server did not see EOF")
         return pingpong_result(p, elapsed, client.samples, tally[0], client.received)
@@ -379,16 +423,18 @@ async def _proto_pingpong(kinds: _Kinds, p: Params) -> Measurement:
 async def _proto_connections(kinds: _Kinds, p: Params) -> Measurement:
     registry: list[_Endpoint] = []
     tally: list[int] = []
-    server = await _server(lambda: kinds.echo(registry, tally))
+    server = await _server(lambda: kinds.echo(registry, tally), p.tls)
     data = payload(p.connection_bytes)
     port = _port(server)
 
     async def one() -> int:
-        transport, client = await _connect(lambda: kinds.client(registry), port)
+        transport, client = await _connect(lambda: kinds.client(registry), port, p.tls)
         transport.write(data)
         if client.resume is not None:
             await client.resume
-        transport.write_eof()
+        if p.tls:
+            await client.expect(len(data))
+        _end_sending(transport, p.tls)
         await client.lost
         return client.received
 
@@ -477,25 +523,39 @@ def _echo_handler(tally: list[int], writers: _Writers) -> StreamHandler:
     return handler
 
 
-async def _start(handler: StreamHandler) -> asyncio.AbstractServer:
-    return await asyncio.start_server(handler, HOST, 0, backlog=BACKLOG)
+async def _start(handler: StreamHandler, tls: bool) -> asyncio.AbstractServer:
+    return await asyncio.start_server(handler, HOST, 0, backlog=BACKLOG, **server_options(tls))
 
 
-async def _streams_stream(chunk: bytes, count: int) -> tuple[float, int]:
+async def _open(port: int, tls: bool) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection(HOST, port, **client_options(tls))
+
+
+async def _end_stream(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tls: bool
+) -> int:
+    """Half-close, read to EOF, close; over TLS close at once. Returns the bytes read."""
+    received = 0
+    if not tls:
+        writer.write_eof()
+        received = await _drain_to_eof(reader)
+    await _finish(writer)
+    return received
+
+
+async def _streams_stream(chunk: bytes, count: int, tls: bool) -> tuple[float, int]:
     writers = _Writers()
     tally: list[int] = []
-    server = await _start(_sink_handler(tally, writers))
+    server = await _start(_sink_handler(tally, writers), tls)
     try:
-        reader, writer = await asyncio.open_connection(HOST, _port(server))
+        reader, writer = await _open(_port(server), tls)
         writers.add(writer)
         start = perf_counter()
         for _ in range(count):
             writer.write(chunk)
             await writer.drain()
-        writer.write_eof()
-        extra = await _drain_to_eof(reader)
+        extra = await _end_stream(reader, writer, tls)
         elapsed = perf_counter() - start
-        await _finish(writer)
         check(extra == 0, "the sink server sent data")
         check(len(tally) == 1, "the server did not see EOF")
         return elapsed, tally[0]
@@ -505,21 +565,23 @@ async def _streams_stream(chunk: bytes, count: int) -> tuple[float, int]:
 
 
 async def _streams_bulk(p: Params) -> Measurement:
-    elapsed, received = await _streams_stream(payload(p.bulk_write), p.bulk_bytes // p.bulk_write)
+    elapsed, received = await _streams_stream(
+        payload(p.bulk_write), p.bulk_bytes // p.bulk_write, p.tls
+    )
     return bulk_result(p, elapsed, received)
 
 
 async def _streams_small(p: Params) -> Measurement:
-    elapsed, received = await _streams_stream(payload(p.small_size), p.small_writes)
+    elapsed, received = await _streams_stream(payload(p.small_size), p.small_writes, p.tls)
     return small_writes_result(p, elapsed, received)
 
 
 async def _streams_pingpong(p: Params) -> Measurement:
     writers = _Writers()
     tally: list[int] = []
-    server = await _start(_echo_handler(tally, writers))
+    server = await _start(_echo_handler(tally, writers), p.tls)
     try:
-        reader, writer = await asyncio.open_connection(HOST, _port(server))
+        reader, writer = await _open(_port(server), p.tls)
         writers.add(writer)
         message = payload(p.pingpong_size)
         samples = [0] * p.pingpong_trips
@@ -538,9 +600,7 @@ async def _streams_pingpong(p: Params) -> Measurement:
             check(echo == message, "echo differs from what was sent")
             received += len(echo)
         elapsed = perf_counter() - start
-        writer.write_eof()
-        received += await _drain_to_eof(reader)
-        await _finish(writer)
+        received += await _end_stream(reader, writer, p.tls)
         check(len(tally) == 1, "the server did not see EOF")
         return pingpong_result(p, elapsed, samples, tally[0], received)
     finally:
@@ -551,19 +611,17 @@ async def _streams_pingpong(p: Params) -> Measurement:
 async def _streams_connections(p: Params) -> Measurement:
     writers = _Writers()
     tally: list[int] = []
-    server = await _start(_echo_handler(tally, writers))
+    server = await _start(_echo_handler(tally, writers), p.tls)
     data = payload(p.connection_bytes)
     port = _port(server)
 
     async def one() -> int:
-        reader, writer = await asyncio.open_connection(HOST, port)
+        reader, writer = await _open(port, p.tls)
         writers.add(writer)
         writer.write(data)
         await writer.drain()
-        writer.write_eof()
-        received = await _drain_to_eof(reader)
-        await _finish(writer)
-        return received
+        echo = len(await reader.readexactly(len(data))) if p.tls else 0
+        return echo + await _end_stream(reader, writer, p.tls)
 
     try:
         start = perf_counter()

@@ -3,12 +3,17 @@
 Sockets stay in true blocking mode (a socket timeout would turn every call into poll + call and
 slow the very path being measured); a watchdog shuts every socket down at the deadline instead,
 which wakes any thread blocked on it.
+
+Over TLS the sendall/recv peer is an ``ssl.SSLSocket`` at both ends. It has no half-close:
+where the plain run half-closes, the TLS run ends TLS (``unwrap``: close_notify both ways), and
+a client that wants an echo reads it first.
 """
 
 from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 from time import monotonic, perf_counter, perf_counter_ns
@@ -28,6 +33,7 @@ from ._common import (
     pingpong_result,
     small_writes_result,
 )
+from ._tls import SERVER_NAME, contexts
 
 __all__ = ["Watchdog", "sendall_stack", "sendmsg_stack"]
 
@@ -187,10 +193,13 @@ class _Sendmsg(_Variant):
 class ThreadedServer:
     """Accepts ``count`` connections, one thread each, running ``role`` until it returns."""
 
-    def __init__(self, role: Callable[[socket.socket], int], count: int, dog: Watchdog) -> None:
+    def __init__(
+        self, role: Callable[[socket.socket], int], count: int, dog: Watchdog, tls: bool
+    ) -> None:
         self.role = role
         self.count = count
         self.dog = dog
+        self.tls = tls
         self.tally: list[int] = []
         self.errors: list[BaseException] = []
         self.threads: list[threading.Thread] = []
@@ -231,8 +240,12 @@ class ThreadedServer:
 
     def _handle(self, conn: socket.socket) -> None:
         try:
+            if self.tls:  # the handshake runs here, in the connection's own thread
+                conn = self.dog.add(contexts()[1].wrap_socket(conn, server_side=True))
             with conn:
                 self.tally.append(self.role(conn))
+                if isinstance(conn, ssl.SSLSocket):
+                    conn.unwrap()  # the client's close_notify was the EOF: answer it
         except BaseException as exc:
             self.errors.append(exc)
 
@@ -243,19 +256,39 @@ class ThreadedServer:
             raise self.errors[0]
 
 
-def _connect(port: int, dog: Watchdog) -> socket.socket:
-    return nodelay(dog.add(socket.create_connection((HOST, port))))
+def _connect(port: int, dog: Watchdog, tls: bool) -> socket.socket:
+    sock = nodelay(dog.add(socket.create_connection((HOST, port))))
+    if tls:
+        return dog.add(contexts()[0].wrap_socket(sock, server_hostname=SERVER_NAME))
+    return sock
+
+
+def _end_sending(v: _Variant, sock: socket.socket) -> int:
+    """Half-close and read to EOF (returns the bytes read); over TLS, end TLS instead."""
+    if isinstance(sock, ssl.SSLSocket):
+        sock.unwrap()
+        return 0
+    sock.shutdown(socket.SHUT_WR)
+    return v.sink(sock)
+
+
+def _read_exactly(v: _Variant, sock: socket.socket, nbytes: int) -> int:
+    receive, received = v.receiver(sock), 0
+    while received < nbytes:
+        data = receive()
+        check(bool(data), "EOF mid echo")
+        received += len(data)
+    return received
 
 
 def _stream(v: _Variant, p: Params, chunk: bytes, count: int) -> tuple[float, int]:
-    with Watchdog(p.timeout) as dog, ThreadedServer(v.sink, 1, dog) as server:
-        with _connect(server.port, dog) as sock:
+    with Watchdog(p.timeout) as dog, ThreadedServer(v.sink, 1, dog, p.tls) as server:
+        with _connect(server.port, dog, p.tls) as sock:
             send = v.sender(sock)
             start = perf_counter()
             for _ in range(count):
                 send(chunk)
-            sock.shutdown(socket.SHUT_WR)
-            extra = v.sink(sock)
+            extra = _end_sending(v, sock)
             elapsed = perf_counter() - start
         server.join()
     check(extra == 0, "the sink server sent data")
@@ -277,8 +310,8 @@ def _pingpong(v: _Variant, p: Params) -> Measurement:
     message = payload(p.pingpong_size)
     samples = [0] * p.pingpong_trips
     received = 0
-    with Watchdog(p.timeout) as dog, ThreadedServer(v.echo, 1, dog) as server:
-        with _connect(server.port, dog) as sock:
+    with Watchdog(p.timeout) as dog, ThreadedServer(v.echo, 1, dog, p.tls) as server:
+        with _connect(server.port, dog, p.tls) as sock:
             send, recv = v.sender(sock), v.receiver(sock)
             start = perf_counter()
             for i in range(p.pingpong_trips):
@@ -293,8 +326,7 @@ def _pingpong(v: _Variant, p: Params) -> Measurement:
                 check(echo == message, "echo differs from what was sent")
                 received += len(echo)
             elapsed = perf_counter() - start
-            sock.shutdown(socket.SHUT_WR)
-            received += v.sink(sock)
+            received += _end_sending(v, sock)
         server.join()
     check(len(server.tally) == 1, "the server did not see EOF")
     return pingpong_result(p, elapsed, samples, server.tally[0], received)
@@ -305,14 +337,17 @@ def _connections(v: _Variant, p: Params) -> Measurement:
     received: list[int] = []
     errors: list[BaseException] = []
 
-    with Watchdog(p.timeout) as dog, ThreadedServer(v.echo, p.connections, dog) as server:
+    with (
+        Watchdog(p.timeout) as dog,
+        ThreadedServer(v.echo, p.connections, dog, p.tls) as server,
+    ):
 
         def one() -> None:
             try:
-                with _connect(server.port, dog) as sock:
+                with _connect(server.port, dog, p.tls) as sock:
                     v.sender(sock)(data)
-                    sock.shutdown(socket.SHUT_WR)
-                    received.append(v.sink(sock))
+                    echo = _read_exactly(v, sock, len(data)) if p.tls else 0
+                    received.append(echo + _end_sending(v, sock))
             except BaseException as exc:
                 errors.append(exc)
 

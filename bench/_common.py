@@ -48,6 +48,8 @@ class Params:
     connections: int = 500
     connection_bytes: int = 64 * 1024
     timeout: float = 120.0
+    tls: bool = False
+    """The TLS variants: every connection over TLS 1.3 (``_tls``), a handshake each."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

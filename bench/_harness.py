@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import importlib.util
 import json
 import os
 import platform
@@ -22,6 +23,9 @@ from ._registry import (
     GROUPS,
     PAIRS,
     STACKS,
+    TLS_GOALS,
+    TLS_PAIRS,
+    Goal,
     NotInstalled,
     StackSpec,
     Unavailable,
@@ -158,6 +162,28 @@ def _ratios(results: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any
     return ratios
 
 
+def _judge(goal: Goal, ratios: list[dict[str, Any]]) -> dict[str, Any]:
+    """Whether ``goal`` holds in these ratios: ``None`` when one it needs was not measured."""
+    pairs = [(ours, peer) for ours, peer in TLS_PAIRS
+             if (not goal.sansflow or ours in goal.sansflow)
+             and (not goal.peers or peer in goal.peers)]
+    wanted = [(ours, peer, scenario) for ours, peer in pairs for scenario in goal.scenarios]
+    found = {(r["sansflow"], r["peer"], r["scenario"]): r["ratio"] for r in ratios}
+    measured = [(key, found[key]) for key in wanted if found.get(key) is not None]
+    lowest = min(measured, key=lambda item: item[1], default=None)
+    complete = bool(measured) and len(measured) == len(wanted)
+    return {
+        "goal": goal.text,
+        "at_least": goal.at_least,
+        "holds": (lowest is not None and lowest[1] >= goal.at_least) if complete else None,
+        "lowest": None if lowest is None else {
+            "sansflow": lowest[0][0], "peer": lowest[0][1], "scenario": lowest[0][2],
+            "ratio": lowest[1]},
+        "measured": len(measured),
+        "wanted": len(wanted),
+    }
+
+
 def _environment() -> dict[str, Any]:
     versions: dict[str, str | None] = {}
     for dist in ("sansflow", "trio", "anyio", "uvloop"):
@@ -188,22 +214,36 @@ def run_suite(
     reps: int | None = None,
     isolate: bool = True,
     warmed: bool = True,
+    tls: bool = False,
     idle: bool = True,
     log: TextIO | None = None,
 ) -> dict[str, Any]:
     """Run the suite and return the report (the JSON document); nothing is printed but ``log``.
 
     ``warmed``: each run's process warms its allocator first (``_worker.warm``), so that the
-    figures are those of a long-running process; without it, those of a fresh one.
+    figures are those of a long-running process; without it, those of a fresh one. ``tls``: the
+    TLS variants, on the stacks that have one (``StackSpec.tls``), with ``TLS_GOALS`` judged.
 
     Runs are interleaved: each repetition runs every stack once per scenario, and every other
     repetition reverses the order, so that drift and position weigh on every stack alike.
     """
     started = time.monotonic()
     reps = profile.reps if reps is None else reps
-    params = profile.params
+    params = replace(profile.params, tls=tls)
     stack_rows: list[dict[str, Any]] = []
     runnable: list[tuple[StackSpec, list[str]]] = []
+    setup_problems: list[str] = []
+    negotiated: str | None = None
+    if tls:
+        stacks = [spec for spec in stacks if spec.tls is not None]
+        # trustme is a test dependency, not an optional extra: a TLS run without it fails.
+        if importlib.util.find_spec("trustme") is None:
+            setup_problems.append("the TLS variants need trustme (pip install trustme)")
+            stacks = []
+        else:
+            from ._tls import negotiated as handshake
+
+            negotiated = handshake()
     for spec in stacks:
         # Only a missing optional library excuses a stack (its peers go with it); a sansflow
         # stack that cannot run for any other reason is a failure (leave it out with --only to
@@ -222,7 +262,7 @@ def run_suite(
             runnable.append((spec, [s for s in scenarios if s in loaded]))
         reason = note or failure
         stack_rows.append({"name": spec.name, "kind": spec.kind, "group": spec.group,
-                           "description": spec.description,
+                           "description": spec.tls if tls else spec.description,
                            "available": reason is None, "reason": reason,
                            "failed": failure is not None})
         if note is not None:
@@ -256,7 +296,8 @@ def run_suite(
             idle_memory[subject] = _idle(subject, description, profile.idle_count, isolate)
             _log(log, f"idle {subject}: {idle_memory[subject]['bytes_per_flow']}")
 
-    problems = _problems(stack_rows, runs, idle_memory)
+    problems = setup_problems + _problems(stack_rows, runs, idle_memory)
+    ratios = _ratios(results)
     return {
         "schema": SCHEMA,
         "profile": profile.name,
@@ -264,12 +305,14 @@ def run_suite(
         "reps": reps,
         "isolation": "subprocess per run" if isolate else "in-process",
         "process": WARMING if warmed else COLD,
+        "tls": negotiated,
         "environment": _environment(),
         "stacks": stack_rows,
         "scenarios": list(scenarios),
         "runs": runs,
         "results": results,
-        "ratios": _ratios(results),
+        "ratios": ratios,
+        "goals": [_judge(goal, ratios) for goal in TLS_GOALS] if tls else [],
         "idle_memory": idle_memory,
         "ok": not problems,
         "problems": problems,
@@ -377,6 +420,10 @@ def format_report(report: dict[str, Any]) -> str:
         f"{env['cpu_count']} CPUs; {report['duration_s']:.0f} s",
         f"processes {report['process']}",
     ]
+    if report["params"]["tls"]:
+        lines.append(f"TLS variants: {report['tls'] or 'no handshake made'} at both ends of "
+                     "every connection (a test CA made at run time with trustme); a connection "
+                     "is a handshake; where an API cannot half-close TLS, it closes")
     group_of = {row["name"]: row["group"] for row in report["stacks"]}
     sections = [(None, "sansflow"), *GROUPS.items()]
     for row in report["stacks"]:
@@ -411,6 +458,15 @@ def format_report(report: dict[str, Any]) -> str:
                      if r["sansflow"] == ours and r["peer"] == peer}
             lines.append(f"  {ours:<24} {peer:<20} " + " ".join(
                 f"{_fmt(cells.get(s), 2):>12}" for s in report["scenarios"]))
+    if report["goals"]:
+        lines += ["", "goals (ratios of this run)"]
+        for goal in report["goals"]:
+            lowest = goal["lowest"]
+            where = ("" if lowest is None else
+                     f": lowest {lowest['ratio']:.3f} ({lowest['sansflow']} / {lowest['peer']}, "
+                     f"{lowest['scenario']})")
+            verdict = {True: "holds", False: "DOES NOT HOLD", None: "not measured"}[goal["holds"]]
+            lines.append(f"  {verdict:<14} {goal['goal']}{where}")
     if report["idle_memory"]:
         count = next(iter(report["idle_memory"].values()))["count"]
         lines += ["", f"bytes per idle flow ({count:,} alive at once, tracemalloc)"]
@@ -481,6 +537,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="add the ratio partners of the stacks --only selects")
     parser.add_argument("--reps", type=int, help="repetitions (default: the profile's)")
     parser.add_argument("--timeout", type=float, help="seconds allowed for one run")
+    parser.add_argument("--tls", action="store_true",
+                        help="the TLS variants (TLS 1.3, a test CA made with trustme, which they "
+                             "need) of the stacks that have one, and the goals they aim at")
     parser.add_argument("--cold", action="store_true",
                         help="leave each run's process cold (its allocator as it starts) instead "
                              "of warming it as a long-running process is; labelled as such")
@@ -512,7 +571,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         stacks = _with_peers(stacks)
     report = run_suite(
         profile, stacks, scenarios, reps=args.reps, isolate=not args.in_process,
-        warmed=not args.cold, idle=not args.no_idle, log=None if args.quiet else sys.stderr,
+        warmed=not args.cold, tls=args.tls,
+        # Bytes per idle flow are the same with or without TLS: the plain run measures them.
+        idle=not args.no_idle and not args.tls, log=None if args.quiet else sys.stderr,
     )
     print(format_report(report))
     if args.json is not None:

@@ -13,8 +13,8 @@ from typing import Literal
 
 from ._common import SCENARIOS, Stack
 
-__all__ = ["GROUPS", "PAIRS", "STACKS", "NotInstalled", "StackSpec", "Unavailable", "by_name",
-           "load_stack"]
+__all__ = ["GROUPS", "PAIRS", "STACKS", "TLS_GOALS", "TLS_PAIRS", "Goal", "NotInstalled",
+           "StackSpec", "Unavailable", "by_name", "load_stack"]
 
 Kind = Literal["sansflow", "native", "core"]
 Group = Literal["model", "limit"]
@@ -51,33 +51,45 @@ class StackSpec:
     sansflow stack too (its peers are skipped alike, so there is nothing to compare). Any other
     reason it cannot run fails the benchmark: with uvloop or trio installed, their sansflow
     stacks must run."""
+    tls: str | None = None
+    """What the stack is over TLS (``--tls``), or ``None`` if it has no TLS variant."""
 
 
 STACKS: tuple[StackSpec, ...] = (
     StackSpec("sansflow-asyncio", "sansflow", "_sansflow:asyncio_stack",
-              "sansflow asyncio adapter (asyncio's own loop)"),
+              "sansflow asyncio adapter (asyncio's own loop)",
+              tls="sansflow asyncio adapter, TLS (its TlsLayer)"),
     StackSpec("asyncio-buffered", "native", "_asyncio_native:buffered_stack",
               "asyncio BufferedProtocol", "limit"),
     StackSpec("asyncio-protocol", "native", "_asyncio_native:protocol_stack", "asyncio Protocol",
-              "limit"),
+              "limit",
+              tls="asyncio Protocol with ssl= (asyncio's TLS transport)"),
     StackSpec("asyncio-streams", "native", "_asyncio_native:streams_stack", "asyncio Streams",
-              "model"),
+              "model",
+              tls="asyncio Streams with ssl= (open_connection, start_server)"),
     StackSpec("anyio-asyncio", "native", "_anyio_native:stack", "anyio streams on asyncio",
               "model", ("anyio",)),
     StackSpec("sansflow-asyncio-uvloop", "sansflow", "_sansflow:asyncio_uvloop_stack",
-              "sansflow asyncio adapter on uvloop", None, ("uvloop",)),
+              "sansflow asyncio adapter on uvloop", None, ("uvloop",),
+              tls="sansflow asyncio adapter on uvloop, TLS (its TlsLayer)"),
     StackSpec("uvloop-protocol", "native", "_asyncio_native:uvloop_protocol_stack",
-              "uvloop Protocol", "limit", ("uvloop",)),
+              "uvloop Protocol", "limit", ("uvloop",),
+              tls="uvloop Protocol with ssl= (uvloop's TLS transport)"),
     StackSpec("uvloop-streams", "native", "_asyncio_native:uvloop_streams_stack",
-              "asyncio Streams on uvloop", "model", ("uvloop",)),
+              "asyncio Streams on uvloop", "model", ("uvloop",),
+              tls="asyncio Streams on uvloop with ssl="),
     StackSpec("sansflow-trio", "sansflow", "_sansflow:trio_stack", "sansflow trio adapter",
-              None, ("trio",)),
+              None, ("trio",),
+              tls="sansflow trio adapter, TLS (its TlsLayer)"),
     StackSpec("trio-socketstream", "native", "_trio_native:stack", "trio SocketStream",
-              "model", ("trio",)),
+              "model", ("trio",),
+              tls="trio SSLStream over SocketStream"),
     StackSpec("sansflow-socket", "sansflow", "_sansflow:socket_stack",
-              "sansflow blocking-socket adapter"),
+              "sansflow blocking-socket adapter",
+              tls="sansflow blocking-socket adapter, TLS (its TlsLayer)"),
     StackSpec("blocking-sendall", "native", "_blocking_native:sendall_stack",
-              "blocking socket, sendall/recv", "model"),
+              "blocking socket, sendall/recv", "model",
+              tls="blocking ssl.SSLSocket, sendall/recv"),
     StackSpec("blocking-sendmsg", "native", "_blocking_native:sendmsg_stack",
               "blocking socket, sendmsg/recv_into", "limit"),
     StackSpec("sansflow-core", "core", "_sansflow:core_stack",
@@ -96,6 +108,41 @@ PAIRS: tuple[tuple[str, str], ...] = (
     ("sansflow-socket", "blocking-sendmsg"),
 )
 """(sansflow stack, peer): the ratio reported is sansflow's median over the peer's."""
+
+
+TLS_PAIRS: tuple[tuple[str, str], ...] = tuple(
+    (ours, peer) for ours, peer in PAIRS
+    if all(spec.tls is not None for spec in STACKS if spec.name in (ours, peer))
+)
+"""The pairs the TLS variants compare: both stacks have one."""
+
+
+@dataclass(frozen=True)
+class Goal:
+    """A ratio the TLS variants aim at: sansflow's median over each named peer's, per scenario
+    (among ``TLS_PAIRS``)."""
+
+    text: str
+    sansflow: tuple[str, ...]
+    """The sansflow stacks it is about; empty: all of them."""
+    peers: tuple[str, ...]
+    """Their peers it is about; empty: each of their peers."""
+    scenarios: tuple[str, ...]
+    at_least: float
+
+
+TLS_GOALS: tuple[Goal, ...] = (
+    Goal("asyncio adapter >= 1.0x asyncio's TLS transport (Protocol, ssl=) on bulk and "
+         "connections", ("sansflow-asyncio",), ("asyncio-protocol",), ("bulk", "connections"),
+         1.0),
+    Goal("asyncio adapter >= 1.5x asyncio TLS Streams everywhere", ("sansflow-asyncio",),
+         ("asyncio-streams",), SCENARIOS, 1.5),
+    Goal("trio adapter >= 1.2x trio SSLStream everywhere", ("sansflow-trio",),
+         ("trio-socketstream",), SCENARIOS, 1.2),
+    Goal("small writes >= 5x every peer", (), (), ("small_writes",), 5.0),
+    Goal("socket adapter >= 0.8x ssl.SSLSocket on bulk", ("sansflow-socket",),
+         ("blocking-sendall",), ("bulk",), 0.8),
+)
 
 
 def by_name(name: str) -> StackSpec:

@@ -32,6 +32,7 @@ from ._common import (
     small_writes_result,
 )
 from ._registry import Unavailable
+from ._tls import client_options, server_options
 
 __all__ = ["asyncio_stack", "asyncio_uvloop_stack", "core_stack", "socket_stack", "trio_stack"]
 
@@ -209,7 +210,7 @@ class _AsyncLoop:
     def __init__(self, sf: ModuleType) -> None:
         self.sf = sf
 
-    def serving(self, handler: Handler) -> AbstractAsyncContextManager[int]:
+    def serving(self, handler: Handler, tls: bool) -> AbstractAsyncContextManager[int]:
         raise NotImplementedError
 
     async def gather(self, fns: list[Callable[[], Awaitable[int]]]) -> list[int]:
@@ -225,8 +226,9 @@ class _AsyncioLoop(_AsyncLoop):
         self.factory = factory
 
     @asynccontextmanager
-    async def serving(self, handler: Handler) -> AsyncIterator[int]:
-        async with self.sf.serve(handler, HOST, 0, backlog=BACKLOG) as server:
+    async def serving(self, handler: Handler, tls: bool) -> AsyncIterator[int]:
+        async with self.sf.serve(handler, HOST, 0, backlog=BACKLOG,
+                                 **server_options(tls)) as server:
             yield int(server.port)
 
     async def gather(self, fns: list[Callable[[], Awaitable[int]]]) -> list[int]:
@@ -245,16 +247,17 @@ class _AsyncioLoop(_AsyncLoop):
 
 class _TrioLoop(_AsyncLoop):
     @asynccontextmanager
-    async def serving(self, handler: Handler) -> AsyncIterator[int]:
+    async def serving(self, handler: Handler, tls: bool) -> AsyncIterator[int]:
         import trio
 
         async with trio.open_nursery() as nursery:
-            port = await nursery.start(self._serve, handler)
+            port = await nursery.start(self._serve, handler, tls)
             yield int(port)
             nursery.cancel_scope.cancel()
 
-    async def _serve(self, handler: Handler, *, task_status: Any) -> None:
-        await self.sf.serve(handler, HOST, 0, backlog=BACKLOG, task_status=task_status)
+    async def _serve(self, handler: Handler, tls: bool, *, task_status: Any) -> None:
+        await self.sf.serve(handler, HOST, 0, backlog=BACKLOG, task_status=task_status,
+                            **server_options(tls))
 
     async def gather(self, fns: list[Callable[[], Awaitable[int]]]) -> list[int]:
         import trio
@@ -292,6 +295,7 @@ class _AsyncFlows(_Results):
         super().__init__()
         self.loop = loop
         self.sf = loop.sf
+        self.tls = False
 
     async def read_to_eof(self, flow: Any) -> int:
         ok, eof, received = self.Ok, self.Eof, 0
@@ -307,7 +311,7 @@ class _AsyncFlows(_Results):
 
     @asynccontextmanager
     async def connected(self, port: int) -> AsyncIterator[Any]:
-        flow = await self.sf.connect(HOST, port)
+        flow = await self.sf.connect(HOST, port, **client_options(self.tls))
         try:
             yield flow
         except BaseException:
@@ -347,7 +351,10 @@ class _AsyncFlows(_Results):
     async def stream(self, chunk: bytes, count: int) -> tuple[float, int]:
         ok = self.Ok
         tally: list[int] = []
-        async with self.loop.serving(self.sink(tally)) as port, self.connected(port) as flow:
+        async with (
+            self.loop.serving(self.sink(tally), self.tls) as port,
+            self.connected(port) as flow,
+        ):
             write = flow.write
             start = perf_counter()
             for _ in range(count):
@@ -375,7 +382,10 @@ class _AsyncFlows(_Results):
         message = payload(p.pingpong_size)
         samples = [0] * p.pingpong_trips
         received = 0
-        async with self.loop.serving(self.echo(tally)) as port, self.connected(port) as flow:
+        async with (
+            self.loop.serving(self.echo(tally), self.tls) as port,
+            self.connected(port) as flow,
+        ):
             read, write = flow.read, flow.write
             start = perf_counter()
             for i in range(p.pingpong_trips):
@@ -410,7 +420,7 @@ class _AsyncFlows(_Results):
                 await _maybe(flow.shutdown(self.WRITE))
                 return await self.read_to_eof(flow)
 
-        async with self.loop.serving(self.echo(tally)) as port:
+        async with self.loop.serving(self.echo(tally), self.tls) as port:
             start = perf_counter()
             received = await self.loop.gather([one] * p.connections)
             elapsed = perf_counter() - start
@@ -421,7 +431,11 @@ class _AsyncFlows(_Results):
 
     def stack(self) -> Stack:
         def bind(scenario: Callable[[Params], Awaitable[Measurement]]) -> ScenarioFn:
-            return lambda p: self.loop.run(lambda: scenario(p), p.timeout)
+            def run(p: Params) -> Measurement:
+                self.tls = p.tls
+                return self.loop.run(lambda: scenario(p), p.timeout)
+
+            return run
 
         return {
             "bulk": bind(self.bulk),
@@ -459,6 +473,7 @@ class _SocketFlows(_Results):
     def __init__(self) -> None:
         super().__init__()
         self.sf = _import("sansflow.adapters.socket")
+        self.tls = False
 
     def read_to_eof(self, flow: Any) -> int:
         ok, eof, received = self.Ok, self.Eof, 0
@@ -478,12 +493,13 @@ class _SocketFlows(_Results):
             dog.add_waker(flow.abort)
             handler(flow)
 
-        with self.sf.serve(watched, HOST, 0, backlog=BACKLOG) as server:
+        with self.sf.serve(watched, HOST, 0, backlog=BACKLOG,
+                           **server_options(self.tls)) as server:
             yield int(server.port)
 
     @contextmanager
     def connected(self, port: int, dog: Watchdog) -> Iterator[Any]:
-        flow = self.sf.connect(HOST, port)
+        flow = self.sf.connect(HOST, port, **client_options(self.tls))
         dog.add_waker(flow.abort)
         try:
             yield flow
@@ -616,11 +632,18 @@ class _SocketFlows(_Results):
         return connections_result(p, elapsed, sum(tally), sum(received))
 
     def stack(self) -> Stack:
+        def bind(scenario: ScenarioFn) -> ScenarioFn:
+            def run(p: Params) -> Measurement:
+                self.tls = p.tls
+                return scenario(p)
+
+            return run
+
         return {
-            "bulk": self.bulk,
-            "pingpong": self.pingpong,
-            "small_writes": self.small_writes,
-            "connections": self.connections,
+            "bulk": bind(self.bulk),
+            "pingpong": bind(self.pingpong),
+            "small_writes": bind(self.small_writes),
+            "connections": bind(self.connections),
         }
 
 

@@ -322,3 +322,101 @@ def test_core_measure_refuses_a_wrong_byte_count(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setitem(core.CONTENDERS, "broken", lambda count, payload: 1)
     with pytest.raises(AssertionError, match="received 1 bytes"):
         core.measure("broken", 10, core.SMALL)
+
+
+# -- the TLS variants --------------------------------------------------------------------------
+
+TLS_STACKS = [s.name for s in bench.STACKS if s.tls is not None]
+# Smaller than the tiny profile: only structure and byte counts are checked.
+TLS_PROFILE = bench.Profile(
+    "tls-test",
+    bench.Params(bulk_bytes=256 * 1024, pingpong_trips=20, small_writes=200, connections=3,
+                 timeout=30.0),
+    1, 0, "the TLS variants at their smallest",
+)
+
+
+@pytest.fixture(scope="module")
+def tls_report() -> tuple[dict[str, Any], list[str]]:
+    """One in-process run of every TLS variant; and the name each TLS handshake asked for."""
+    from bench import _tls
+
+    # The server's context sees every handshake's SNI: proof that each stack ran over TLS,
+    # on these contexts, rather than in plaintext with matching byte counts.
+    names: list[str] = []
+    server = _tls.contexts()[1]
+    server.sni_callback = lambda obj, name, context: names.append(name)
+    try:
+        report = _harness.run_suite(TLS_PROFILE, bench.STACKS, isolate=False, tls=True,
+                                    idle=False)
+    finally:
+        server.sni_callback = None
+    return report, names
+
+
+def test_tls_variants_run_verify_and_handshake(
+    tls_report: tuple[dict[str, Any], list[str]],
+) -> None:
+    report, names = tls_report
+    assert report["ok"] is True, report["problems"]
+    assert report["tls"].startswith("TLSv1.3 TLS_")
+    assert report["params"]["tls"] is True
+    assert [s["name"] for s in report["stacks"]] == TLS_STACKS
+    assert "sansflow-core" not in TLS_STACKS
+    for row in report["stacks"]:
+        assert row["description"] == bench._registry.by_name(row["name"]).tls
+    for name in TLS_STACKS:
+        _check_stack(report, name)
+        assert set(report["results"][name]) == set(bench.SCENARIOS)
+    # One handshake per connection: bulk, ping-pong and small writes one each, connections N;
+    # and the harness's own, in memory, which tells the version and cipher negotiated.
+    per_stack = 3 + TLS_PROFILE.params.connections
+    assert names == ["localhost"] * (per_stack * len(TLS_STACKS) + 1)
+
+
+def test_tls_goals_are_judged_and_printed(
+    tls_report: tuple[dict[str, Any], list[str]],
+) -> None:
+    report, _ = tls_report
+    assert [g["goal"] for g in report["goals"]] == [g.text for g in bench.TLS_GOALS]
+    for goal in report["goals"]:
+        assert goal["measured"] == goal["wanted"] > 0
+        assert goal["holds"] is (goal["lowest"]["ratio"] >= goal["at_least"])
+    table = _harness.format_report(report)
+    assert "TLS variants: TLSv1.3 TLS_" in table
+    assert "goals (ratios of this run)" in table
+    for goal in report["goals"]:
+        line = next(line for line in table.splitlines() if goal["goal"] in line)
+        verdict = "holds" if goal["holds"] else "DOES NOT HOLD"
+        assert line.strip().startswith(verdict + " ")
+
+
+def test_a_goal_holds_only_when_every_ratio_it_names_was_measured_and_reached() -> None:
+    goal = bench.TLS_GOALS[0]  # asyncio adapter over asyncio-protocol, bulk and connections
+
+    def ratio(scenario: str, value: float) -> dict[str, Any]:
+        return {"sansflow": "sansflow-asyncio", "peer": "asyncio-protocol",
+                "scenario": scenario, "ratio": value}
+
+    judged = _harness._judge(goal, [ratio("bulk", 1.3), ratio("connections", 1.0)])
+    assert judged["holds"] is True
+    assert judged["lowest"]["scenario"] == "connections"
+    judged = _harness._judge(goal, [ratio("bulk", 1.3), ratio("connections", 0.99)])
+    assert judged["holds"] is False
+    judged = _harness._judge(goal, [ratio("bulk", 1.3), ratio("pingpong", 9.0)])
+    assert judged["holds"] is None
+    assert (judged["measured"], judged["wanted"]) == (1, 2)
+    every_peer = next(g for g in bench.TLS_GOALS if not g.sansflow and not g.peers)
+    wanted = _harness._judge(every_peer, [])["wanted"]
+    assert wanted == len(bench._registry.TLS_PAIRS) == 6
+
+
+def test_tls_without_trustme_fails_and_says_why(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _unimportable(monkeypatch, "trustme")
+    status = bench.main(["--tiny", "--in-process", "--quiet", "--tls", "--only",
+                         "blocking-sendall"])
+    out = capsys.readouterr().out
+    assert status != 0
+    assert "the TLS variants need trustme" in out.splitlines()[-1]
