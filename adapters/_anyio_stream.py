@@ -148,43 +148,7 @@ class FlowByteStream(anyio.abc.ByteStream):
 
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
-        flow = self._flow
-        attributes: dict[Any, Callable[[], Any]] = {}
-        local = flow.sockname
-        if local is not None:
-            family = _family(local)
-            attributes[SocketAttribute.family] = lambda: family
-            attributes[SocketAttribute.local_address] = lambda: _address(local)
-            remote = flow.peername
-            if remote is not None:
-                attributes[SocketAttribute.remote_address] = lambda: _address(remote)
-            if family in _IP_FAMILIES:
-                attributes[SocketAttribute.local_port] = lambda: local[1]
-                if remote is not None:
-                    attributes[SocketAttribute.remote_port] = lambda: remote[1]
-        if isinstance(flow, AsyncioFlow) and flow.transport is not None:
-            raw = flow.transport.get_extra_info("socket")
-            if raw is not None:
-                attributes[SocketAttribute.raw_socket] = lambda: raw
-        tls = flow.tls
-        if tls is not None:
-            assert isinstance(flow, AdapterFlow)  # checked when the stream was made
-            ssl_object = flow._layers[-1]._ssl  # the session the application talks through
-            attributes.update({
-                TLSAttribute.alpn_protocol: lambda: tls.alpn_protocol,
-                TLSAttribute.channel_binding_tls_unique:
-                    lambda: ssl_object.get_channel_binding("tls-unique"),
-                TLSAttribute.cipher: ssl_object.cipher,
-                TLSAttribute.peer_certificate: lambda: ssl_object.getpeercert(False),
-                TLSAttribute.peer_certificate_binary: lambda: tls.peer_certificate,
-                TLSAttribute.server_side: lambda: ssl_object.server_side,
-                TLSAttribute.shared_ciphers:
-                    lambda: ssl_object.shared_ciphers() if ssl_object.server_side else None,
-                TLSAttribute.ssl_object: lambda: ssl_object,
-                TLSAttribute.standard_compatible: lambda: False,
-                TLSAttribute.tls_version: lambda: tls.version,
-            })
-        return attributes
+        return {**_socket_attributes(self._flow), **_tls_attributes(self._flow)}
 
     # -- internals -------------------------------------------------------------------------
 
@@ -242,6 +206,56 @@ async def _let_go(flow: AsyncFlow) -> None:
         # Nothing to release but the flow (the memory pair): the peer's later sends, and
         # what it had not taken in yet, meet a reset, as a closed socket answers.
         await flow.abort()
+
+
+def _socket_attributes(flow: AsyncFlow) -> dict[Any, Callable[[], Any]]:
+    """anyio's ``SocketAttribute`` for the socket under ``flow``, if there is one."""
+    local = flow.sockname
+    if local is None:
+        return {}
+    family = _family(local)
+    ip = family in _IP_FAMILIES
+    attributes: dict[Any, Callable[[], Any]] = {
+        SocketAttribute.family: lambda: family,
+        SocketAttribute.local_address: lambda: _address(local),
+    }
+    if ip:
+        attributes[SocketAttribute.local_port] = lambda: local[1]
+    remote = flow.peername  # None also for a connection that had ended before the flow
+    if remote is not None:
+        attributes[SocketAttribute.remote_address] = lambda: _address(remote)
+        if ip:
+            attributes[SocketAttribute.remote_port] = lambda: remote[1]
+    if isinstance(flow, AsyncioFlow) and flow.transport is not None:
+        # Only while the flow holds its transport. The trio adapter's flow has a trio socket,
+        # which does not show its stdlib socket.
+        raw = flow.transport.get_extra_info("socket")
+        attributes[SocketAttribute.raw_socket] = lambda: raw
+    return attributes
+
+
+def _tls_attributes(flow: AsyncFlow) -> dict[Any, Callable[[], Any]]:
+    """anyio's ``TLSAttribute`` for the TLS session ``flow`` carries, if any."""
+    tls = flow.tls
+    if tls is None:
+        return {}
+    assert isinstance(flow, AdapterFlow)  # FlowByteStream takes no other
+    ssl_object = flow._layers[-1]._ssl  # the session the application talks through
+    return {
+        TLSAttribute.alpn_protocol: lambda: tls.alpn_protocol,
+        TLSAttribute.channel_binding_tls_unique:
+            lambda: ssl_object.get_channel_binding("tls-unique"),
+        TLSAttribute.cipher: ssl_object.cipher,
+        TLSAttribute.peer_certificate: lambda: ssl_object.getpeercert(False),
+        TLSAttribute.peer_certificate_binary: lambda: tls.peer_certificate,
+        TLSAttribute.server_side: lambda: ssl_object.server_side,
+        TLSAttribute.shared_ciphers:
+            lambda: ssl_object.shared_ciphers() if ssl_object.server_side else None,
+        TLSAttribute.ssl_object: lambda: ssl_object,
+        # The end of a TLS flow is a close_notify: a cut connection is an error.
+        TLSAttribute.standard_compatible: lambda: False,
+        TLSAttribute.tls_version: lambda: tls.version,
+    }
 
 
 def _family(address: Any) -> socket.AddressFamily:

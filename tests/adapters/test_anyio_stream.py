@@ -9,6 +9,7 @@ TLS, and over the memory pair, on the backend each belongs to.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import socket
 import ssl
@@ -23,11 +24,15 @@ import anyio.abc
 import anyio.lowlevel
 import pytest
 from anyio.abc import SocketAttribute
+from anyio.streams.buffered import BufferedByteReceiveStream
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from loopback import HOST
+from anyio.streams.text import TextStream
+from anyio.streams.tls import TLSAttribute
+from loopback import HOST, has_ipv6_loopback, reset
 
 import sansflow.testing
-from sansflow import Ok
+from sansflow import BrokenFlowError, ErrorKind, FlowState, Ok, SendState
+from sansflow.adapters import _anyio_stream
 from sansflow.adapters import asyncio as sf_asyncio
 from sansflow.adapters import trio as sf_trio
 from sansflow.adapters._anyio_stream import FlowByteStream
@@ -37,14 +42,20 @@ from sansflow.testing.conformance._anyio_stream import StreamMaker, check_anyio_
 Pair = tuple[anyio.abc.ByteStream, anyio.abc.ByteStream]
 FlowPair = tuple[FlowByteStream, FlowByteStream]
 BACKENDS = ["asyncio", "trio"]
+NEEDS_UVLOOP = pytest.mark.skipif(importlib.util.find_spec("uvloop") is None,
+                                  reason="needs uvloop")
 
 
 def run(main: Callable[[], Awaitable[None]], backend: str) -> None:
+    """``main`` on ``backend``: "asyncio", "trio", or "uvloop" (asyncio on uvloop)."""
     async def bounded() -> None:
         with anyio.fail_after(60):  # a hang fails the test instead of stalling the run
             await main()
 
-    anyio.run(bounded, backend=backend)
+    if backend == "uvloop":
+        anyio.run(bounded, backend="asyncio", backend_options={"use_uvloop": True})
+    else:
+        anyio.run(bounded, backend=backend)
 
 
 def tcp_sockets(host: str = HOST) -> tuple[socket.socket, socket.socket]:
@@ -298,10 +309,11 @@ def test_check_anyio_byte_stream_is_a_lazy_export_of_sansflow_testing() -> None:
 # -- the checker on the facade -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("adapter", ["asyncio", "trio"])
-def test_flow_byte_stream_over_tcp_flows(adapter: str) -> None:
+@pytest.mark.parametrize("loop", ["asyncio", "trio", pytest.param("uvloop", marks=NEEDS_UVLOOP)])
+def test_flow_byte_stream_over_tcp_flows(loop: str) -> None:
+    adapter = "asyncio" if loop == "uvloop" else loop
     run(partial(check_anyio_byte_stream, partial(tcp_flow_streams, adapter),
-                partial(clogged_flow_streams, adapter)), adapter)
+                partial(clogged_flow_streams, adapter)), loop)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -315,3 +327,277 @@ def test_flow_byte_stream_over_tls_flows(adapter: str, client_ctx: ssl.SSLContex
                                          server_ctx: ssl.SSLContext) -> None:
     run(partial(check_anyio_byte_stream,
                 partial(tls_flow_streams, adapter, client_ctx, server_ctx)), adapter)
+
+
+# -- the facade itself -------------------------------------------------------------------
+
+
+def test_flow_byte_stream_takes_an_async_flow() -> None:
+    with socket.socket() as sock, pytest.raises(
+            TypeError, match=r"takes an async sansflow flow, not socket"):
+        FlowByteStream(sock)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("size", [1.5, True, "1"])
+def test_receive_refuses_a_size_that_is_not_an_int(size: Any) -> None:
+    async def main() -> None:
+        a, b = await memory_flow_streams()
+        await a.send(b"kept")
+        with pytest.raises(TypeError, match="max_bytes must be an int"):
+            await b.receive(size)
+        with pytest.raises(ValueError, match="max_bytes must be at least 1, not 0"):
+            await b.receive(0)
+        assert await b.receive() == b"kept"  # refusing it changed nothing
+
+    run(main, "asyncio")
+
+
+@pytest.mark.parametrize("adapter", ["asyncio", "trio"])
+def test_a_broken_flow_raises_broken_resource_error_with_the_flow_error(adapter: str) -> None:
+    async def main() -> None:
+        client, server = tcp_sockets()
+        a = FlowByteStream(await WRAP[adapter](client))
+        peer = await WRAP[adapter](server)
+        await peer.abort()  # an RST
+        with pytest.raises(anyio.BrokenResourceError,
+                           match=r"^connection reset by peer \(ECONNRESET\)$") as info:
+            await a.receive()
+        cause = info.value.__cause__
+        assert isinstance(cause, BrokenFlowError)
+        assert cause.error is a.flow.error
+        assert cause.error.kind is ErrorKind.RESET
+        assert isinstance(cause.__cause__, ConnectionResetError)
+        with pytest.raises(anyio.BrokenResourceError, match="ECONNRESET"):
+            await a.send(b"x")
+        with pytest.raises(anyio.BrokenResourceError, match="ECONNRESET"):
+            await a.send_eof()
+        await a.aclose()
+        with pytest.raises(anyio.ClosedResourceError):
+            await a.send_eof()
+
+    run(main, adapter)
+
+
+def test_after_send_eof_or_the_flows_abort_calls_raise_closed_resource_error() -> None:
+    async def main() -> None:
+        a, b = await memory_flow_streams()
+        await a.send_eof()
+        assert a.flow.send_state is SendState.EOF_SENT
+        with pytest.raises(anyio.ClosedResourceError, match=r"cannot send after send_eof\(\)"):
+            await a.send(b"x")
+        a, b = await memory_flow_streams()
+        await b.flow.abort()  # the flow's own abort: closed by us, not broken
+        with pytest.raises(anyio.ClosedResourceError, match="aborted"):
+            await b.receive()
+        with pytest.raises(anyio.ClosedResourceError, match="aborted"):
+            await b.send(b"x")
+
+    run(main, "trio")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_send_eof_while_a_send_waits_is_busy(backend: str) -> None:
+    async def main() -> None:
+        a, b = await clogged_memory_flow_streams()
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(a.send, b"waits")
+            await anyio.wait_all_tasks_blocked()
+            with pytest.raises(anyio.BusyResourceError, match="already writing to"):
+                await a.send_eof()
+            tasks.cancel_scope.cancel()
+        assert a.flow.send_state is SendState.OPEN  # refused: nothing changed
+        for stream in (a, b):
+            await anyio.aclose_forcefully(stream)
+
+    run(main, backend)
+
+
+async def receive_to_the_end(stream: anyio.abc.ByteStream) -> tuple[bytes, Exception]:
+    """What ``stream`` receives, and the exception that ends it."""
+    received = bytearray()
+    try:
+        while True:
+            received += await stream.receive()
+    except Exception as exc:
+        return bytes(received), exc
+
+
+@pytest.mark.parametrize("adapter", ["asyncio", "trio"])
+def test_a_cancelled_aclose_resets_the_connection(adapter: str) -> None:
+    """The peer reads an error, never a clean end, even when all was sent."""
+    async def main() -> None:
+        a, b = await tcp_flow_streams(adapter)
+        await a.send(b"sent")
+        await anyio.aclose_forcefully(a)
+        received, end = await receive_to_the_end(b)
+        assert received in (b"", b"sent")  # (sent before the reset, or not)
+        assert isinstance(end, anyio.BrokenResourceError)
+        assert "ECONNRESET" in str(end)
+        await b.aclose()
+
+    run(main, adapter)
+
+
+@pytest.mark.parametrize("adapter", ["asyncio", "trio"])
+def test_aclose_sends_what_is_queued_then_a_clean_end_without_waiting_for_the_peer(
+        adapter: str) -> None:
+    async def main() -> None:
+        a, b = await tcp_flow_streams(adapter)
+        data = bytes(range(256)) * 4096  # 1 MiB: more than the socket takes at once
+        received: list[object] = []
+
+        async def receive_all() -> None:
+            """Read to the end, then (only then) close: aclose() must not wait for that."""
+            received.extend(await receive_to_the_end(b))
+            await b.aclose()
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(receive_all)
+            await a.send(data)
+            await a.aclose()
+            assert b.flow.state is not FlowState.CLOSED  # the peer's end had not come yet
+        assert received[0] == data
+        assert isinstance(received[1], anyio.EndOfStream)
+
+    run(main, adapter)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_anyios_buffered_and_text_streams_work_on_top(backend: str) -> None:
+    async def main() -> None:
+        a, b = await memory_flow_streams()
+        await a.send(b"HELO there\r\nDATA 5\r\nhello")
+        buffered = BufferedByteReceiveStream(b)
+        assert await buffered.receive_until(b"\r\n", 100) == b"HELO there"
+        assert await buffered.receive_until(b"\r\n", 100) == b"DATA 5"
+        assert await buffered.receive_exactly(5) == b"hello"
+        text_a, text_b = TextStream(a), TextStream(b)
+        await text_b.send("réponse ✓")
+        await b.send_eof()
+        assert await text_a.receive() == "réponse ✓"
+        with pytest.raises(anyio.EndOfStream):
+            await text_a.receive()
+        await text_a.aclose()
+        await text_b.aclose()
+
+    run(main, backend)
+
+
+def socket_attributes(stream: anyio.abc.ByteStream) -> dict[str, Any]:
+    return {name: stream.extra(getattr(SocketAttribute, name), None) for name in (
+        "family", "local_address", "local_port", "remote_address", "remote_port")}
+
+
+@pytest.mark.parametrize("adapter", ["asyncio", "trio"])
+def test_socket_attributes_of_a_tcp_flow(adapter: str) -> None:
+    async def main() -> None:
+        client, server = tcp_sockets()
+        local, remote = client.getsockname(), client.getpeername()
+        a = FlowByteStream(await WRAP[adapter](client))
+        b = FlowByteStream(await WRAP[adapter](server))
+        assert socket_attributes(a) == {
+            "family": socket.AF_INET, "local_address": local, "local_port": local[1],
+            "remote_address": remote, "remote_port": remote[1]}
+        raw = a.extra(SocketAttribute.raw_socket, None)
+        if adapter == "asyncio":  # the transport's socket, as anyio's own streams give
+            assert raw is not None
+            assert raw.getsockname() == local
+        else:  # a trio flow shows only trio's socket, which has no public stdlib socket
+            assert raw is None
+        for stream in (a, b):
+            await stream.aclose()
+        # Addresses were taken when the flow was made: they still answer.
+        assert a.extra(SocketAttribute.remote_port) == remote[1]
+        with pytest.raises(anyio.TypedAttributeLookupError):
+            a.extra(TLSAttribute.tls_version)
+
+    run(main, adapter)
+
+
+def test_no_remote_address_for_a_connection_that_ended_before_its_flow() -> None:
+    async def main() -> None:
+        client, server = tcp_sockets()
+        local = client.getsockname()
+        reset(server)
+        a = FlowByteStream(await sf_asyncio.wrap(client))
+        assert socket_attributes(a) == {
+            "family": socket.AF_INET, "local_address": local, "local_port": local[1],
+            "remote_address": None, "remote_port": None}
+        with pytest.raises(anyio.BrokenResourceError, match="ECONNRESET"):
+            await a.receive()
+        await a.aclose()
+        assert a.extra(SocketAttribute.raw_socket, None) is None  # the transport is gone
+
+    run(main, "asyncio")
+
+
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="needs IPv6 loopback")
+def test_socket_attributes_of_an_ipv6_flow() -> None:
+    async def main() -> None:
+        client, server = tcp_sockets("::1")
+        port = client.getsockname()[1]
+        a = FlowByteStream(await sf_asyncio.wrap(client))
+        assert socket_attributes(a) == {
+            "family": socket.AF_INET6, "local_address": ("::1", port), "local_port": port,
+            "remote_address": ("::1", server.getsockname()[1]),
+            "remote_port": server.getsockname()[1]}
+        await a.aclose()
+        server.close()
+
+    run(main, "asyncio")
+
+
+def test_an_ipv6_scope_shows_in_the_host_as_anyio_writes_it() -> None:
+    assert _anyio_stream._address(("fe80::1", 80, 0, 3)) == ("fe80::1%3", 80)
+    assert _anyio_stream._address(("::1", 80, 0, 0)) == ("::1", 80)
+
+
+@pytest.mark.parametrize("adapter", ["asyncio", "trio"])
+def test_socket_attributes_of_a_unix_flow_and_none_for_the_memory_pair(adapter: str) -> None:
+    async def main() -> None:
+        left, right = socket.socketpair()
+        a = FlowByteStream(await WRAP[adapter](left))
+        b = FlowByteStream(await WRAP[adapter](right))
+        assert socket_attributes(a) == {
+            "family": socket.AF_UNIX, "local_address": "", "local_port": None,
+            "remote_address": "", "remote_port": None}
+        for stream in (a, b):
+            await stream.aclose()
+        memory, _ = await memory_flow_streams()
+        assert memory.extra_attributes == {}
+
+    run(main, adapter)
+
+
+@pytest.mark.parametrize("adapter", ["asyncio", "trio"])
+def test_tls_attributes(adapter: str, client_ctx: ssl.SSLContext, server_ctx: ssl.SSLContext,
+                        server_cert: Any) -> None:
+    for context in (client_ctx, server_ctx):
+        context.set_alpn_protocols(["h2", "http/1.1"])
+
+    async def main() -> None:
+        a, b = await tls_flow_streams(adapter, client_ctx, server_ctx)
+        ssl_object = a.extra(TLSAttribute.ssl_object)
+        assert isinstance(ssl_object, ssl.SSLObject)
+        assert b.extra(TLSAttribute.ssl_object) is not ssl_object
+        assert a.extra(TLSAttribute.tls_version) == ssl_object.version() == "TLSv1.3"
+        assert a.extra(TLSAttribute.cipher) == ssl_object.cipher()
+        assert a.extra(TLSAttribute.alpn_protocol) == "h2"
+        assert (a.extra(TLSAttribute.server_side), b.extra(TLSAttribute.server_side)) == (
+            False, True)
+        der = server_cert.cert_chain_pems[0].bytes()
+        assert a.extra(TLSAttribute.peer_certificate_binary) == ssl.PEM_cert_to_DER_cert(
+            der.decode())
+        certificate: Any = a.extra(TLSAttribute.peer_certificate)
+        assert ("DNS", "localhost") in certificate["subjectAltName"]
+        assert b.extra(TLSAttribute.peer_certificate) is None  # the client sent none
+        assert a.extra(TLSAttribute.shared_ciphers) is None  # a client's is unknown
+        assert b.extra(TLSAttribute.shared_ciphers)
+        assert a.extra(TLSAttribute.channel_binding_tls_unique) == (
+            ssl_object.get_channel_binding("tls-unique"))
+        assert a.extra(TLSAttribute.standard_compatible) is False
+        assert a.extra(SocketAttribute.family) == socket.AF_INET
+        for stream in (a, b):
+            await stream.aclose()
+
+    run(main, adapter)
