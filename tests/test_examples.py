@@ -96,3 +96,18 @@ def test_the_tls_layers_by_hand_close_both_ways() -> None:
     lines = run_example("tls_by_hand.py")
     assert lines[0].startswith("TLSv1.3 TLS_")
     assert lines[1:] == ["both close_notifys went through; inner flows: CLOSED CLOSED"]
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "trio"])
+def test_the_anyio_stream_example_runs_anyios_helpers_over_flows(loop: str) -> None:
+    result = subprocess.run([sys.executable, str(EXAMPLES / "anyio_stream.py"), loop],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout == "hello, anyio!\n"
+
+
+def test_the_adapters_page_shows_the_anyio_stream_example_as_it_is() -> None:
+    page = (EXAMPLES.parent / "docs" / "adapters.md").read_text()
+    shown = re.findall(r"<!-- example: examples/anyio_stream.py -->\n```python\n(.*?)```\n"
+                       r"<!-- end example -->", page, re.DOTALL)
+    assert shown == [(EXAMPLES / "anyio_stream.py").read_text()]

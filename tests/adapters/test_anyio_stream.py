@@ -33,6 +33,7 @@ from loopback import HOST, has_ipv6_loopback, reset
 import sansflow.testing
 from sansflow import BrokenFlowError, ErrorKind, FlowState, Ok, SendState
 from sansflow.adapters import _anyio_stream
+from sansflow.adapters import anyio as sf_anyio
 from sansflow.adapters import asyncio as sf_asyncio
 from sansflow.adapters import trio as sf_trio
 from sansflow.adapters._anyio_stream import FlowByteStream
@@ -78,7 +79,7 @@ def fill(sock: socket.socket) -> None:
 
 
 WRAP: dict[str, Callable[..., Awaitable[Any]]] = {
-    "asyncio": sf_asyncio.wrap, "trio": sf_trio.wrap,
+    "asyncio": sf_asyncio.wrap, "trio": sf_trio.wrap, "anyio": sf_anyio.wrap,
 }
 WRAP_TLS: dict[str, Callable[..., Awaitable[Any]]] = {
     "asyncio": sf_asyncio.wrap_tls, "trio": sf_trio.wrap_tls,
@@ -314,6 +315,11 @@ def test_flow_byte_stream_over_tcp_flows(loop: str) -> None:
     adapter = "asyncio" if loop == "uvloop" else loop
     run(partial(check_anyio_byte_stream, partial(tcp_flow_streams, adapter),
                 partial(clogged_flow_streams, adapter)), loop)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_flow_byte_stream_over_anyio_adapter_flows(backend: str) -> None:
+    run(partial(check_anyio_byte_stream, partial(tcp_flow_streams, "anyio")), backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
