@@ -363,11 +363,8 @@ class AnyioFlow(AsyncDriverFlow):
         self._kick()
 
     async def _wait_room(self) -> None:
-        self._kick()
-        if self._core.write_ready:
-            # Room without waiting: still a scheduling point, as the wait would have been.
-            await cancel_shielded_checkpoint()
-        else:
+        self._kick()  # under TLS, encrypting what is queued may make room at once
+        if not self._core.write_ready:
             await self._wait_change()
 
     async def _wait_flushed(self) -> None:
@@ -426,14 +423,13 @@ class AnyioFlow(AsyncDriverFlow):
         await self._release(graceful=wire.error is None)
 
     async def _release(self, *, graceful: bool) -> None:
-        """Close the stream once, even when cancelled. ``graceful``: a clean end; a stream
-        without a socket is closed forcefully otherwise (a socket's close is the same
-        either way: its linger option says FIN or RST)."""
+        """Close the stream once, even when cancelled. ``graceful``: a clean end (a stream
+        over TLS says goodbye); else it is closed at once (``anyio.aclose_forcefully``)."""
         if self._released:
             return
         self._released = True
         with anyio.CancelScope(shield=True):
-            if graceful or self._raw is not None:
+            if graceful:
                 with suppress(*_TRANSPORT_ERRORS):
                     await self._stream.aclose()
             else:

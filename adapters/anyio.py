@@ -72,6 +72,7 @@ from ._handshake import (
     new_layer,
     peer_of,
     tls_context,
+    unix_tls_context,
 )
 from ._server import GRACE, AsyncServerBase, run_async_handler, server_options
 
@@ -154,26 +155,44 @@ async def connect(host: str, port: int, *, timeout: float | None = None,
     core = Flow(high_water=high_water, low_water=low_water, receive_limit=receive_limit)
     started = anyio.current_time()
     stream = await _opened(lambda: anyio.connect_tcp(host, port), where(host, port), timeout)
-    flow = AnyioFlow(stream, core)
-    if context is not None:
-        flow._add_layer(new_layer(core, context, server_hostname=server_hostname or host))
-        left = None if timeout is None else timeout - (anyio.current_time() - started)
-        await _handshaken(flow, where(host, port), left)
-    return flow
+    return await _connected(stream, core, context, server_hostname or host, where(host, port),
+                            timeout, started)
 
 
 async def connect_unix(path: UnixPath, *, timeout: float | None = None,
-                       high_water: int = HIGH_WATER, low_water: int = LOW_WATER,
-                       receive_limit: int = RECEIVE_LIMIT) -> AnyioFlow:
+                       ssl: ssl_.SSLContext | bool | None = None,
+                       server_hostname: str | None = None, high_water: int = HIGH_WATER,
+                       low_water: int = LOW_WATER, receive_limit: int = RECEIVE_LIMIT
+                       ) -> AnyioFlow:
     """``connect`` for an AF_UNIX stream socket at ``path``: the same flow and failures (a
     path where nothing listens is ``ConnectionRefusedError``, a missing one
     ``FileNotFoundError``). ``abort()`` cannot send a reset over AF_UNIX: the peer sees the
-    connection end, as it would after ``close``."""
+    connection end, as it would after ``close``.
+
+    ``ssl`` and ``server_hostname`` are ``connect``'s, except that a path names no host:
+    with a context that checks the server's name (``True``'s does), ``server_hostname`` is
+    required (``ValueError`` without it)."""
     check_path(path)
     check_timeout(timeout)
+    context = unix_tls_context(ssl, server_hostname)
     core = Flow(high_water=high_water, low_water=low_water, receive_limit=receive_limit)
+    started = anyio.current_time()
     stream = await _opened(partial(anyio.connect_unix, path), _os.fsdecode(path), timeout)
-    return AnyioFlow(stream, core)
+    return await _connected(stream, core, context, server_hostname, _os.fsdecode(path),
+                            timeout, started)
+
+
+async def _connected(stream: SocketStream, core: Flow, context: ssl_.SSLContext | None,
+                     server_hostname: str | None, where: str, timeout: float | None,
+                     started: float) -> AnyioFlow:
+    """The flow over the stream a connect opened, with TLS once its handshake is done when
+    there is a ``context``, within what is left of ``timeout`` since ``started``."""
+    flow = AnyioFlow(stream, core)
+    if context is not None:
+        flow._add_layer(new_layer(core, context, server_hostname=server_hostname))
+        left = None if timeout is None else timeout - (anyio.current_time() - started)
+        await _handshaken(flow, where, left)
+    return flow
 
 
 async def _opened(opening: Callable[[], Awaitable[SocketStream]], where: str,
@@ -258,17 +277,17 @@ class _Ended(ByteStream):
     """The stream of a flow whose connection ended before ``wrap()``. The flow is released
     from the start, so none of these is ever called."""
 
-    async def receive(self, max_bytes: int = 65536) -> bytes:
+    async def receive(self, max_bytes: int = 65536) -> bytes:  # pragma: no cover
         raise anyio.ClosedResourceError
 
-    async def send(self, item: bytes) -> None:
+    async def send(self, item: bytes) -> None:  # pragma: no cover
         raise anyio.ClosedResourceError
 
-    async def send_eof(self) -> None:
+    async def send_eof(self) -> None:  # pragma: no cover
         raise anyio.ClosedResourceError
 
-    async def aclose(self) -> None:
-        pass
+    async def aclose(self) -> None:  # pragma: no cover
+        raise anyio.ClosedResourceError
 
 
 _ENDED = _Ended()
@@ -453,11 +472,16 @@ def serve(handler: Handler, host: str | None, port: int, *, backlog: int = BACKL
 
 
 def serve_unix(handler: Handler, path: UnixPath, *, backlog: int = BACKLOG,
-               grace: float = GRACE, high_water: int = HIGH_WATER, low_water: int = LOW_WATER,
-               receive_limit: int = RECEIVE_LIMIT) -> Server:
-    """``serve`` on an AF_UNIX stream socket at ``path`` (``server.path``). A stale socket
-    file there is replaced; the one made is removed when the server stops."""
+               grace: float = GRACE, ssl: ssl_.SSLContext | None = None,
+               handshake_timeout: float | None = HANDSHAKE_TIMEOUT, high_water: int = HIGH_WATER,
+               low_water: int = LOW_WATER, receive_limit: int = RECEIVE_LIMIT) -> Server:
+    """``serve`` on an AF_UNIX stream socket at ``path`` (``server.path``), with TLS as
+    ``serve`` has it. A stale socket file there is replaced; the one made is removed when
+    the server stops."""
     check_path(path)
     options = server_options(handler, high_water, low_water, receive_limit, grace)
+    context = tls_context(ssl, server=True)
+    check_timeout(handshake_timeout)
     listen = partial(anyio.create_unix_listener, path, backlog=backlog)
-    return Server(handler, listen, options=options, grace=grace, path=path)
+    return Server(handler, listen, options=options, grace=grace, tls=context,
+                  handshake_timeout=handshake_timeout, path=path)
