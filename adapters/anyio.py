@@ -19,7 +19,9 @@ Usage::
 ``connect``, ``connect_unix``, ``wrap``, ``serve``, ``serve_unix``, ``wrap_tls``, ``copy`` and
 ``proxy`` take the same arguments and raise the same exceptions as on the other adapters;
 ``wrap`` also takes any ``anyio.abc.ByteStream``. ``Server.run`` serves under anyio's
-``await task_group.start(server.run)``, which returns the port.
+``await task_group.start(server.run)``, which returns the port. ``FlowByteStream(flow)`` is
+the other way round: an ``anyio.abc.ByteStream`` over a flow, for code written against
+anyio's streams.
 
 How a flow moves its bytes is told in ``sansflow.adapters._anyio_flow``.
 """
@@ -52,6 +54,7 @@ from sansflow import (
 from sansflow._adapter import check_timeout
 
 from ._anyio_flow import AnyioFlow
+from ._anyio_stream import FlowByteStream
 from ._common import check_connected, receive_ended
 from ._connect import (
     BACKLOG,
@@ -77,8 +80,8 @@ from ._handshake import (
 from ._server import GRACE, AsyncServerBase, run_async_handler, server_options
 
 __all__ = [
-    "AnyioFlow", "Server", "connect", "connect_unix", "copy", "proxy", "serve", "serve_unix",
-    "wrap", "wrap_tls",
+    "AnyioFlow", "FlowByteStream", "Server", "connect", "connect_unix", "copy", "proxy", "serve",
+    "serve_unix", "wrap", "wrap_tls",
 ]
 
 _ALERT_TIMEOUT = 1.0  # how long a failed handshake's alert may take to leave

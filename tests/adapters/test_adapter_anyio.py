@@ -36,6 +36,7 @@ from sansflow import (
 from sansflow.adapters import anyio as sf
 from sansflow.adapters import asyncio as sf_asyncio
 from sansflow.adapters import trio as sf_trio
+from sansflow.testing import check_anyio_byte_stream
 from sansflow.testing import conformance as kit
 
 HOST = "127.0.0.1"
@@ -696,3 +697,14 @@ def test_an_idle_proxy_aborts_both_flows(backend: str) -> None:
             await peer.abort()
 
     run(backend, main)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_flow_byte_stream_over_anyio_flows_keeps_anyios_stream_contract(backend: str) -> None:
+    """``FlowByteStream``, re-exported here, over this adapter's flows passes the anyio
+    stream checker."""
+    async def make() -> tuple[sf.FlowByteStream, sf.FlowByteStream]:
+        a, b = await tcp_pair()
+        return sf.FlowByteStream(a), sf.FlowByteStream(b)
+
+    anyio.run(check_anyio_byte_stream, make, backend=backend)
