@@ -394,6 +394,12 @@ class SocketFlow(BlockingDriverFlow):
         TLS, the layers encrypt what the application queued as the kernel takes records."""
         core = self._wire
         sock = self._sock
+        if self._send_waits_for_peer():
+            # A renegotiation holds what the application wrote until the peer's answer is
+            # in, and no reader is receiving: take what the kernel holds, without waiting
+            # (the flusher comes back while the plaintext stays queued).
+            assert sock is not None  # the layers wait only while the flow is not CLOSED
+            receive_kept(lambda size: sock.recv(size, socket.MSG_DONTWAIT), core)
         while True:
             self._step()
             if not core.queued:
@@ -414,6 +420,12 @@ class SocketFlow(BlockingDriverFlow):
                 return
             core.eof_sent()
             self._release_if_closed()
+
+    def _send_waits_for_peer(self) -> bool:
+        """A TLS layer holds queued plaintext until the peer's handshake messages are
+        received, and no other thread is receiving them."""
+        return (not self._receiving and self._wants_input()
+                and any(layer.send_waits_for_peer for layer in self._layers))
 
     def _flushed(self) -> bool:
         app, wire = self._core, self._wire

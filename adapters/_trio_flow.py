@@ -350,11 +350,19 @@ class TrioFlow(AsyncDriverFlow):
             self._send_now()
         if core.eof_due and self._socket is not None:
             self._socket_eof()  # shutdown(SHUT_WR) never blocks
-        if core.queued or core.eof_due:
+        if core.queued or core.eof_due or self._send_waits_for_peer():
             if self._sender_idle:
                 self._wake_sender()
             elif self._sender is None:
                 self._start_sender()
+
+    def _send_waits_for_peer(self) -> bool:
+        """A TLS layer holds queued plaintext until the peer's handshake messages are
+        received, and the flow can receive them."""
+        wire = self._wire
+        return (bool(self._layers) and not self._released and wire.receive_state in RECEIVING
+                and not wire.reading_paused
+                and any(layer.send_waits_for_peer for layer in self._layers))
 
     def _send_now(self) -> bool:
         """Send what the socket takes without waiting (sync sends only); ``True`` once
@@ -464,6 +472,13 @@ class TrioFlow(AsyncDriverFlow):
                 else:
                     await self._stream_eof()
                 return
+            elif self._send_waits_for_peer():
+                # A renegotiation holds what the application wrote until the peer's answer
+                # is received: receive it, unless a reader (or close) is receiving already.
+                if self._receiving:
+                    await self._park()
+                else:
+                    await self._receive()
             elif core.send_state is _SEND_OPEN and not self._released:
                 self._corked = False  # the writer's burst is over: it let us run
                 self._sender_idle = True

@@ -73,6 +73,15 @@ class TlsLayer:
     - A TLS failure (certificate, alert, bad record) fails ``outer`` with ``CERTIFICATE`` or
       ``TLS``, after the alert is flushed to the peer; an inner failure (a reset) fails
       ``outer`` with that error; ``outer.abort()`` aborts the inner flow (no close_notify).
+    - The peer's refusal of our certificate (missing, untrusted) is its alert: ``TLS``, the
+      detail naming it (``peer sent alert certificate required
+      (TLSV13_ALERT_CERTIFICATE_REQUIRED)``). A TLS 1.3 client's handshake is done before
+      the server checks its certificate, so the client learns it from its next read; a TLS
+      1.2 client, from its handshake.
+    - What the peer starts after the handshake (a TLS 1.2 renegotiation, a TLS 1.3 key
+      update) runs inside ``step()``, its answers sent like records. While a renegotiation
+      is under way the queued plaintext waits for the peer's messages
+      (``send_waits_for_peer``): they must be received even if nobody reads.
     """
 
     __slots__ = (
@@ -88,6 +97,7 @@ class TlsLayer:
         "_outgoing",
         "_peer_closed",
         "_require_close_notify",
+        "_send_waits",
         "_ssl",
         "_unwrapped",
     )
@@ -109,6 +119,7 @@ class TlsLayer:
         self._info: TlsInfo | None = None
         self._handshake_done = False
         self._need_input = False  # the SSLObject asked for ciphertext that inner had not given
+        self._send_waits = False  # the last write needs the peer's answer (a renegotiation)
         self._broken = False  # an SSLError ended the session: the SSLObject is never called again
         self._unwrapped = False  # our close_notify is out
         self._peer_closed = False  # the peer's close_notify arrived
@@ -129,6 +140,14 @@ class TlsLayer:
     def handshake_done(self) -> bool:
         """The handshake completed (``tls`` says how)."""
         return self._handshake_done
+
+    @property
+    def send_waits_for_peer(self) -> bool:
+        """Queued plaintext waits for the peer's handshake messages (a TLS 1.2 renegotiation
+        is under way): nothing more is sent until they are received. A driver that receives
+        only for a reader must then receive for the writer too, or a flow that only writes
+        would never send again."""
+        return self._send_waits and not self._broken
 
     @property
     def tls(self) -> TlsInfo | None:
@@ -238,6 +257,7 @@ class TlsLayer:
         our close_notify once the outer flow's EOF is due."""
         outer, inner = self._outer, self._inner
         moved = False
+        self._send_waits = False
         try:
             while outer.queued and inner.write_ready:
                 outer.sent(self._ssl.write(self._plaintext_record()))
@@ -249,7 +269,7 @@ class TlsLayer:
                 outer.eof_sent()
                 moved = True
         except ssl.SSLWantReadError:
-            pass  # a renegotiation under way needs the peer's answer before the write
+            self._send_waits = True  # a renegotiation under way needs the peer's answer first
         except ssl.SSLError as exc:
             self._fail(exc)
             return True

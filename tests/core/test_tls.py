@@ -408,11 +408,14 @@ def test_a_write_that_needs_the_peer_waits_for_its_answer() -> None:
     pair = link(client=context)
     pair.settle()
     _WantsPeerOnce.blocked = True
+    assert not pair.client.send_waits_for_peer
     pair.client.outer.write(b"after the renegotiation")
     assert not pair.client.step()  # nothing moved: the write waits for input
     assert pair.client.outer.queued == 23
+    assert pair.client.send_waits_for_peer  # a driver must receive for it
     pair.server.outer.write(b"the peer's answer")
     pair.settle()
+    assert not pair.client.send_waits_for_peer
     assert read_all(pair.server.outer) == (b"after the renegotiation", WOULD_WAIT)
     assert read_all(pair.client.outer) == (b"the peer's answer", WOULD_WAIT)
 
