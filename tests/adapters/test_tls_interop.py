@@ -12,7 +12,7 @@ import re
 import ssl
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from datetime import datetime, timedelta, timezone
 from functools import partial
 from pathlib import Path
@@ -165,7 +165,7 @@ class OpenSSL:
 
     async def expect(self, pattern: str) -> re.Match[str]:
         """Read lines until one matches ``pattern``."""
-        with anyio.move_on_after(TIMEOUT):
+        with anyio.move_on_after(TIMEOUT), suppress(anyio.IncompleteRead):  # it ended first
             while True:
                 line = (await self._stdout.receive_until(b"\n", 65536)).decode()
                 self.lines.append(line)
@@ -364,6 +364,59 @@ def test_openssl_s_client_updates_keys_mid_stream(
         assert received == ([] if answer is None else [answer]), output
 
     run(main)
+
+
+# OpenSSL 3's SSL_OP_ALLOW_CLIENT_RENEGOTIATION, which the ssl module does not name.
+ALLOW_CLIENT_RENEGOTIATION = getattr(ssl, "OP_ALLOW_CLIENT_RENEGOTIATION", 1 << 8)
+
+
+@pytest.mark.skipif(ssl.OPENSSL_VERSION_INFO < (3,), reason="OpenSSL 3 refuses it by default")
+@pytest.mark.parametrize("allowed", [False, True], ids=["refused", "allowed"])
+def test_openssl_s_client_renegotiates(run: Any, sf: Any, server_ctx: ssl.SSLContext,
+                                       pems: dict[str, str], allowed: bool) -> None:
+    """s_client's ``R`` (TLS 1.2) starts a renegotiation from the client. A server on
+    OpenSSL 3 refuses it unless its context allows it: ours answers no_renegotiation (a
+    warning), which s_client takes as fatal, and our handler reads s_client's alert as
+    ``Error(TLS)``. Allowed, it runs inside our server's reads and the echo goes on."""
+    if allowed:
+        server_ctx.options |= ALLOW_CLIENT_RENEGOTIATION
+    ends: list[object] = []
+
+    async def main() -> None:
+        ended = anyio.Event()
+
+        async def echo_then_end(flow: AsyncFlow) -> None:
+            while type(result := await flow.read()) is Ok:
+                await flow.write(result.value)
+            ends.append(result)
+            ended.set()
+
+        async with sf.serve(echo_then_end, HOST, 0, ssl=server_ctx) as server:
+            async with s_client(pems, server.port, "-tls1_2", "-msg") as client:
+                await client.send("line 0\n")
+                await client.expect("^line 0$")
+                await client.send("R\n")
+                await client.expect("^>>> .*, ClientHello$")  # sent: the next line is another read
+                if allowed:
+                    await client.send("line 1\n")
+                    await client.expect("^line 1$")
+                    await client.close_input()
+                    output = await client.end()
+                    assert len(re.findall(r"^<<< .*, ServerHello$", output, re.MULTILINE)) == 2
+                else:
+                    await client.expect("^<<< .*, warning no_renegotiation$")
+                    await client.expect("^>>> .*, fatal handshake_failure$")
+            with anyio.fail_after(TIMEOUT):
+                await ended.wait()
+
+    run(main)
+    if allowed:
+        assert ends == [Eof()]
+    else:
+        [end] = ends
+        assert isinstance(end, Error)
+        assert (end.error.kind, end.error.detail) == (
+            ErrorKind.TLS, "peer sent alert handshake failure (SSLV3_ALERT_HANDSHAKE_FAILURE)")
 
 
 # -- certificate failures ---------------------------------------------------------------
