@@ -193,19 +193,40 @@ async def _let_go(flow: AsyncFlow) -> None:
     """Send what is queued and our EOF, then release the connection without waiting for the
     peer's EOF: what ``close()`` does, less the wait (so the flow does not end cleanly)."""
     detach: Callable[[], Awaitable[None]] | None = getattr(flow, "_detach", None)
-    if detach is not None:  # the flow knows how (the trio adapter's)
+    if detach is not None:  # the flow knows how (the trio and anyio adapters')
         await detach()
         return
     await flow.shutdown(Shutdown.BOTH)
     if isinstance(flow, AsyncioFlow):
-        transport = flow.transport
-        if transport is not None:
-            transport.close()  # a FIN after what it still holds (ours is out already)
-        await flow.close()  # returns once the transport is gone
+        await _close_transport(flow)
     else:
         # Nothing to release but the flow (the memory pair): the peer's later sends, and
         # what it had not taken in yet, meet a reset, as a closed socket answers.
         await flow.abort()
+
+
+async def _close_transport(flow: AsyncioFlow) -> None:
+    """Close the asyncio adapter's transport once the flow has handed it every byte, and
+    return when it is gone. asyncio's ``close()`` sends what the transport holds, then a FIN.
+
+    After ``shutdown`` our EOF is out of the flow's own core; under TLS that EOF is the
+    close_notify, which may still wait in a layer (until the wire's queue is down to low
+    water) or in the wire's queue (while the transport is paused). So the layers are
+    stepped, and looked at again whenever the transport moves: with our EOF queued, every
+    step of the driver wakes a waiting writer.
+    """
+    driver = flow._driver
+    wire = driver._core
+    while driver._transport is not None:
+        flow._push()
+        pending = any(layer._outgoing.pending for layer in flow._layers)
+        if wire.queued <= driver._handed and not pending:
+            break
+        await flow._wait_room()
+    transport = flow.transport
+    if transport is not None:
+        transport.close()
+    await flow.close()
 
 
 def _socket_attributes(flow: AsyncFlow) -> dict[Any, Callable[[], Any]]:

@@ -136,9 +136,11 @@ async def wrap_tls(adapter: str, flow: Any, context: ssl.SSLContext, server_side
 
 
 async def tls_flow_streams(adapter: str, client_ctx: ssl.SSLContext,
-                           server_ctx: ssl.SSLContext) -> FlowPair:
-    client, server = tcp_sockets()
-    a, b = await WRAP[adapter](client), await WRAP[adapter](server)
+                           server_ctx: ssl.SSLContext,
+                           socks: tuple[socket.socket, socket.socket] | None = None,
+                           **client_options: int) -> FlowPair:
+    client, server = tcp_sockets() if socks is None else socks
+    a, b = await WRAP[adapter](client, **client_options), await WRAP[adapter](server)
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(wrap_tls, adapter, a, client_ctx, False)
         tasks.start_soon(wrap_tls, adapter, b, server_ctx, True)
@@ -418,12 +420,13 @@ def test_send_eof_while_a_send_waits_is_busy(backend: str) -> None:
     run(main, backend)
 
 
-async def receive_to_the_end(stream: anyio.abc.ByteStream) -> tuple[bytes, Exception]:
-    """What ``stream`` receives, and the exception that ends it."""
+async def receive_to_the_end(stream: anyio.abc.ByteStream, max_bytes: int = 65536
+                             ) -> tuple[bytes, Exception]:
+    """What ``stream`` receives, ``max_bytes`` at a time, and the exception that ends it."""
     received = bytearray()
     try:
         while True:
-            received += await stream.receive()
+            received += await stream.receive(max_bytes)
     except Exception as exc:
         return bytes(received), exc
 
@@ -444,12 +447,19 @@ def test_a_cancelled_aclose_resets_the_connection(adapter: str) -> None:
     run(main, adapter)
 
 
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
 @pytest.mark.parametrize("adapter", ["asyncio", "trio"])
 def test_aclose_sends_what_is_queued_then_a_clean_end_without_waiting_for_the_peer(
-        adapter: str) -> None:
+        adapter: str, tls: bool, client_ctx: ssl.SSLContext,
+        server_ctx: ssl.SSLContext) -> None:
+    """Over TLS the end is our close_notify, which may still wait behind the data when the
+    transport is full: the peer reads a clean end, not a truncation."""
     async def main() -> None:
-        a, b = await tcp_flow_streams(adapter)
-        data = bytes(range(256)) * 4096  # 1 MiB: more than the socket takes at once
+        if tls:
+            a, b = await tls_flow_streams(adapter, client_ctx, server_ctx)
+        else:
+            a, b = await tcp_flow_streams(adapter)
+        data = bytes(range(256)) * 4096 * 4  # 4 MiB: more than the socket takes at once
         received: list[object] = []
 
         async def receive_all() -> None:
@@ -466,6 +476,30 @@ def test_aclose_sends_what_is_queued_then_a_clean_end_without_waiting_for_the_pe
         assert isinstance(received[1], anyio.EndOfStream)
 
     run(main, adapter)
+
+
+def test_aclose_over_tls_waits_for_the_close_notify_behind_a_full_transport(
+        client_ctx: ssl.SSLContext, server_ctx: ssl.SSLContext) -> None:
+    """With small water marks and a slow reader, our close_notify is still inside the TLS
+    layer, behind a paused transport, when the flow's EOF counts as sent: aclose() waits
+    for the transport to take it before it closes the transport."""
+    async def main() -> None:
+        a, b = await tls_flow_streams("asyncio", client_ctx, server_ctx, socket.socketpair(),
+                                      high_water=4096, low_water=1024)
+        data = bytes(range(256)) * 4096
+
+        async def receive_slowly() -> None:
+            received, end = await receive_to_the_end(b, 1024)
+            assert received == data
+            assert isinstance(end, anyio.EndOfStream)
+            await b.aclose()
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(receive_slowly)
+            await a.send(data)
+            await a.aclose()
+
+    run(main, "asyncio")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
