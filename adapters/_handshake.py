@@ -6,7 +6,16 @@ from __future__ import annotations
 import logging
 import ssl as _ssl
 
-from sansflow import AdapterFlow, ErrorKind, Flow, FlowError, TlsLayer, error_message
+from sansflow import (
+    AdapterFlow,
+    ErrorKind,
+    Flow,
+    FlowError,
+    FlowState,
+    ReceiveState,
+    TlsLayer,
+    error_message,
+)
 from sansflow._adapter import check_timeout
 
 from ._connect import address_text
@@ -14,7 +23,7 @@ from ._connect import address_text
 __all__ = [
     "HANDSHAKE_DEADLINE", "HANDSHAKE_FAILED", "HANDSHAKE_TIMEOUT", "check_wrap_tls",
     "handshake_failed", "log_failed_handshake", "new_layer", "peer_of", "step_layers",
-    "tls_context",
+    "tls_context", "unix_tls_context",
 ]
 
 HANDSHAKE_FAILED = "sansflow: TLS handshake failed: %s"
@@ -28,6 +37,8 @@ HANDSHAKE_DEADLINE = FlowError(ErrorKind.TIMED_OUT, detail="TLS handshake deadli
 """The error a flow is aborted with when its handshake takes too long."""
 
 _log = logging.getLogger("sansflow")
+_DISCARDING = ReceiveState.DISCARDING
+_CLOSED = FlowState.CLOSED
 
 # What a failed handshake's exception keeps of the ssl module's own.
 _SSL_ATTRIBUTES = ("library", "reason", "verify_code", "verify_message")
@@ -50,6 +61,20 @@ def tls_context(ssl: object, server_hostname: object = None, *, server: bool = F
         wanted = "an ssl.SSLContext" if server else "an ssl.SSLContext or True"
         raise TypeError(f"ssl must be {wanted}, not {ssl!r}")
     return ssl
+
+
+def unix_tls_context(ssl: object, server_hostname: object) -> _ssl.SSLContext | None:
+    """``tls_context`` for ``connect_unix``: a socket path names no host to check the
+    certificate against, so a context that checks the server's name (``True``'s does) needs
+    ``server_hostname``. Refused now, before any I/O."""
+    context = tls_context(ssl, server_hostname)
+    if context is not None and context.check_hostname and server_hostname is None:
+        raise ValueError(
+            "ssl checks the server's name (check_hostname) but a socket path names no host to "
+            "default to: pass server_hostname (the name the certificate must show), or a "
+            "context with check_hostname=False"
+        )
+    return context
 
 
 def new_layer(inner: Flow, context: _ssl.SSLContext, *, server_side: bool = False,
@@ -102,15 +127,26 @@ def peer_of(flow: AdapterFlow) -> str:
 
 
 def step_layers(layers: list[TlsLayer]) -> None:
-    """Let each TLS layer of a flow (innermost first) move what it can, until none moves."""
+    """Let each TLS layer of a flow (innermost first) move what it can, until none moves.
+
+    Once the innermost session has ended cleanly (both close_notifys through), the flow below
+    takes the peer's end as arrived: nothing valid can follow a close_notify, and the peer's
+    FIN comes only when its program acts on ours, which it may never do (an ``unwrap()``
+    that keeps the socket, a flow nobody reads). So ``close()`` returns once our FIN is out,
+    as it does without TLS once the peer's EOF has come."""
     if len(layers) == 1:
         layers[0].step()
-        return
-    moved = True
-    while moved:
-        moved = False
-        for layer in layers:
-            moved = layer.step() or moved
+    else:
+        moved = True
+        while moved:
+            moved = False
+            for layer in layers:
+                moved = layer.step() or moved
+    inner = layers[0].inner
+    if inner.receive_state is _DISCARDING:  # the peer's close_notify came (or a failure)
+        outer = layers[0].outer
+        if outer.state is _CLOSED and outer.error is None:
+            inner.receive_eof()
 
 
 def check_wrap_tls(flow: object, flow_class: type[AdapterFlow], ssl_context: object,

@@ -198,7 +198,9 @@ class SocketFlow(BlockingDriverFlow):
                 self._reading = True  # the lock is released while waiting
                 try:
                     while result is WOULD_WAIT:
-                        if core.queued:  # (a due EOF is sent by whoever made it due)
+                        # (A due EOF is sent by whoever made it due.) Under TLS, also decrypt
+                        # what the flow below holds: records the receive limit left there.
+                        if core.queued or self._layers:
                             self._send()
                             # A send that failed ended the flow, and let go of the socket.
                             result = core.read(max_bytes)

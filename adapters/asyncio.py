@@ -63,6 +63,7 @@ from ._handshake import (
     new_layer,
     peer_of,
     tls_context,
+    unix_tls_context,
 )
 from ._server import (
     GRACE,
@@ -113,12 +114,21 @@ async def connect(host: str, port: int, *, timeout: float | None = None,
     core = Flow(high_water=high_water, low_water=low_water, receive_limit=receive_limit)
     started = asyncio.get_running_loop().time()
     sock = await _opened(_open_tcp(host, port), where(host, port), timeout)
+    return await _connected(sock, core, context, server_hostname or host, where(host, port),
+                            timeout, started)
+
+
+async def _connected(sock: socket.socket, core: Flow, context: ssl_.SSLContext | None,
+                     server_hostname: str | None, where: str, timeout: float | None,
+                     started: float) -> AsyncioFlow:
+    """The flow over the socket a connect opened, with TLS once its handshake is done when
+    there is a ``context``, within what is left of ``timeout`` since ``started``."""
     if context is None:
         return await _adopt(sock, core)
-    layer = new_layer(core, context, server_hostname=server_hostname or host)
+    layer = new_layer(core, context, server_hostname=server_hostname)
     flow = await _adopt(sock, core, layer)
     left = None if timeout is None else timeout - (asyncio.get_running_loop().time() - started)
-    await _handshaken(flow, where(host, port), left)
+    await _handshaken(flow, where, left)
     return flow
 
 
@@ -164,19 +174,27 @@ async def _handshaken(flow: AsyncioFlow, where: str, timeout: float | None) -> N
     raise handshake_failed(error, where, timeout)
 
 
-async def connect_unix(path: UnixPath, *,
-                       timeout: float | None = None, high_water: int = HIGH_WATER,
+async def connect_unix(path: UnixPath, *, timeout: float | None = None,
+                       ssl: ssl_.SSLContext | bool | None = None,
+                       server_hostname: str | None = None, high_water: int = HIGH_WATER,
                        low_water: int = LOW_WATER,
                        receive_limit: int = RECEIVE_LIMIT) -> AsyncioFlow:
     """``connect`` for an AF_UNIX stream socket at ``path``: the same flow and failures (a
     path where nothing listens is ``ConnectionRefusedError``, a missing one
     ``FileNotFoundError``). ``abort()`` cannot send a reset over AF_UNIX, which has none: the
-    peer sees the connection end, usually as a plain EOF, as after ``close``."""
+    peer sees the connection end, usually as a plain EOF, as after ``close``.
+
+    ``ssl`` and ``server_hostname`` are ``connect``'s, except that a path names no host:
+    with a context that checks the server's name (``True``'s does), ``server_hostname`` is
+    required (``ValueError`` without it)."""
     check_path(path)
     check_timeout(timeout)
+    context = unix_tls_context(ssl, server_hostname)
     core = Flow(high_water=high_water, low_water=low_water, receive_limit=receive_limit)
+    started = asyncio.get_running_loop().time()
     sock = await _opened(_open_unix(path), os.fsdecode(path), timeout)
-    return await _adopt(sock, core)
+    return await _connected(sock, core, context, server_hostname, os.fsdecode(path), timeout,
+                            started)
 
 
 async def wrap(sock: socket.socket, *, high_water: int = HIGH_WATER, low_water: int = LOW_WATER,
@@ -465,17 +483,22 @@ def serve(handler: Handler, host: str | None, port: int, *, backlog: int = BACKL
 
 
 def serve_unix(handler: Handler, path: UnixPath, *, backlog: int = BACKLOG,
-               grace: float = GRACE, high_water: int = HIGH_WATER, low_water: int = LOW_WATER,
-               receive_limit: int = RECEIVE_LIMIT) -> Server:
-    """``serve`` on an AF_UNIX stream socket at ``path`` (``server.path``). A stale socket
-    file there is replaced; the one made is removed when the server stops."""
+               grace: float = GRACE, ssl: ssl_.SSLContext | None = None,
+               handshake_timeout: float | None = HANDSHAKE_TIMEOUT, high_water: int = HIGH_WATER,
+               low_water: int = LOW_WATER, receive_limit: int = RECEIVE_LIMIT) -> Server:
+    """``serve`` on an AF_UNIX stream socket at ``path`` (``server.path``), with TLS as
+    ``serve`` has it. A stale socket file there is replaced; the one made is removed when
+    the server stops."""
     check_path(path)
     options = server_options(handler, high_water, low_water, receive_limit, grace)
+    context = tls_context(ssl, server=True)
+    check_timeout(handshake_timeout)
 
     async def listen(loop: asyncio.AbstractEventLoop,
                      factory: Callable[[], asyncio.BaseProtocol]) -> list[asyncio.Server]:
         return [await loop.create_unix_server(factory, os.fsdecode(path), backlog=backlog)]
 
-    return Server(handler, listen, options=options, grace=grace, path=path)
+    return Server(handler, listen, options=options, grace=grace, tls=context,
+                  handshake_timeout=handshake_timeout, path=path)
 
 

@@ -76,6 +76,7 @@ from ._handshake import (
     new_layer,
     peer_of,
     tls_context,
+    unix_tls_context,
 )
 from ._server import GRACE, ServerBase, run_blocking_handler, server_options
 from ._socket_flow import (
@@ -151,15 +152,21 @@ def connect(host: str, port: int, *, timeout: float | None = None,
     raise connect_failed(place, errors)
 
 
-def connect_unix(path: UnixPath, *,
-                 timeout: float | None = None, high_water: int = HIGH_WATER,
-                 low_water: int = LOW_WATER, receive_limit: int = RECEIVE_LIMIT) -> SocketFlow:
+def connect_unix(path: UnixPath, *, timeout: float | None = None,
+                 ssl: ssl_.SSLContext | bool | None = None, server_hostname: str | None = None,
+                 high_water: int = HIGH_WATER, low_water: int = LOW_WATER,
+                 receive_limit: int = RECEIVE_LIMIT) -> SocketFlow:
     """``connect`` for an AF_UNIX stream socket at ``path``: the same flow and failures (a
     path where nothing listens is ``ConnectionRefusedError``, a missing one
     ``FileNotFoundError``; a listener whose backlog is full is waited for, up to
     ``timeout``). ``abort()`` cannot send a reset over AF_UNIX: the peer sees the connection
-    end, as it would after ``close``."""
+    end, as it would after ``close``.
+
+    ``ssl`` and ``server_hostname`` are ``connect``'s, except that a path names no host:
+    with a context that checks the server's name (``True``'s does), ``server_hostname`` is
+    required (``ValueError`` without it)."""
     check_path(path)
+    context = unix_tls_context(ssl, server_hostname)
     deadline = _deadline(timeout)
     core = Flow(high_water=high_water, low_water=low_water, receive_limit=receive_limit)
     errors: list[OSError] = []
@@ -169,7 +176,11 @@ def connect_unix(path: UnixPath, *,
             raise connect_failed(os.fsdecode(path), errors)
         assert timeout is not None  # only a deadline ends an attempt without an error
         raise connect_timed_out(os.fsdecode(path), timeout)
-    return _adopt(sock, core)
+    flow = _adopt(sock, core)
+    if context is not None:
+        layer = new_layer(core, context, server_hostname=server_hostname)
+        _handshaken(flow, layer, os.fsdecode(path), _remaining(deadline))
+    return flow
 
 
 def _attempt(family: int, kind: int, proto: int, address: Any, deadline: float | None,
@@ -501,14 +512,18 @@ def serve(handler: Handler, host: str | None, port: int, *, backlog: int = BACKL
 
 
 def serve_unix(handler: Handler, path: UnixPath, *, backlog: int = BACKLOG, grace: float = GRACE,
-               high_water: int = HIGH_WATER, low_water: int = LOW_WATER,
-               receive_limit: int = RECEIVE_LIMIT) -> Server:
-    """``serve`` on an AF_UNIX stream socket at ``path`` (``server.path``). A stale socket
-    file there is replaced; the one made is removed when the server closes."""
+               ssl: ssl_.SSLContext | None = None,
+               handshake_timeout: float | None = HANDSHAKE_TIMEOUT, high_water: int = HIGH_WATER,
+               low_water: int = LOW_WATER, receive_limit: int = RECEIVE_LIMIT) -> Server:
+    """``serve`` on an AF_UNIX stream socket at ``path`` (``server.path``), with TLS as
+    ``serve`` has it. A stale socket file there is replaced; the one made is removed when
+    the server closes."""
     check_path(path)
     options = server_options(handler, high_water, low_water, receive_limit, grace, blocking=True)
+    context = tls_context(ssl, server=True)
+    check_timeout(handshake_timeout)
     return Server(handler, partial(_listen_unix, path, backlog), grace=grace, options=options,
-                  path=path)
+                  tls=context, handshake_timeout=handshake_timeout, path=path)
 
 
 # These errors mean the system has no such family (no IPv6, say), not that something is wrong.

@@ -76,6 +76,7 @@ from ._handshake import (
     new_layer,
     peer_of,
     tls_context,
+    unix_tls_context,
 )
 from ._server import GRACE, AsyncServerBase, run_async_handler, server_options
 from ._trio_flow import TrioFlow, _is_fake
@@ -161,11 +162,20 @@ async def connect(host: str, port: int, *, timeout: float | None = None,
     core = Flow(high_water=high_water, low_water=low_water, receive_limit=receive_limit)
     started = trio.current_time()
     stream = await _opened(partial(trio.open_tcp_stream, host, port), where(host, port), timeout)
+    return await _connected(stream, core, context, server_hostname or host, where(host, port),
+                            timeout, started)
+
+
+async def _connected(stream: trio.SocketStream, core: Flow, context: ssl_.SSLContext | None,
+                     server_hostname: str | None, where: str, timeout: float | None,
+                     started: float) -> TrioFlow:
+    """The flow over the stream a connect opened, with TLS once its handshake is done when
+    there is a ``context``, within what is left of ``timeout`` since ``started``."""
     flow = TrioFlow(stream, core)
     if context is not None:
-        flow._add_layer(new_layer(core, context, server_hostname=server_hostname or host))
+        flow._add_layer(new_layer(core, context, server_hostname=server_hostname))
         left = None if timeout is None else timeout - (trio.current_time() - started)
-        await _handshaken(flow, where(host, port), left)
+        await _handshaken(flow, where, left)
     return flow
 
 
@@ -207,17 +217,26 @@ async def _handshaken(flow: TrioFlow, where: str, timeout: float | None) -> None
 
 
 async def connect_unix(path: UnixPath, *, timeout: float | None = None,
-                       high_water: int = HIGH_WATER, low_water: int = LOW_WATER,
-                       receive_limit: int = RECEIVE_LIMIT) -> TrioFlow:
+                       ssl: ssl_.SSLContext | bool | None = None,
+                       server_hostname: str | None = None, high_water: int = HIGH_WATER,
+                       low_water: int = LOW_WATER, receive_limit: int = RECEIVE_LIMIT
+                       ) -> TrioFlow:
     """``connect`` for an AF_UNIX stream socket at ``path``: the same flow and failures (a
     path where nothing listens is ``ConnectionRefusedError``, a missing one
     ``FileNotFoundError``). ``abort()`` cannot send a reset over AF_UNIX: the peer sees the
-    connection end, as it would after ``close``."""
+    connection end, as it would after ``close``.
+
+    ``ssl`` and ``server_hostname`` are ``connect``'s, except that a path names no host:
+    with a context that checks the server's name (``True``'s does), ``server_hostname`` is
+    required (``ValueError`` without it)."""
     check_path(path)
     check_timeout(timeout)
+    context = unix_tls_context(ssl, server_hostname)
     core = Flow(high_water=high_water, low_water=low_water, receive_limit=receive_limit)
+    started = trio.current_time()
     stream = await _opened(partial(trio.open_unix_socket, path), _os.fsdecode(path), timeout)
-    return TrioFlow(stream, core)
+    return await _connected(stream, core, context, server_hostname, _os.fsdecode(path),
+                            timeout, started)
 
 
 async def _opened(opening: Callable[[], Awaitable[trio.SocketStream]], where: str,
@@ -396,24 +415,30 @@ def serve(handler: Handler, host: str | None, port: int, *,
 
 @overload
 def serve_unix(handler: Handler, path: UnixPath, *, task_status: None = None,
-               backlog: int = BACKLOG, grace: float = GRACE, high_water: int = HIGH_WATER,
+               backlog: int = BACKLOG, grace: float = GRACE, ssl: ssl_.SSLContext | None = None,
+               handshake_timeout: float | None = HANDSHAKE_TIMEOUT, high_water: int = HIGH_WATER,
                low_water: int = LOW_WATER, receive_limit: int = RECEIVE_LIMIT) -> Server: ...
 @overload
 def serve_unix(handler: Handler, path: UnixPath, *, task_status: trio.TaskStatus[UnixPath],
-               backlog: int = BACKLOG, grace: float = GRACE, high_water: int = HIGH_WATER,
+               backlog: int = BACKLOG, grace: float = GRACE, ssl: ssl_.SSLContext | None = None,
+               handshake_timeout: float | None = HANDSHAKE_TIMEOUT, high_water: int = HIGH_WATER,
                low_water: int = LOW_WATER, receive_limit: int = RECEIVE_LIMIT
           ) -> Coroutine[Any, Any, NoReturn]: ...
 def serve_unix(handler: Handler, path: UnixPath, *,
                task_status: trio.TaskStatus[UnixPath] | None = None, backlog: int = BACKLOG,
-               grace: float = GRACE, high_water: int = HIGH_WATER, low_water: int = LOW_WATER,
-               receive_limit: int = RECEIVE_LIMIT) -> Server | Coroutine[Any, Any, NoReturn]:
+               grace: float = GRACE, ssl: ssl_.SSLContext | None = None,
+               handshake_timeout: float | None = HANDSHAKE_TIMEOUT, high_water: int = HIGH_WATER,
+               low_water: int = LOW_WATER, receive_limit: int = RECEIVE_LIMIT
+               ) -> Server | Coroutine[Any, Any, NoReturn]:
     """``serve`` on an AF_UNIX stream socket at ``path`` (``server.path``; what
-    ``nursery.start`` returns). A stale socket file there is replaced; the one made is removed
-    when the server stops."""
+    ``nursery.start`` returns), with TLS as ``serve`` has it. A stale socket file there is
+    replaced; the one made is removed when the server stops."""
     check_path(path)
     options = server_options(handler, high_water, low_water, receive_limit, grace)
+    context = tls_context(ssl, server=True)
+    check_timeout(handshake_timeout)
     server = Server(handler, partial(_listen_unix, path, backlog), options=options,
-                    grace=grace, path=path)
+                    grace=grace, tls=context, handshake_timeout=handshake_timeout, path=path)
     return server if task_status is None else _serve_until_cancelled(server, task_status)
 
 

@@ -735,9 +735,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {  # function: its keyword-only parameters
     "serve_unix": {"backlog": BACKLOG, "grace": GRACE, **OPTIONS},
 }
 MODULES = {"asyncio": sf_asyncio, "trio": sf_trio, "anyio": sf_anyio, "socket": sf_socket}
-# TLS options, for now on connect and serve (connect_unix and serve_unix do not take them).
-TLS: dict[str, dict[str, Any]] = {"connect": {"ssl": None, "server_hostname": None},
-                                  "serve": {"ssl": None, "handshake_timeout": HANDSHAKE_TIMEOUT}}
+# TLS options: the same on TCP and on AF_UNIX.
+CLIENT_TLS = {"ssl": None, "server_hostname": None}
+SERVER_TLS = {"ssl": None, "handshake_timeout": HANDSHAKE_TIMEOUT}
+TLS: dict[str, dict[str, Any]] = {"connect": CLIENT_TLS, "connect_unix": CLIENT_TLS,
+                                  "serve": SERVER_TLS, "serve_unix": SERVER_TLS}
 
 
 def parameters(function: Callable[..., Any]) -> tuple[list[str], dict[str, Any]]:
