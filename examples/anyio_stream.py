@@ -13,7 +13,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from anyio.streams.text import TextStream
 
 from sansflow import AsyncFlow
-from sansflow.adapters._anyio_stream import FlowByteStream
+from sansflow.adapters.anyio import FlowByteStream
 
 
 async def greet(flow: AsyncFlow) -> None:
