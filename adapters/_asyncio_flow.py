@@ -264,8 +264,9 @@ class _Driver(asyncio.Protocol):
                     break
                 before = core.queued
                 self._pull_out()
-                # The transport took records at once: the layers may encrypt more now.
-                if not (layers and core.queued < before and self._app.queued):
+                # The transport took records at once: the layers may encrypt more now, or
+                # hand over what waited for room (a close_notify, with nothing queued above).
+                if not (layers and core.queued < before):
                     break
             if self._read_paused and not core.reading_paused:
                 self._resume_reading()
