@@ -6,7 +6,9 @@ on as a FIN with no timer after it, a reset passed on as a reset), so that a tru
 never reported as a clean end. Exit status: 0 when both directions ended cleanly, 1 with one
 line on stderr when the connection failed (a reset, a timeout, a refused connect), 2 for a
 usage error. Data goes to stdout only; everything else to stderr, each line prefixed with
-``sansflow:``. argparse and the standard library only.
+``sansflow:``. argparse and the standard library only. With TLS (``--tls``, ``--tls-in``,
+``--tls-out``) the same rules hold: an EOF is a close_notify, and a peer that ends without one
+is a truncation.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import errno
 import os
 import select
 import signal
+import ssl
 import sys
 import threading
 import time
@@ -23,7 +26,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from types import ModuleType
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from sansflow import (
     CopyStats,
@@ -112,7 +115,9 @@ def _failure_text(exc: OSError) -> str:
     """One line for an exception a connect or a listen raised (it names the address)."""
     text = exc.strerror or str(exc) or type(exc).__name__
     code = exc.errno
-    if isinstance(code, int) and code in errno.errorcode and errno.errorcode[code] not in text:
+    # An ssl error's errno is the ssl library's own code, which is no errno.
+    if (not isinstance(exc, ssl.SSLError) and isinstance(code, int) and code in errno.errorcode
+            and errno.errorcode[code] not in text):
         text += f" ({errno.errorcode[code]})"
     return text
 
@@ -222,6 +227,14 @@ class _Watch:
         self.high_water: int = flow.high_water
         self.received = self.sent = 0
         self._state = flow.state
+
+    def tell_tls(self) -> None:
+        """What the handshake settled on (``-v``), for a TLS flow."""
+        tls = self.flow.tls
+        if tls is not None:
+            version = tls.version.replace("TLSv", "TLS ")
+            alpn = f"ALPN {tls.alpn_protocol}" if tls.alpn_protocol else "no ALPN"
+            self.output.detail(f"{self.name}: {version}, cipher {tls.cipher}, {alpn}")
 
     def _tell(self, event: str | None) -> None:
         state = self.flow.state
@@ -443,12 +456,14 @@ def cmd_connect(args: argparse.Namespace, output: _Output) -> int:
     if args.loop == "socket":
         from . import socket as sf
 
-        flow = BlockingWatched(sf.connect(args.host, args.port), "server", output)
+        flow = BlockingWatched(sf.connect(args.host, args.port, ssl=args.client_tls,
+                                          server_hostname=args.sni), "server", output)
         return _stdio_blocking(args, flow, output)
     loop = _async_loop(args.loop)
 
     async def main() -> int:
-        flow = AsyncWatched(await loop.sf.connect(args.host, args.port), "server", output)
+        flow = AsyncWatched(await loop.sf.connect(args.host, args.port, ssl=args.client_tls,
+                                                  server_hostname=args.sni), "server", output)
         return await _stdio_async(args, loop, flow, output)
 
     status: int = loop.run(main)
@@ -458,6 +473,7 @@ def cmd_connect(args: argparse.Namespace, output: _Output) -> int:
 def _stdio_blocking(args: argparse.Namespace, flow: BlockingWatched, output: _Output) -> int:
     output.detail(f"{flow.name}: connected, {address_text(flow.flow.sockname)} -> "
                   f"{address_text(flow.flow.peername)}")
+    flow.tell_tls()
     stdio = Stdio()
     progress = _progress(args, flow, output)
     try:
@@ -477,6 +493,7 @@ async def _stdio_async(args: argparse.Namespace, loop: _AsyncLoop, flow: AsyncWa
                        output: _Output) -> int:
     output.detail(f"{flow.name}: connected, {address_text(flow.flow.sockname)} -> "
                   f"{address_text(flow.flow.peername)}")
+    flow.tell_tls()
     stdio = Stdio()
     progress = _progress(args, flow, output)
     try:
@@ -513,7 +530,7 @@ def cmd_listen(args: argparse.Namespace, output: _Output) -> int:
                                             output)
                 served.set()
 
-        with sf.serve(handle, args.host, args.port) as server:
+        with sf.serve(handle, args.host, args.port, ssl=args.server_tls) as server:
             output.say(f"listening on {address_text((args.host, server.port))}")
             if args.keep_open:
                 _until_stopped(server.serve_forever)
@@ -535,7 +552,7 @@ def cmd_listen(args: argparse.Namespace, output: _Output) -> int:
                                                output)
                 served.set()
 
-        async with loop.sf.serve(handle, args.host, args.port) as server:
+        async with loop.sf.serve(handle, args.host, args.port, ssl=args.server_tls) as server:
             output.say(f"listening on {address_text((args.host, server.port))}")
             if args.keep_open:
                 await server.serve_forever()
@@ -596,18 +613,21 @@ def cmd_relay(args: argparse.Namespace, output: _Output) -> int:
 
         def _relay_blocking(sf: ModuleType, down: BlockingWatched, peer: str) -> None:
             try:
-                up = BlockingWatched(sf.connect(args.upstream_host, args.upstream_port),
+                up = BlockingWatched(sf.connect(args.upstream_host, args.upstream_port,
+                                                ssl=args.client_tls, server_hostname=args.sni),
                                      "upstream", output)
             except OSError as exc:
                 output.say(f"{peer} -> {upstream}: {_failure_text(exc)}")
                 down.abort()
                 return
+            down.tell_tls()
+            up.tell_tls()
             result = _copy.proxy_blocking(down, up, idle_timeout=args.idle_timeout)
             down.close(args.close_timeout)
             up.close(args.close_timeout)
             _report_relay(args, output, peer, upstream, result, down, up)
 
-        with sf.serve(handle, args.bind, args.port) as server:
+        with sf.serve(handle, args.bind, args.port, ssl=args.server_tls) as server:
             output.say(f"relaying {address_text((args.bind, server.port))} to {upstream}")
             _until_stopped(server.serve_forever)
         return 0
@@ -621,12 +641,15 @@ def cmd_relay(args: argparse.Namespace, output: _Output) -> int:
         try:
             down = AsyncWatched(flow, "client", output)
             try:
-                up = AsyncWatched(await loop.sf.connect(args.upstream_host, args.upstream_port),
-                                  "upstream", output)
+                up = AsyncWatched(await loop.sf.connect(
+                    args.upstream_host, args.upstream_port, ssl=args.client_tls,
+                    server_hostname=args.sni), "upstream", output)
             except OSError as exc:
                 output.say(f"{peer} -> {upstream}: {_failure_text(exc)}")
                 await down.abort()
                 return
+            down.tell_tls()
+            up.tell_tls()
             result = await loop.proxy(down, up, idle_timeout=args.idle_timeout)
             await down.close(args.close_timeout)
             await up.close(args.close_timeout)
@@ -635,7 +658,8 @@ def cmd_relay(args: argparse.Namespace, output: _Output) -> int:
             admission.leave()
 
     async def main() -> int:
-        async with loop.sf.serve(handle_async, args.bind, args.port) as server:
+        async with loop.sf.serve(handle_async, args.bind, args.port,
+                                 ssl=args.server_tls) as server:
             output.say(f"relaying {address_text((args.bind, server.port))} to {upstream}")
             await server.serve_forever()
         return 0
@@ -768,8 +792,101 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+def _alpn(text: str) -> list[str]:
+    protocols = text.split(",")
+    if not all(0 < len(p.encode()) < 256 for p in protocols):
+        raise argparse.ArgumentTypeError(
+            f"not a comma-separated list of protocol names (1-255 bytes each): {text!r}")
+    return protocols
+
+
+@dataclass(frozen=True)
+class _TlsSide:
+    """One side of a command that may speak TLS: the switch that turns it on (an
+    ``argparse`` dest: ``tls``, ``tls_in``, ``tls_out``), the options that mean something
+    only with it, and whether the command is the server there."""
+
+    switch: str
+    options: tuple[str, ...]
+    server: bool
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def _tls_contexts(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                  output: _Output) -> None:
+    """Check the command's TLS options and make its contexts: ``args.client_tls`` (to a
+    server) and ``args.server_tls`` (for clients), ``None`` for plain TCP. A file that cannot
+    be loaded is a usage error, as a malformed argument is."""
+    args.client_tls = args.server_tls = None
+    for side in args.tls_sides:
+        # Only this side's options: a relay's --cert is its own, never shown to the upstream.
+        given = {dest: getattr(args, dest) for dest in side.options
+                 if getattr(args, dest) not in (None, False)}
+        if not getattr(args, side.switch):
+            if given:
+                parser.error(f"{_flag(next(iter(given)))} needs {_flag(side.switch)}")
+            continue
+        if ("cert" in given) != ("key" in given):
+            parser.error("--cert and --key go together")
+        if side.server:
+            if "cert" not in given:
+                parser.error(f"{_flag(side.switch)} needs --cert and --key")
+            args.server_tls = _server_context(parser.error, given)
+        else:
+            args.client_tls = _client_context(parser.error, given, output)
+
+
+def _client_context(fail: Callable[[str], NoReturn], given: dict[str, Any],
+                    output: _Output) -> ssl.SSLContext:
+    """The server's certificate checked against the system's CAs or ``--cafile``, and its
+    name (``--sni``, else HOST) unless ``--no-verify``; ``--cert``: ours, for a server that
+    asks."""
+    cafile = given.get("cafile")
+    context = _loaded(fail, f"--cafile {cafile}",
+                      lambda: ssl.create_default_context(cafile=cafile))
+    if given.get("no_verify"):
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        output.say("warning: --no-verify: the server's certificate is not checked, anyone "
+                   "on the way can read and change the data")
+    return _common_context(fail, context, given)
+
+
+def _server_context(fail: Callable[[str], NoReturn], given: dict[str, Any]) -> ssl.SSLContext:
+    """``--cert`` and ``--key``; with ``--cafile``, a client certificate from one of its CAs
+    is required."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    if "cafile" in given:
+        _loaded(fail, f"--cafile {given['cafile']}",
+                lambda: context.load_verify_locations(given["cafile"]))
+        context.verify_mode = ssl.CERT_REQUIRED
+    return _common_context(fail, context, given)
+
+
+def _common_context(fail: Callable[[str], NoReturn], context: ssl.SSLContext,
+                    given: dict[str, Any]) -> ssl.SSLContext:
+    """What a client's and a server's context share: a certificate, ALPN."""
+    if "cert" in given:
+        _loaded(fail, f"--cert {given['cert']} --key {given['key']}",
+                lambda: context.load_cert_chain(given["cert"], given["key"]))
+    if "alpn" in given:
+        context.set_alpn_protocols(given["alpn"])
+    return context
+
+
+def _loaded(fail: Callable[[str], NoReturn], what: str, load: Callable[[], _T]) -> _T:
+    """``load()``, or a usage error that names the options and files (``what``)."""
+    try:
+        return load()
+    except OSError as exc:  # a missing file, or one that is not PEM (ssl.SSLError)
+        fail(f"{what}: {exc.strerror or exc}")
+
+
 def _common_options() -> argparse.ArgumentParser:
-    """The options every connection-carrying command takes (TLS options join here)."""
+    """The options every connection-carrying command takes."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="store_true",
                         help="tell each flow's events and state transitions on stderr")
@@ -789,6 +906,30 @@ def _common_options() -> argparse.ArgumentParser:
     return common
 
 
+def _verify_options(group: Any, whose: str) -> None:
+    """How a client checks the server: ``--cafile``, ``--sni``, ``--no-verify``."""
+    group.add_argument("--cafile", metavar="FILE",
+                       help=f"trust the CAs in FILE (PEM) for {whose}'s certificate, instead of "
+                            "the system's")
+    group.add_argument("--sni", metavar="NAME",
+                       help=f"the name {whose}'s certificate must have, sent as SNI "
+                            "(default: HOST)")
+    group.add_argument("--no-verify", action="store_true",
+                       help=f"do not check {whose}'s certificate (says so on stderr): "
+                            "for tests only")
+
+
+def _certificate_options(group: Any, whose: str) -> None:
+    group.add_argument("--cert", metavar="FILE",
+                       help=f"{whose} certificate chain (PEM), with --key")
+    group.add_argument("--key", metavar="FILE", help="its private key (PEM)")
+
+
+def _alpn_option(group: Any, what: str) -> None:
+    group.add_argument("--alpn", type=_alpn, metavar="P[,P...]",
+                       help=f"the ALPN protocols {what}, in order of preference")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="A byte stream that never hides a truncation: connect, "
@@ -804,7 +945,14 @@ def build_parser() -> argparse.ArgumentParser:
         "sends EOF (a FIN) and the replies keep coming until the peer ends.")
     connect.add_argument("host", metavar="HOST")
     connect.add_argument("port", metavar="PORT", type=_port)
-    connect.set_defaults(run=cmd_connect)
+    tls = connect.add_argument_group("TLS")
+    tls.add_argument("--tls", action="store_true",
+                     help="TLS to the server; the end of stdin sends close_notify")
+    _verify_options(tls, "the server")
+    _alpn_option(tls, "to offer")
+    _certificate_options(tls, "a client")
+    connect.set_defaults(run=cmd_connect, tls_sides=(_TlsSide(
+        "tls", ("cafile", "sni", "no_verify", "alpn", "cert", "key"), server=False),))
 
     listen = commands.add_parser(
         "listen", parents=[common], help="connect's counterpart: accept a connection",
@@ -813,7 +961,15 @@ def build_parser() -> argparse.ArgumentParser:
     listen.add_argument("address", metavar="[HOST] PORT", nargs="+")
     listen.add_argument("-k", "--keep-open", action="store_true",
                         help="serve each connection in turn, one at a time, until stopped")
-    listen.set_defaults(run=cmd_listen)
+    tls = listen.add_argument_group("TLS")
+    tls.add_argument("--tls", action="store_true",
+                     help="TLS with each client, with --cert and --key")
+    _certificate_options(tls, "the server's")
+    tls.add_argument("--cafile", metavar="FILE",
+                     help="require a client certificate from one of the CAs in FILE (PEM)")
+    _alpn_option(tls, "to accept")
+    listen.set_defaults(run=cmd_listen, tls_sides=(_TlsSide(
+        "tls", ("cert", "key", "cafile", "alpn"), server=True),))
 
     relay = commands.add_parser(
         "relay", parents=[common], help="a proxy from a local port to HOST PORT",
@@ -828,13 +984,21 @@ def build_parser() -> argparse.ArgumentParser:
                        default=MAX_CONNECTIONS,
                        help="proxy at most N connections at once; refuse (reset) the others "
                             f"and say so (default: {MAX_CONNECTIONS})")
-    relay.set_defaults(run=cmd_relay)
+    tls = relay.add_argument_group("TLS")
+    tls.add_argument("--tls-in", action="store_true",
+                     help="TLS with each client, with --cert and --key")
+    _certificate_options(tls, "the relay's")
+    tls.add_argument("--tls-out", action="store_true", help="TLS to the upstream HOST PORT")
+    _verify_options(tls, "the upstream")
+    relay.set_defaults(run=cmd_relay, tls_sides=(
+        _TlsSide("tls_in", ("cert", "key"), server=True),
+        _TlsSide("tls_out", ("cafile", "sni", "no_verify"), server=False)))
 
     demo = commands.add_parser(
         "demo", help="see a half-close on every adapter, in seconds",
         description="In one process, a server and a client on loopback on each adapter "
         "installed: a request, the client's EOF, a reply after it, a clean close.")
-    demo.set_defaults(run=cmd_demo, verbose=True)
+    demo.set_defaults(run=cmd_demo, verbose=True, tls_sides=())
     return parser
 
 
@@ -861,6 +1025,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except argparse.ArgumentTypeError as exc:
             parser.error(f"listen: {exc}")
     output = _Output(args.verbose)
+    _tls_contexts(parser, args, output)
     signal.signal(signal.SIGTERM, _stop)
     try:
         status: int = args.run(args, output)
