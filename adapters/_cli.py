@@ -456,18 +456,25 @@ def cmd_connect(args: argparse.Namespace, output: _Output) -> int:
     if args.loop == "socket":
         from . import socket as sf
 
-        flow = BlockingWatched(sf.connect(args.host, args.port, ssl=args.client_tls,
-                                          server_hostname=args.sni), "server", output)
+        flow = BlockingWatched(sf.connect(args.host, args.port, **_reaching(args)), "server",
+                               output)
         return _stdio_blocking(args, flow, output)
     loop = _async_loop(args.loop)
 
     async def main() -> int:
-        flow = AsyncWatched(await loop.sf.connect(args.host, args.port, ssl=args.client_tls,
-                                                  server_hostname=args.sni), "server", output)
+        flow = AsyncWatched(await loop.sf.connect(args.host, args.port, **_reaching(args)),
+                            "server", output)
         return await _stdio_async(args, loop, flow, output)
 
     status: int = loop.run(main)
     return status
+
+
+def _reaching(args: argparse.Namespace) -> dict[str, Any]:
+    """``connect``'s options for a server (connect's, a relay's upstream): TLS when asked for,
+    and ``--idle-timeout`` bounds the connect and the handshake too: a server that never
+    answers them is idle as well."""
+    return {"timeout": args.idle_timeout, "ssl": args.client_tls, "server_hostname": args.sni}
 
 
 def _stdio_blocking(args: argparse.Namespace, flow: BlockingWatched, output: _Output) -> int:
@@ -614,8 +621,7 @@ def cmd_relay(args: argparse.Namespace, output: _Output) -> int:
         def _relay_blocking(sf: ModuleType, down: BlockingWatched, peer: str) -> None:
             try:
                 up = BlockingWatched(sf.connect(args.upstream_host, args.upstream_port,
-                                                ssl=args.client_tls, server_hostname=args.sni),
-                                     "upstream", output)
+                                                **_reaching(args)), "upstream", output)
             except OSError as exc:
                 output.say(f"{peer} -> {upstream}: {_failure_text(exc)}")
                 down.abort()
@@ -641,9 +647,8 @@ def cmd_relay(args: argparse.Namespace, output: _Output) -> int:
         try:
             down = AsyncWatched(flow, "client", output)
             try:
-                up = AsyncWatched(await loop.sf.connect(
-                    args.upstream_host, args.upstream_port, ssl=args.client_tls,
-                    server_hostname=args.sni), "upstream", output)
+                up = AsyncWatched(await loop.sf.connect(args.upstream_host, args.upstream_port,
+                                                        **_reaching(args)), "upstream", output)
             except OSError as exc:
                 output.say(f"{peer} -> {upstream}: {_failure_text(exc)}")
                 await down.abort()
@@ -895,8 +900,9 @@ def _common_options() -> argparse.ArgumentParser:
     common.add_argument("--progress", action="store_true",
                         help="a live bytes/s line on stderr (only when it is a terminal)")
     common.add_argument("--idle-timeout", type=_seconds, metavar="S",
-                        help="abort both sides when no byte moved either way for S seconds "
-                             "(reported: connect and listen exit 1; default: none)")
+                        help="abort both sides when no byte moved either way for S seconds; "
+                             "connecting to a server (its TLS handshake included) gets as "
+                             "long (reported: connect and listen exit 1; default: none)")
     common.add_argument("--close-timeout", type=_seconds, metavar="S", default=CLOSE_TIMEOUT,
                         help="how long closing waits for the peer's EOF before aborting "
                              f"(reported, exit 1; default: {CLOSE_TIMEOUT:g})")

@@ -521,6 +521,20 @@ def test_tls_connect_to_openssl_s_server(pems: dict[str, str], loop: str) -> Non
     assert (done.returncode, done.stdout, done.stderr) == (0, b"wolfsnas olleh\n", b"")
 
 
+def never_answers(conn: socket.socket) -> None:
+    while conn.recv(65536):  # until the client ends
+        pass
+
+
+def test_idle_timeout_bounds_a_tls_handshake_that_never_ends() -> None:
+    with upstream(never_answers) as port:  # reads the client's hello, answers nothing
+        done = sansflow("connect", "--tls", "--idle-timeout", "0.3", "127.0.0.1", str(port))
+    assert (done.returncode, done.stdout) == (1, b"")
+    # after the time left of the 0.3 s once connected
+    assert re.fullmatch(rf"sansflow: 127\.0\.0\.1:{port}: TLS handshake timed out after "
+                        r"0\.[0-3]\d* s\n", done.stderr.decode())
+
+
 def test_tls_listen_goes_on_after_a_failed_handshake(pems: dict[str, str]) -> None:
     """A wrong --sni fails the client's handshake (exit 1, one line); the listener logs its
     side and serves the next client: one with --no-verify, which is warned."""
