@@ -136,6 +136,13 @@ class AnyioFlow(AsyncDriverFlow):
                 await cancel_shielded_checkpoint()
                 return result
             while True:
+                if self._layers:
+                    # Decrypted from what the flow below held (records, a close_notify)
+                    # while the receive limit kept the layer from taking it.
+                    self._kick()
+                    if (result := core.read(max_bytes)) is not WOULD_WAIT:
+                        await cancel_shielded_checkpoint()
+                        return result
                 if self._may_receive():
                     await self._receive()
                 else:  # close() is receiving for us, or the stream is done

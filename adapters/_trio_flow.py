@@ -199,6 +199,11 @@ class TrioFlow(AsyncDriverFlow):
                     self._step()
                     if self._sync and self._wire.queued and not self._in_send:
                         self._send_now()
+                    if self._layers and (result := core.read(max_bytes)) is not WOULD_WAIT:
+                        # Decrypted from what the flow below held (records, a close_notify)
+                        # while the receive limit kept the layer from taking it.
+                        await _cancel_shielded_checkpoint()
+                        return result
                     await self._receive()
                 result = core.read(max_bytes)
                 if result is not WOULD_WAIT:

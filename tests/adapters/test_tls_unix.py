@@ -272,23 +272,28 @@ def ssl_peer(path: str, server_ctx: ssl.SSLContext, script: Callable[[ssl.SSLSoc
         listener.close()
 
 
-def test_close_ends_once_both_close_notifys_are_through(adapter: str, path: str,
+@pytest.mark.parametrize("size", [10, 1024 * 1024], ids=["short", "past-the-receive-limit"])
+def test_close_ends_once_both_close_notifys_are_through(adapter: str, path: str, size: int,
                                                         server_ctx: ssl.SSLContext,
                                                         client_ctx: ssl.SSLContext) -> None:
-    """The peer ends TLS with ``unwrap()`` (its close_notify, then ours) and keeps the socket
-    open, as a program that goes on in plaintext does: our close() is done once our FIN is
-    out, and waits for no FIN of the peer's, which never comes. The same end as without TLS,
-    once the peer's EOF has arrived."""
+    """The peer sends its last words and ends TLS with ``unwrap()`` (its close_notify, then
+    ours), keeping the socket open, as a program that goes on in plaintext does. The reader
+    gets the words, then Eof(), also when they came past the receive limit (the close_notify
+    then waits below until the reader makes room); our close() is done once our FIN is out,
+    and waits for no FIN of the peer's, which never comes: the same end as without TLS, once
+    the peer's EOF has arrived."""
+    words = bytes(range(256)) * (size // 256) or b"last words"
     unwrapped: list[socket.socket] = []
 
     def send_then_unwrap(tls: ssl.SSLSocket) -> None:
-        tls.sendall(b"last words")
+        tls.sendall(words)
         unwrapped.append(tls.unwrap())  # returns once our close_notify is in
 
     async def main(sf: Any) -> None:
         with ssl_peer(path, server_ctx, send_then_unwrap) as failures:
-            flow = await connect_unix(sf, path, ssl=client_ctx, server_hostname=NAME)
-            assert await read_all(flow) == (b"last words", Eof())
+            flow = await connect_unix(sf, path, ssl=client_ctx, server_hostname=NAME,
+                                      receive_limit=4096)
+            assert await read_all(flow) == (words, Eof())
             await flow.close()  # waiting for the peer's FIN would run into the test's bound
             assert flow.error is None
             while not (unwrapped or failures):
@@ -310,7 +315,7 @@ def test_a_reader_gets_what_arrived_past_its_receive_limit(adapter: str, path: s
     async def main(sf: Any) -> None:
         with ssl_peer(path, server_ctx, lambda tls: tls.sendall(data)) as failures:
             flow = await connect_unix(sf, path, ssl=client_ctx, server_hostname=NAME,
-                                      receive_limit=16 * 1024)
+                                      receive_limit=4096)
             got = bytearray()
             while len(got) < len(data):
                 result = await flow.read()
