@@ -463,10 +463,7 @@ class AnyioFlow(AsyncDriverFlow):
         except BaseException:
             await self._abort(None)
             raise
-        if core.queued or wire.queued:
-            await self._abort(None)  # the flow failed with data still queued
-            return
-        wire.abort()  # our EOF is out: this drops nothing
+        wire.abort()  # our EOF is out (or the flow failed): this drops nothing
         core.abort()
         self._stop_sender()
         self._wake()

@@ -24,7 +24,8 @@ import httpx
 import pytest
 from loopback import full_backlog_port, refusing_port, reset
 
-from sansflow import FlowState, Shutdown
+import sansflow.adapters.httpcore
+from sansflow import ErrorKind, FlowState, Shutdown
 from sansflow.adapters import anyio as sf
 from sansflow.adapters.httpcore import FlowBackend, FlowNetworkStream, FlowTransport
 
@@ -216,6 +217,18 @@ def test_an_exception_from_the_request_body_comes_out_as_it_is(backend: str) -> 
     run(backend, main)
 
 
+def received(peer: socket.socket) -> str:
+    """How many bytes a plain ``peer`` receives, then how its stream ended."""
+    peer.settimeout(10)
+    size = 0
+    try:
+        while chunk := peer.recv(2**20):
+            size += len(chunk)
+    except OSError as exc:
+        return f"{size} bytes then {type(exc).__name__}"
+    return f"{size} bytes then EOF"
+
+
 async def write_until_it_waits(stream: FlowNetworkStream) -> None:
     """Writes until one times out (the peer does not read): raises ``WriteTimeout``."""
     while True:
@@ -249,9 +262,11 @@ def test_unix_sockets_and_socket_options(backend: str) -> None:
     run(backend, main)
 
 
-def test_the_network_stream_alone(backend: str) -> None:
+def test_the_network_stream_alone(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """What httpx does not reach: a read and a write that time out, a write after the
-    connection's end, ``sleep``."""
+    connection's end, a close whose queue cannot leave, ``sleep``."""
+    monkeypatch.setattr(sansflow.adapters.httpcore, "CLOSE_TIMEOUT", 0.05)
+
     async def main() -> None:
         with socket.create_server((HOST, 0)) as listener:
             backend_ = FlowBackend()
@@ -271,9 +286,14 @@ def test_the_network_stream_alone(backend: str) -> None:
             stream = await backend_.connect_tcp(HOST, listener.getsockname()[1])
             assert isinstance(stream, FlowNetworkStream)
             peer, _ = listener.accept()
-            with peer, pytest.raises(httpcore.WriteTimeout, match="took no data"):
-                await write_until_it_waits(stream)
-            await stream.flow.abort()
+            with peer:
+                with pytest.raises(httpcore.WriteTimeout, match="took no data"):
+                    await write_until_it_waits(stream)
+                await stream.aclose()  # the queue cannot leave: reset after CLOSE_TIMEOUT
+                assert stream.flow.error is not None
+                assert stream.flow.error.kind is ErrorKind.ABORTED
+                assert (await anyio.to_thread.run_sync(received, peer)).endswith(
+                    "then ConnectionResetError")
 
             # The server's end: a read answers b"", and the stream tells it is readable.
             stream = await backend_.connect_tcp(HOST, listener.getsockname()[1])
