@@ -2,8 +2,8 @@
 
 Code written against anyio's streams (``BufferedByteReceiveStream``, ``TextStream``, a
 protocol library's connection) then runs over a sansflow flow: the asyncio adapter's (on
-asyncio or uvloop), the trio adapter's, the memory pair's. It runs on the event loop its flow
-belongs to, through anyio's API for that loop.
+asyncio or uvloop), the trio adapter's, the anyio adapter's, the memory pair's. It runs on the
+event loop its flow belongs to, through anyio's API for that loop.
 
 The facade follows anyio's contract where it differs from the seed's: the peer's EOF is
 ``anyio.EndOfStream``, a failure ``anyio.BrokenResourceError``, and ``aclose()`` lets go of
@@ -63,9 +63,9 @@ class FlowByteStream(anyio.abc.ByteStream):
       ``anyio.BusyResourceError`` and changes nothing.
     - ``aclose()`` lets what is queued go out, then our EOF (close_notify over TLS), and lets
       go of the connection without waiting for the peer's EOF; a task blocked in ``receive``
-      or ``send`` wakes with ``ClosedResourceError``. If it is cancelled, or cannot send what
-      is queued, the connection is reset (an RST for TCP), so that the peer never takes the
-      end for a clean one.
+      or ``send`` wakes with ``ClosedResourceError``. If it is cancelled (as by
+      ``anyio.aclose_forcefully``), the connection is reset instead (an RST for TCP), so
+      that the peer never takes the end for a clean one.
     - ``receive`` and ``send`` are checkpoints, as anyio's socket streams' are: a call in a
       cancelled scope raises the cancellation and takes or sends nothing.
     - ``extra_attributes``: ``SocketAttribute`` for a flow over a socket, and
@@ -208,6 +208,7 @@ async def _let_go(flow: AsyncFlow) -> None:
 async def _close_transport(flow: AsyncioFlow) -> None:
     """Close the asyncio adapter's transport once the flow has handed it every byte, and
     return when it is gone. asyncio's ``close()`` sends what the transport holds, then a FIN.
+    (The trio and anyio adapters' flows do this themselves, in ``_detach``.)
 
     After ``shutdown`` our EOF is out of the flow's own core; under TLS that EOF is the
     close_notify, which may still wait in a layer (until the wire's queue is down to low
