@@ -259,9 +259,9 @@ def test_openssl_s_server_renegotiates_or_updates_keys_mid_stream(
     handshake message and send what the session answers, and the data that follows arrives
     intact, both ways. The server's log (``-msg``) shows what it received.
 
-    The server's line reaches us in the middle of its renegotiation (after its HelloRequest,
-    before its ServerHello): our write that follows waits for the rest of the handshake,
-    which the flow receives for it although nobody reads."""
+    Where the flow receives only for a reader (trio, socket), the server's line comes with
+    its HelloRequest, and our write that follows waits for the rest of the renegotiation:
+    the flow receives it for the writer, although nobody reads."""
     async def main() -> None:
         async with s_server(pems, version) as server:
             port = int((await server.expect(r"^ACCEPT .*:(\d+)")).group(1))
