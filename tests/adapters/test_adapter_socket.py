@@ -1188,11 +1188,12 @@ OPTIONS = {"high_water": HIGH_WATER, "low_water": LOW_WATER, "receive_limit": RE
 
 @pytest.mark.parametrize(("name", "expected"), [
     ("connect", {"timeout": None, "ssl": None, "server_hostname": None, **OPTIONS}),
-    ("connect_unix", {"timeout": None, **OPTIONS}),
+    ("connect_unix", {"timeout": None, "ssl": None, "server_hostname": None, **OPTIONS}),
     ("wrap", OPTIONS),
     ("serve", {"backlog": BACKLOG, "grace": GRACE, "ssl": None,
                "handshake_timeout": HANDSHAKE_TIMEOUT, **OPTIONS}),
-    ("serve_unix", {"backlog": BACKLOG, "grace": GRACE, **OPTIONS}),
+    ("serve_unix", {"backlog": BACKLOG, "grace": GRACE, "ssl": None,
+                    "handshake_timeout": HANDSHAKE_TIMEOUT, **OPTIONS}),
 ])
 def test_options_are_named_keywords_with_the_shared_defaults(
         name: str, expected: dict[str, object]) -> None:
