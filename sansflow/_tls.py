@@ -4,9 +4,11 @@ The layer is the application of the flow below (``inner``, ciphertext) and the t
 flow above (``outer``, plaintext), so the outer flow keeps the whole contract: states, water
 marks, sticky results, data before errors. Two rules keep it honest:
 
-1. Plaintext is encrypted one record at a time, and only while the inner flow takes more, so
-   the outgoing ``MemoryBIO`` (which has no bound of its own) stays empty between steps and
-   backpressure holds end to end.
+1. Plaintext is encrypted only when the inner flow takes more, as its own writer would write:
+   once it is at or under its low-water mark, records up to its high-water mark (at least
+   one), made in one call and handed over in one write, which the adapter sends in one system
+   call. The outgoing ``MemoryBIO`` (which has no bound of its own) stays
+   empty between steps and backpressure holds end to end.
 2. The first ``ssl.SSLError`` ends the TLS session for good: the ``SSLObject`` is never called
    again (it would only answer a meaningless ``SSLSyscallError``), its alert is flushed to the
    peer, and the outer flow fails with the error classified once, by ``_flow_error``.
@@ -28,8 +30,8 @@ __all__ = ["TlsInfo", "TlsLayer"]
 
 _RECORD = 16 * 1024
 """The most plaintext one TLS record carries: the unit of encryption and of decryption."""
-_GATHER = 256
-"""Queued buffers looked at per record, so that many small writes fill one record."""
+_GATHER = 1024
+"""Queued buffers looked at per encryption, so that many small writes fill whole records."""
 # Absent from ssl builds on OpenSSL older than 3.0, which cannot set it either.
 _IGNORE_UNEXPECTED_EOF: int = getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF", 0)
 
@@ -253,14 +255,14 @@ class TlsLayer:
         return True
 
     def _send(self) -> bool:
-        """Encrypt queued plaintext, a record at a time, while the inner flow takes it; then
-        our close_notify once the outer flow's EOF is due."""
+        """Encrypt queued plaintext while the inner flow takes it (``_room``); then our
+        close_notify once the outer flow's EOF is due."""
         outer, inner = self._outer, self._inner
         moved = False
         self._send_waits = False
         try:
             while outer.queued and inner.write_ready:
-                outer.sent(self._ssl.write(self._plaintext_record()))
+                outer.sent(self._ssl.write(self._plaintext(self._room())))
                 self._flush()
                 moved = True
             if outer.eof_due and not self._unwrapped:
@@ -281,19 +283,27 @@ class TlsLayer:
         with contextlib.suppress(ssl.SSLWantReadError):
             self._ssl.unwrap()
 
-    def _plaintext_record(self) -> Buffer:
-        """At most one record of the outer queue, small writes joined into one record."""
+    def _room(self) -> int:
+        """How much plaintext to encrypt for the inner flow, which takes more (``write_ready``):
+        whole records up to its high-water mark, less what it holds, at least one (its marks may
+        be smaller than a record). The ciphertext passes the mark by the records' overhead
+        only, far less than the one record more that the flow's contract allows."""
+        inner = self._inner
+        return max(_RECORD, (inner.high_water - inner.queued) // _RECORD * _RECORD)
+
+    def _plaintext(self, size: int) -> Buffer:
+        """At most ``size`` bytes from the front of the outer queue, small writes joined."""
         buffers = self._outer.buffers_to_send(_GATHER)
         first = buffers[0]
-        if len(first) >= _RECORD or len(buffers) == 1:
-            return memoryview(first)[:_RECORD]
-        size = count = 0
+        if len(first) >= size or len(buffers) == 1:
+            return memoryview(first)[:size]
+        total = count = 0
         for buffer in buffers:
-            size += len(buffer)
+            total += len(buffer)
             count += 1
-            if size >= _RECORD:
+            if total >= size:
                 break
-        return memoryview(b"".join(buffers[:count]))[:_RECORD]
+        return memoryview(b"".join(buffers[:count]))[:size]
 
     def _flush(self) -> bool:
         """Move the outgoing ciphertext into the inner flow, if it takes more now."""
