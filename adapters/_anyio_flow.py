@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import sys
 from collections.abc import Callable, Coroutine
 from contextlib import suppress
@@ -63,7 +64,7 @@ from sansflow import (
 )
 from sansflow._adapter import AsyncDriverFlow
 
-from ._common import READ_SIZE, RECEIVING, addresses, set_linger_zero
+from ._common import READ_SIZE, RECEIVING, addresses, discard_input, set_linger_zero
 from ._handshake import step_layers
 
 __all__ = ["AnyioFlow"]
@@ -467,6 +468,9 @@ class AnyioFlow(AsyncDriverFlow):
         core.abort()
         self._stop_sender()
         self._wake()
+        raw = self._raw
+        if raw is not None:
+            discard_input(lambda size: os.read(raw.fileno(), size))  # non-blocking, both backends
         await self._release(graceful=True)
 
 

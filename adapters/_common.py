@@ -25,6 +25,7 @@ IOV_MAX: int = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024,
 RECEIVING = (ReceiveState.OPEN, ReceiveState.DISCARDING)
 # One receive call takes at most this much; 64 KiB matches the kernel's usual socket buffer.
 READ_SIZE = 64 * 1024
+_DISCARD_READS = 16  # of READ_SIZE: the most discard_input drops
 
 
 def addresses(sock: SocketLike | None) -> dict[str, Any]:
@@ -168,6 +169,20 @@ def eof_failure(sock: SocketLike, exc: OSError) -> OSError:
     except OSError:  # the socket is closed already: ENOTCONN is all there is to tell
         return exc
     return OSError(code, os.strerror(code)) if code else exc  # ECONNRESET: ConnectionResetError
+
+
+def discard_input(read: Callable[[int], bytes]) -> None:
+    """Read and drop what the kernel holds for a connection nobody will read any more, before
+    closing it gracefully: a socket closed with unread input sends a reset, which drops our
+    data still in the kernel (a TLS 1.3 client always holds the server's session tickets
+    unread). ``read(size)`` must never wait. Bounded: a peer that goes on sending meets the
+    reset."""
+    for _ in range(_DISCARD_READS):
+        try:
+            if not read(READ_SIZE):
+                return
+        except OSError:  # BlockingIOError: nothing more now
+            return
 
 
 def receive_kept(read: Callable[[int], bytes], core: Flow, *, past_limit: bool = False) -> None:

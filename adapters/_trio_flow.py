@@ -85,6 +85,7 @@ from ._common import (
     READ_SIZE,
     RECEIVING,
     addresses,
+    discard_input,
     eof_failure,
     receive_kept,
     send_queued,
@@ -791,6 +792,10 @@ class TrioFlow(AsyncDriverFlow):
         core.abort()
         self._stop_sender()
         self._wake()
+        if self._sync:
+            sock = self._socket
+            assert sock is not None
+            discard_input(lambda size: _os_read(sock.fileno(), size))
         await self._release(graceful=True)
 
 

@@ -375,6 +375,42 @@ def test_a_failed_eof_fails_the_flow_with_the_oserror_under_it(backend: str) -> 
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_a_detached_flow_with_input_unread_still_delivers_what_it_sent(backend: str) -> None:
+    """FlowByteStream.aclose() lets the flow go without waiting for the peer; a socket
+    closed with unread input would send a reset, which drops what the kernel had not sent
+    yet, so the unread input is dropped first and the peer reads our data and a FIN."""
+    async def main() -> None:
+        ours, theirs = tcp_sockets()
+        theirs.setblocking(True)
+        stream = sf.FlowByteStream(await sf.wrap(ours))
+        theirs.sendall(b"never read")
+        data = bytes(range(256)) * (16 * 1024)  # 4 MiB: far more than the kernel's buffers
+
+        def read_to_end() -> bytes | OSError:
+            received = bytearray()
+            try:
+                while chunk := theirs.recv(65536):
+                    received += chunk
+            except OSError as exc:
+                return exc
+            return bytes(received)
+
+        got: list[bytes | OSError] = []
+
+        async def peer() -> None:
+            got.append(await anyio.to_thread.run_sync(read_to_end))
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(peer)
+            await stream.send(data)
+            await stream.aclose()
+        theirs.close()
+        assert got == [data]
+
+    run(backend, main)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_abort_closes_a_stream_without_a_socket_forcefully(backend: str) -> None:
     async def main() -> None:
         stream = ScriptedStream([], eof=False)

@@ -1869,6 +1869,51 @@ def test_flow_stream_aclose_flushes_what_send_all_queued() -> None:
     run(main)
 
 
+@pytest.mark.parametrize("sync", [True, False], ids=["sync sends", "trio socket sends"])
+def test_flow_stream_aclose_with_input_unread_still_delivers_what_it_sent(
+        sync: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A socket closed with unread input sends a reset, which drops what the kernel had not
+    sent yet: aclose() drops the unread input first, so the peer reads our data and a FIN.
+    (A TLS 1.3 client always has some: the server's session tickets.) Through the trio
+    socket the input cannot be taken without waiting: the reset stays."""
+    if not sync:
+        monkeypatch.setattr(trio_flow, "_HAVE_WRITEV", False)
+
+    async def main() -> None:
+        ours, theirs = tcp_sockets()
+        flow = await sf.wrap(ours)
+        stream = sf.FlowStream(flow)
+        theirs.setblocking(True)
+        theirs.sendall(b"never read")
+        data = payload(4 * 1024 * 1024)  # far more than the kernel's buffers hold
+
+        def read_to_end() -> bytes | OSError:
+            received = bytearray()
+            try:
+                while chunk := theirs.recv(65536):
+                    received += chunk
+            except OSError as exc:
+                return exc
+            return bytes(received)
+
+        async with trio.open_nursery() as nursery:
+            got: list[bytes | OSError] = []
+
+            async def peer() -> None:
+                got.append(await trio.to_thread.run_sync(read_to_end))
+
+            nursery.start_soon(peer)
+            await stream.send_all(data)
+            await stream.aclose()
+        theirs.close()
+        if sync:
+            assert got == [data]
+        else:
+            assert isinstance(got[0], ConnectionResetError)
+
+    run(main)
+
+
 def test_flow_stream_cancelled_aclose_resets_when_data_would_be_lost() -> None:
     async def main() -> None:
         async with flow_pair("tcp", bufsize=4096) as (a, b):
