@@ -193,41 +193,13 @@ async def _let_go(flow: AsyncFlow) -> None:
     """Send what is queued and our EOF, then release the connection without waiting for the
     peer's EOF: what ``close()`` does, less the wait (so the flow does not end cleanly)."""
     detach: Callable[[], Awaitable[None]] | None = getattr(flow, "_detach", None)
-    if detach is not None:  # the flow knows how (the trio and anyio adapters')
+    if detach is not None:  # the flow knows how (every adapter's)
         await detach()
         return
+    # Nothing to release but the flow (the memory pair): the peer's later sends, and what it
+    # had not taken in yet, meet a reset, as a closed socket answers.
     await flow.shutdown(Shutdown.BOTH)
-    if isinstance(flow, AsyncioFlow):
-        await _close_transport(flow)
-    else:
-        # Nothing to release but the flow (the memory pair): the peer's later sends, and
-        # what it had not taken in yet, meet a reset, as a closed socket answers.
-        await flow.abort()
-
-
-async def _close_transport(flow: AsyncioFlow) -> None:
-    """Close the asyncio adapter's transport once the flow has handed it every byte, and
-    return when it is gone. asyncio's ``close()`` sends what the transport holds, then a FIN.
-    (The trio and anyio adapters' flows do this themselves, in ``_detach``.)
-
-    After ``shutdown`` our EOF is out of the flow's own core; under TLS that EOF is the
-    close_notify, which may still wait in a layer (until the wire's queue is down to low
-    water) or in the wire's queue (while the transport is paused). So the layers are
-    stepped, and looked at again whenever the transport moves: with our EOF queued, every
-    step of the driver wakes a waiting writer.
-    """
-    driver = flow._driver
-    wire = driver._core
-    while driver._transport is not None:
-        flow._push()
-        pending = any(layer._outgoing.pending for layer in flow._layers)
-        if wire.queued <= driver._handed and not pending:
-            break
-        await flow._wait_room()
-    transport = flow.transport
-    if transport is not None:
-        transport.close()
-    await flow.close()
+    await flow.abort()
 
 
 def _socket_attributes(flow: AsyncFlow) -> dict[Any, Callable[[], Any]]:

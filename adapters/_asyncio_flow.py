@@ -48,6 +48,7 @@ from sansflow import (
     Ok,
     ReceiveState,
     SendState,
+    Shutdown,
 )
 from sansflow._adapter import AsyncDriverFlow
 from sansflow._flow import Buffer
@@ -101,8 +102,9 @@ class _Driver(asyncio.Protocol):
 
     Sending takes one of two roads. A write that finds nothing queued, the transport
     writable and no earlier write of the same burst gone ahead of it goes straight to
-    ``transport.write`` (``_direct``): a request followed by a wait for its reply costs no loop
-    iteration and no scheduled call. Any other write stays queued in the core behind one
+    ``transport.write`` (``_direct``; under TLS, through the layers into records sent at once):
+    a request followed by a wait for its reply costs no loop iteration and no scheduled call.
+    Any other write stays queued in the core behind one
     scheduled flush (``_flush_pending``), which hands everything queued to the transport in
     one call. A burst ends when something of this flow runs on the loop (input arrives, the
     flush runs, the transport resumes writing, or a task of this flow is about to wait): only
@@ -175,7 +177,7 @@ class _Driver(asyncio.Protocol):
         # to drain to low water is woken then (the flush that follows counts them sent).
         low_water = self._core.low_water
         transport.set_write_buffer_limits(high=low_water, low=low_water)
-        self._writable = self._direct = not (self._write_paused or self._layers)
+        self._writable = self._direct = not self._write_paused
         if self._layers:
             self._update()  # a client's hello goes out
         if self._server is not None:
@@ -238,7 +240,7 @@ class _Driver(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        self._writable = self._direct = not (self._eof_written or self._released or self._layers)
+        self._writable = self._direct = not (self._eof_written or self._released)
         # Act on the next loop iteration, not in here: asyncio's selector transport calls us
         # from inside its write handler, which goes on once we return (shutting down the
         # socket for a pending write_eof(), or ending its close()). A transport closed from
@@ -399,7 +401,6 @@ class _Driver(asyncio.Protocol):
         its plaintext core from now on."""
         self._layers.append(layer)
         self._app = layer.outer
-        self._writable = self._direct = False  # every write is encrypted first
 
     async def _wait_handshake(self, timeout: float | None) -> bool:
         """Wait until the outermost layer's handshake is done or the flow ended; ``False``
@@ -618,14 +619,15 @@ class AsyncioFlow(AsyncDriverFlow):
         if driver._direct and not core.queued:
             # First of a burst, nothing queued ahead of it, the transport taking data:
             # straight through.
-            if type(data) is bytes and core.send_state is _SEND_OPEN:
+            if type(data) is bytes and core.send_state is _SEND_OPEN and not driver._layers:
                 # Past the core's queue, which would only take it in and give it back.
                 driver._direct = False
                 driver._write_through(data)
                 return _OK
             # Anything else through the queue: the core copies a writable buffer (the
             # transport may keep a reference to what it could not send at once, and the
-            # caller may change the buffer once we return), or answers Eof or Error.
+            # caller may change the buffer once we return), or answers Eof or Error. Under
+            # TLS the layers encrypt it and the records go out now, as a plain write would.
             result = core.write(data)
             if result is not WOULD_WAIT:  # (an empty queue never says wait)
                 driver._direct = False
@@ -680,6 +682,32 @@ class AsyncioFlow(AsyncDriverFlow):
         driver = self._driver
         driver._abort_now(error)
         await driver._wait_lost()
+
+    async def _detach(self) -> None:
+        """Release the transport without waiting for the peer's EOF (a facade's ``aclose``):
+        what is queued is sent, then our EOF (under TLS, close_notify), then the transport is
+        closed, which sends what it holds and a FIN. The caller resets the connection if this
+        is cancelled.
+
+        After ``shutdown`` our EOF is out of the flow's own core; under TLS that EOF is the
+        close_notify, which may still wait in a layer (until the wire's queue is down to low
+        water) or in the wire's queue (while the transport is paused). So the layers are
+        stepped, and looked at again whenever the transport moves: with our EOF queued, every
+        step of the driver wakes a waiting writer.
+        """
+        await self.shutdown(Shutdown.BOTH)
+        driver = self._driver
+        wire = driver._core
+        while driver._transport is not None:
+            self._push()
+            pending = any(layer._outgoing.pending for layer in self._layers)
+            if wire.queued <= driver._handed and not pending:
+                break
+            await self._wait_room()
+        transport = driver._transport
+        if transport is not None:
+            transport.close()
+        await self.close()
 
 
 def _after(buffers: list[Buffer], skip: int) -> list[Buffer]:
