@@ -1,20 +1,32 @@
 """The anyio adapter: a ``sansflow.Flow`` carried over an anyio byte stream, on anyio's asyncio
 and trio backends alike.
 
-Usage::
+Usage, an echo server and a client that half-closes (the program runs as it is, and
+with ``backend="trio"`` too)::
 
-    from sansflow import Ok, Eof, Error, error_message
+    import anyio
+
+    from sansflow import AsyncFlow, Eof, Error, Ok, Shutdown, error_message
     from sansflow.adapters import anyio as sf
 
-    async with await sf.connect("127.0.0.1", 8000) as flow:  # closed at the end
-        await flow.write(b"hello")
-        match await flow.read():
-            case Ok(data): ...
-            case Eof(): ...
-            case Error(err): print(error_message(err))
 
-    async with sf.serve(handler, "127.0.0.1", 0) as server:  # server.port: the bound port
-        await server.serve_forever()
+    async def echo(flow: AsyncFlow) -> None:
+        async for data in flow:  # until the client's EOF
+            await flow.write(data)
+
+
+    async def main() -> None:
+        async with sf.serve(echo, "127.0.0.1", 0) as server, \
+                await sf.connect("127.0.0.1", server.port) as flow:  # closed at the end
+            await flow.write(b"hello")
+            await flow.shutdown(Shutdown.WRITE)  # our EOF; the echo still comes
+            match await flow.read():
+                case Ok(data): print(data)
+                case Eof(): print("the server sent nothing")
+                case Error(error): print(error_message(error))
+
+
+    anyio.run(main, backend="asyncio")
 
 ``connect``, ``connect_unix``, ``wrap``, ``serve``, ``serve_unix``, ``wrap_tls``, ``copy`` and
 ``proxy`` take the same arguments and raise the same exceptions as on the other adapters;

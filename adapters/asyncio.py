@@ -1,18 +1,31 @@
 """sansflow over asyncio (and uvloop): ``connect``, ``connect_unix``, ``wrap``, ``serve``,
 ``serve_unix``, and the flows they give, ``AsyncioFlow``.
 
-Usage::
+Usage, an echo server and a client that half-closes (the program runs as it is)::
 
-    from sansflow import Ok, Eof, Error, error_message
+    import asyncio
+
+    from sansflow import AsyncFlow, Eof, Error, Ok, Shutdown, error_message
     from sansflow.adapters import asyncio as sf
 
-    flow = await sf.connect("127.0.0.1", 8000, timeout=10)
-    await flow.write(b"hello")
-    match await flow.read():
-        case Ok(data): ...
-        case Eof(): ...
-        case Error(err): print(error_message(err))
-    await flow.close()
+
+    async def echo(flow: AsyncFlow) -> None:
+        async for data in flow:  # until the client's EOF
+            await flow.write(data)
+
+
+    async def main() -> None:
+        async with sf.serve(echo, "127.0.0.1", 0) as server, \
+                await sf.connect("127.0.0.1", server.port, timeout=10) as flow:
+            await flow.write(b"hello")
+            await flow.shutdown(Shutdown.WRITE)  # our EOF; the echo still comes
+            match await flow.read():
+                case Ok(data): print(data)
+                case Eof(): print("the server sent nothing")
+                case Error(error): print(error_message(error))
+
+
+    asyncio.run(main())
 
 How a flow moves its bytes (one protocol object on an asyncio transport) is told in
 ``sansflow.adapters._asyncio_flow``.

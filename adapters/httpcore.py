@@ -2,7 +2,8 @@
 connections are flows of the anyio adapter, and ``FlowTransport``, the httpx transport that
 uses it. Both run on anyio's asyncio and trio backends, as httpx does.
 
-Usage (``pip install "sansflow[anyio,httpx]"``)::
+Usage (``pip install "sansflow[anyio,httpx]"``; a sketch, which needs a server on port
+8000: docs/adapters.md has a program that runs as it is)::
 
     import httpx
     from sansflow.adapters.httpcore import FlowTransport

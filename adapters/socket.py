@@ -1,16 +1,25 @@
 """The blocking-socket adapter: a ``sansflow.Flow`` over a plain ``socket.socket``, no event loop.
 
-Every method is an ordinary blocking call with the names the async adapters use::
+Every method is an ordinary blocking call with the names the async adapters use. An echo
+server and a client that half-closes (the program runs as it is)::
 
-    from sansflow import Eof, Error, Ok, error_message
+    from sansflow import Eof, Error, Ok, Shutdown, error_message
     from sansflow.adapters import socket as sf
 
-    with sf.connect("127.0.0.1", 8000, timeout=5) as flow:  # closed (or aborted) on exit
+
+    def echo(flow: sf.SocketFlow) -> None:  # on a thread of its own
+        for data in flow:  # until the client's EOF
+            flow.write(data)
+
+
+    with sf.serve(echo, "127.0.0.1", 0) as server, \
+            sf.connect("127.0.0.1", server.port, timeout=5) as flow:  # closed on exit
         flow.write(b"hello")
+        flow.shutdown(Shutdown.WRITE)  # our EOF; the echo still comes
         match flow.read():
-            case Ok(data): ...
-            case Eof(): ...
-            case Error(err): print(error_message(err))
+            case Ok(data): print(data)
+            case Eof(): print("the server sent nothing")
+            case Error(error): print(error_message(error))
 
 ``for data in flow:`` reads until ``Eof`` (``BrokenFlowError`` at an ``Error``). ``connect``,
 ``connect_unix``, ``wrap``, ``serve`` and ``serve_unix`` take the arguments of the async
@@ -482,8 +491,7 @@ def serve(handler: Handler, host: str | None, port: int, *, backlog: int = BACKL
           handshake_timeout: float | None = HANDSHAKE_TIMEOUT, high_water: int = HIGH_WATER,
           low_water: int = LOW_WATER, receive_limit: int = RECEIVE_LIMIT) -> Server:
     """A server running ``handler(flow)`` on its own thread for each accepted TCP connection.
-
-    ::
+    To serve until the program is interrupted (a sketch: the module's text has a program)::
 
         with sf.serve(handler, "127.0.0.1", 0) as server:
             print(server.port)

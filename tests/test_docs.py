@@ -4,11 +4,15 @@ as pasted or says why it cannot."""
 from __future__ import annotations
 
 import enum
+import importlib
+import inspect
 import re
 import subprocess
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -182,3 +186,57 @@ def test_pytest_example_runs_every_check_once(tmp_path: Path) -> None:
 
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"{len(CHECKS)} passed" in done.stdout.splitlines()[-1]
+
+
+# -- the code blocks of the docstrings, which the API reference shows -------------------------
+
+API_PAGES = sorted((ROOT / "docs" / "api").glob("*.md"))
+API_MODULES = [name for page in API_PAGES
+               for name in re.findall(r"^::: (\S+)$", page.read_text(), re.MULTILINE)]
+# A literal block: a paragraph ending in "::", a blank line, the indented block.
+LITERAL = re.compile(r"(?P<intro>(?:.+\n)*.*)::\n\n(?P<code>(?:(?: {4}.*)?\n)+)")
+
+
+def docstring_blocks() -> list[Any]:
+    """Every literal block of the docstrings of the modules the API pages show, and of their
+    public classes, functions and methods: ``(where, intro, code)``."""
+    blocks = []
+    for name in API_MODULES:
+        module = importlib.import_module(name)
+        objects: list[tuple[str, object]] = [(name, module)]
+        for member in getattr(module, "__all__", []):
+            value = getattr(module, member)
+            if inspect.isclass(value) or inspect.isfunction(value):
+                objects.append((f"{name}.{member}", value))
+            if inspect.isclass(value):
+                objects += [(f"{name}.{member}.{attr}", item) for attr, item in vars(value).items()
+                            if not attr.startswith("_") and callable(item)]
+        for where, value in objects:
+            doc = inspect.getdoc(value) or ""
+            for found in LITERAL.finditer(doc + "\n"):
+                blocks.append(pytest.param(found["intro"], textwrap.dedent(found["code"]),
+                                           id=f"{where}:{doc[:found.start('code')].count(chr(10))}"))
+    return blocks
+
+
+DOCSTRING_BLOCKS = docstring_blocks()
+
+
+def test_the_api_pages_show_docstring_blocks() -> None:
+    assert len(DOCSTRING_BLOCKS) >= 8  # the adapters' programs, the testing tools' examples
+
+
+@pytest.mark.parametrize(("intro", "code"), DOCSTRING_BLOCKS)
+def test_docstring_block_runs_as_pasted_or_says_it_is_a_sketch(intro: str, code: str,
+                                                               tmp_path: Path) -> None:
+    """A block of a docstring runs as a user would paste it, unless the sentence that shows
+    it says that it is a sketch."""
+    if "a sketch" in intro.split("\n\n")[-1]:
+        return
+    script = tmp_path / "snippet.py"
+    script.write_text(code)
+    done = subprocess.run([sys.executable, "-W", "error", str(script)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert (done.returncode, done.stderr) == (0, ""), done.stdout
+    if "echo" in intro:
+        assert done.stdout == "b'hello'\n"

@@ -362,7 +362,9 @@ class CheckedFlow(Flow):
     from the model's prediction (the model answers reads with the same ``Eof()`` or ``Error``
     for ever once it answered one). Use it wherever a test builds flows::
 
-        pair = FlowPair(CheckedFlow(), CheckedFlow(high_water=4))
+        from sansflow.testing import CheckedFlow, FlowPair
+
+        pair = FlowPair(CheckedFlow(), CheckedFlow(high_water=4, low_water=1))
     """
 
     __slots__ = ("_seen_state", "model")

@@ -52,7 +52,10 @@ check what arrives in ``on_received`` (called with every chunk a read returned) 
             assert [line + b"\\n" for line in complete] == self.sent[: len(complete)]
 
 
-    TestLines = LineMachine.TestCase
+    TestLines = LineMachine.TestCase  # pytest runs it; so does this module, run as a script
+
+    if __name__ == "__main__":
+        TestLines().runTest()
 
 Side ``"a"`` is ``self.pair.a`` and ``"b"`` is ``self.pair.b``; ``self.flow(side)`` and
 ``self.model(side)`` give each end's flow and model. The built-in rules write random bytes

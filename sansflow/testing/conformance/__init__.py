@@ -3,7 +3,8 @@
 ``check_flow_pair(make_pair)`` runs every check against connected pairs of flows that
 ``make_pair`` creates, one fresh pair per check, and raises ``ConformanceError`` naming each
 failed check, the contract row it covers, and what went wrong. It needs no test framework and
-is written against anyio, so the same checks run under asyncio and under trio::
+is written against anyio, so the same checks run under asyncio and under trio (a sketch:
+``make_pair`` is yours; docs/conformance.md has a test module that runs as it is)::
 
     anyio.run(check_flow_pair, make_pair, backend="trio")
 
