@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from functools import partial
 from typing import Protocol, cast
 
@@ -126,6 +127,7 @@ class _Driver(asyncio.Protocol):
         "_loop",
         "_lost",
         "_lost_waiters",
+        "_read_max",
         "_read_paused",
         "_read_waiter",
         "_released",
@@ -147,7 +149,8 @@ class _Driver(asyncio.Protocol):
         self._loop = loop
         self._server = server
         self._transport: asyncio.Transport | None = None
-        self._read_waiter: asyncio.Future[None] | None = None
+        self._read_waiter: asyncio.Future[bytes | None] | None = None
+        self._read_max = 0  # the most the waiting reader takes with its wake-up
         self._write_waiter: asyncio.Future[None] | None = None
         # Each waiting shutdown(WRITE) / close() has its own future, so that a cancelled
         # caller cancels only its own wait.
@@ -184,9 +187,16 @@ class _Driver(asyncio.Protocol):
             self._server._connection_made(self)
 
     def data_received(self, data: bytes) -> None:
+        self._direct = self._writable  # the loop has control: a burst of writes is over
+        waiter = self._read_waiter
+        if waiter is not None and len(data) <= self._read_max and not waiter.done():
+            # A reader waits, so the core holds nothing: the data goes to the reader with its
+            # wake-up, past the core, which would only take it in and give it back.
+            self._read_waiter = None
+            waiter.set_result(data)
+            return
         core = self._core
         core.receive_data(data)  # bytes: kept as they are, no copy
-        self._direct = self._writable  # the loop has control: a burst of writes is over
         if self._layers:
             self._update()  # decrypted (or answered), readers of the plaintext woken
         if core.reading_paused and not self._read_paused:
@@ -371,11 +381,11 @@ class _Driver(asyncio.Protocol):
     def _wake(self) -> None:
         """Wake each waiter whose condition now holds; a waiter is woken once, not per chunk."""
         core = self._app
-        waiter = self._read_waiter
-        if waiter is not None and core.read_ready:
+        reader = self._read_waiter
+        if reader is not None and core.read_ready:
             self._read_waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
+            if not reader.done():
+                reader.set_result(None)
         waiter = self._write_waiter
         if waiter is not None and core.write_ready:
             self._write_waiter = None
@@ -395,6 +405,15 @@ class _Driver(asyncio.Protocol):
                     handshake.set_result(True)
 
     # -- TLS -------------------------------------------------------------------------------
+
+    def _take_back(self, waiter: asyncio.Future[bytes | None]) -> None:
+        """A waiting reader was interrupted (cancelled): input handed to it with its wake-up
+        goes back into the core, in front of whatever arrived since, so that none is lost."""
+        if waiter.done() and not waiter.cancelled() and (data := waiter.result()) is not None:
+            core = self._core
+            core.unread(data)
+            if core.reading_paused and not self._read_paused:
+                self._pause_reading()
 
     def _add_layer(self, layer: TlsLayer) -> None:
         """Carry ``layer`` over the core the application used so far; the application uses
@@ -506,16 +525,22 @@ class _BufferedDriver(_Driver, asyncio.BufferedProtocol):
         return buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        core = self._core
         buffer = self._lent
         assert buffer is not None  # the transport got it from get_buffer
-        core.receive_data(buffer[:nbytes].tobytes())
-        # The core keeps a copy: the buffer can serve the next read, of any flow.
+        data = buffer[:nbytes].tobytes()
+        # The reader or the core keeps a copy: the buffer can serve the next read, of any flow.
         self._lent = None
         if len(_FREE_BUFFERS) < _MAX_FREE_BUFFERS:
             _FREE_BUFFERS.append(buffer)
         # From here on as in data_received (inlined: this runs once per read).
         self._direct = self._writable
+        waiter = self._read_waiter
+        if waiter is not None and nbytes <= self._read_max and not waiter.done():
+            self._read_waiter = None
+            waiter.set_result(data)
+            return
+        core = self._core
+        core.receive_data(data)
         if self._layers:
             self._update()
         if core.reading_paused and not self._read_paused:
@@ -575,7 +600,8 @@ class AsyncioFlow(AsyncDriverFlow):
         """``Ok(data)`` with 1 to ``max_bytes`` bytes (all that is buffered if ``None``),
         waiting for data if none is buffered; then ``Eof()`` or the flow's ``Error``, sticky.
 
-        Cancelling a waiting read loses nothing: data that arrives stays buffered.
+        Cancelling a waiting read loses nothing: data that arrives stays buffered, also data
+        handed to the read as it was cancelled.
         """
         if self._reading:
             self._claim_read()
@@ -592,9 +618,19 @@ class AsyncioFlow(AsyncDriverFlow):
                 while True:
                     # This task yields: its burst of writes is over.
                     driver._direct = driver._writable
-                    waiter: asyncio.Future[None] = driver._loop.create_future()
+                    waiter: asyncio.Future[bytes | None] = driver._loop.create_future()
                     driver._read_waiter = waiter
-                    await waiter
+                    # Input that arrives meanwhile may come with the wake-up (not under TLS:
+                    # the layers decrypt it first).
+                    driver._read_max = 0 if driver._layers else max_bytes or sys.maxsize
+                    try:
+                        data = await waiter
+                    except BaseException:
+                        driver._take_back(waiter)
+                        raise
+                    if data is not None:
+                        result = Ok(data)
+                        break
                     result = core.read(max_bytes)
                     if result is not WOULD_WAIT:
                         break

@@ -55,11 +55,13 @@ class Flow(_StateMachine):
 
     Transport side: ``receive_data``, ``receive_eof``, ``receive_error`` feed in what arrived;
     ``buffers_to_send`` and ``sent`` take out what to send; ``eof_due`` and ``eof_sent`` hand
-    our EOF over once the queue is flushed; ``reading_paused`` says when to stop reading.
+    our EOF over once the queue is flushed; ``reading_paused`` says when to stop reading;
+    ``unread`` takes back input an adapter handed past the queue to a reader that never got it.
     """
 
     __slots__ = (
         "_buffered",
+        "_discarding",
         "_high_water",
         "_low_water",
         "_queued",
@@ -89,6 +91,7 @@ class Flow(_StateMachine):
         self._receive_buffer: deque[bytes] = deque()
         self._receive_offset = 0  # bytes of _receive_buffer[0] already read
         self._buffered = 0
+        self._discarding = False  # shutdown(READ) was called: input is dropped from then on
 
     # -- what users and adapters look at -------------------------------------------------
 
@@ -221,6 +224,7 @@ class Flow(_StateMachine):
         receive_event = None if how is Shutdown.WRITE else ReceiveEvent.SHUTDOWN
         self._apply(send_event, receive_event)
         if receive_event is not None:
+            self._discarding = True
             self._receive_buffer.clear()
             self._receive_offset = self._buffered = 0
 
@@ -259,6 +263,23 @@ class Flow(_StateMachine):
                 self._buffered += len(data)
         elif receive is _RECEIVE_EOF and self._failure is None:
             raise FlowUsageError("receive_data() after receive_eof(): the peer's EOF came first")
+
+    def unread(self, data: bytes) -> None:
+        """Put ``data`` back in front of what is buffered: input the adapter handed straight
+        to a waiting reader that never got it (its task was cancelled as the data arrived).
+        The next read returns it first, whatever arrived or happened since, as if it had been
+        buffered all along; so after ``shutdown(READ)`` it is dropped."""
+        if type(data) is not bytes:
+            raise TypeError(f"unread() takes bytes, not {type(data).__name__}")
+        if self._discarding or not data:
+            return
+        chunks = self._receive_buffer
+        offset = self._receive_offset
+        if offset:  # the first chunk was partly read: keep only its rest
+            chunks[0] = chunks[0][offset:]
+            self._receive_offset = 0
+        chunks.appendleft(data)
+        self._buffered += len(data)
 
     def receive_eof(self) -> None:
         """The peer's EOF arrived. Ignored once the flow has failed."""

@@ -930,6 +930,61 @@ def test_cancelled_read_loses_nothing(loop_kind: str) -> None:
     run(loop_kind, main)
 
 
+def deliver(flow: sf.AsyncioFlow, data: bytes) -> None:
+    """Hand ``data`` to the flow's protocol as its transport would, through the callbacks
+    the loop uses (a lent buffer on asyncio's own loops, ``data_received`` on uvloop)."""
+    driver: Any = flow._driver
+    if hasattr(driver, "get_buffer"):
+        buffer = driver.get_buffer(len(data))
+        buffer[:len(data)] = data
+        driver.buffer_updated(len(data))
+    else:
+        driver.data_received(data)
+
+
+@pytest.mark.parametrize("then", ["more", "eof", "nothing"])
+def test_read_cancelled_with_its_data_in_hand_loses_nothing(loop_kind: str, then: str) -> None:
+    # A waiting reader is handed what arrives with its wake-up; cancelled before its task
+    # runs, it must put the data back in front of anything that arrived after it.
+    async def main() -> None:
+        async with flow_pair(receive_limit=4) as (a, _b):
+            reader = asyncio.ensure_future(a.read())
+            await until(lambda: a._driver._read_waiter is not None, "the read waits")
+            deliver(a, b"handed")
+            if then == "more":
+                deliver(a, b" later")  # uvloop reads several times per poll
+            elif then == "eof":
+                a._driver.eof_received()
+            reader.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await reader
+            assert a._driver._read_paused  # 6 bytes kept against a limit of 4
+            expected = b"handed later" if then == "more" else b"handed"
+            assert await read_exactly(a, len(expected)) == expected
+            assert not a._driver._read_paused
+            if then == "eof":
+                assert await a.read() == Eof()
+
+    run(loop_kind, main)
+
+
+def test_a_waiting_read_gets_at_most_max_bytes_of_what_arrives(loop_kind: str) -> None:
+    async def main() -> None:
+        async with flow_pair() as (a, b):
+            for max_bytes in (3, None, 100):
+                reader = asyncio.ensure_future(a.read(max_bytes))
+                await until(lambda: a._driver._read_waiter is not None, "the read waits")
+                assert await b.write(b"abcdef") == Ok(None)
+                first = await reader
+                assert isinstance(first, Ok)
+                assert first.value == b"abcdef"[:max_bytes or 6]
+                assert a.buffered == 6 - len(first.value)
+                if a.buffered:
+                    assert await a.read() == Ok(b"def")
+
+    run(loop_kind, main)
+
+
 def test_cancelled_close_aborts_and_releases_the_socket(loop_kind: str) -> None:
     async def main() -> None:
         async with flow_pair() as (a, b):

@@ -285,3 +285,73 @@ def test_eof_after_failure_is_ignored() -> None:
     flow.receive_eof()
     flow.receive_eof()
     assert flow.receive_state is ReceiveState.FAILED
+
+
+# -- unread: input an adapter handed straight to a reader that never got it ----------------
+
+
+def test_unread_comes_back_first_on_an_empty_flow() -> None:
+    flow = Flow()
+    flow.unread(b"handed")
+    assert flow.buffered == 6
+    assert flow.read_ready
+    assert flow.read() == Ok(b"handed")
+    assert flow.read() is WOULD_WAIT
+
+
+def test_unread_goes_before_what_arrived_since() -> None:
+    flow = Flow()
+    flow.receive_data(b"later")
+    flow.receive_data(b"!")
+    flow.unread(b"first ")
+    assert flow.buffered == 12
+    assert flow.read() == Ok(b"first later!")
+
+
+def test_unread_goes_before_the_rest_of_a_partly_read_chunk() -> None:
+    flow = Flow()
+    flow.receive_data(b"abcdef")
+    assert flow.read(2) == Ok(b"ab")
+    flow.unread(b"XY")
+    assert flow.buffered == 6
+    assert flow.read(3) == Ok(b"XYc")
+    assert flow.read() == Ok(b"def")
+
+
+@pytest.mark.parametrize("end", ["eof", "error", "abort"])
+def test_unread_comes_before_the_end_that_followed(end: str) -> None:
+    flow = Flow()
+    if end == "eof":
+        flow.receive_eof()
+    elif end == "error":
+        flow.receive_error(ConnectionResetError(errno.ECONNRESET, "reset"))
+    else:
+        flow.abort()
+    ending = flow.read()
+    assert not isinstance(ending, Ok)
+    flow.unread(b"data")
+    assert flow.read() == Ok(b"data")
+    assert flow.read() == ending
+
+
+@pytest.mark.parametrize("then_eof", [False, True])
+def test_unread_after_shutdown_read_is_dropped(then_eof: bool) -> None:
+    flow = Flow()
+    flow.shutdown(Shutdown.READ)
+    if then_eof:  # the state no longer says DISCARDING, but the input is still unwanted
+        flow.receive_eof()
+        assert flow.receive_state is ReceiveState.EOF_RECEIVED
+    flow.unread(b"data")
+    assert flow.buffered == 0
+    assert flow.read() == Eof()
+
+
+def test_unread_empty_changes_nothing_and_refuses_non_bytes() -> None:
+    flow = Flow()
+    flow.receive_data(b"x")
+    flow.unread(b"")
+    for data in (bytearray(b"y"), memoryview(b"y"), "y", None):
+        with pytest.raises(TypeError, match="unread"):
+            flow.unread(data)  # type: ignore[arg-type]
+    assert flow.buffered == 1
+    assert flow.read() == Ok(b"x")
