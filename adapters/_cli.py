@@ -22,7 +22,8 @@ import ssl
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from types import ModuleType
@@ -390,10 +391,14 @@ class _AsyncLoop:
     in_thread: Callable[[Callable[[], Any]], Awaitable[Any]]
     lock: Callable[[], Any]
     event: Callable[[], Any]
+    # run(main) runs main to its end, stopped by a signal as ``_Stops`` says.
     run: Callable[[Callable[[], Awaitable[Any]]], Any]
+    # await until_stopped(wait): what a stop signal ends first, in main (a server's wait).
+    until_stopped: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]
 
 
 def _async_loop(name: str) -> _AsyncLoop:
+    stops = _Stops()
     if name == "trio":
         import trio
 
@@ -403,7 +408,7 @@ def _async_loop(name: str) -> _AsyncLoop:
             return await trio.to_thread.run_sync(call, abandon_on_cancel=True)
 
         return _AsyncLoop(sf_trio, _copy.proxy_trio, trio_thread, trio.Lock, trio.Event,
-                          trio.run)
+                          stops.run_trio, stops.until_stopped_trio)
     import asyncio
 
     from . import asyncio as sf_asyncio
@@ -411,14 +416,135 @@ def _async_loop(name: str) -> _AsyncLoop:
     if name == "uvloop":
         import uvloop
 
-        def run(main: Callable[[], Awaitable[_T]]) -> _T:
-            return uvloop.run(main())  # type: ignore[arg-type]
+        runner: Callable[[Coroutine[Any, Any, Any]], Any] = uvloop.run
     else:
-        def run(main: Callable[[], Awaitable[_T]]) -> _T:
-            return asyncio.run(main())  # type: ignore[arg-type]
-
+        runner = asyncio.run
     return _AsyncLoop(sf_asyncio, _copy.proxy_asyncio, _asyncio_thread, asyncio.Lock,
-                      asyncio.Event, run)
+                      asyncio.Event, partial(stops.run_asyncio, runner),
+                      stops.until_stopped_asyncio)
+
+
+class _Stops:
+    """The stop signals during an event loop's run: SIGTERM, and SIGINT unless it is ignored
+    (a shell starts its background jobs so, and they must stay deaf to the terminal's
+    Ctrl-C). Each signal cancels the innermost of what is running: the wait given to
+    ``until_stopped`` (a server's, whose block is then left normally: its connections get
+    their grace), else main, and then the run raises KeyboardInterrupt, as the socket loop's
+    main thread gets it. A KeyboardInterrupt raised from the signal handler instead would land
+    wherever the loop is, and leave it broken."""
+
+    def __init__(self) -> None:
+        self._cancels: list[_Cancel] = []  # outermost first
+
+    def _stop(self) -> None:
+        if self._cancels:
+            self._cancels.pop().cancel()
+
+    @contextmanager
+    def _cancelling(self, cancel: _Cancel) -> Iterator[_Cancel]:
+        self._cancels.append(cancel)
+        try:
+            yield cancel
+        finally:
+            if cancel in self._cancels:
+                self._cancels.remove(cancel)
+
+    def run_trio(self, main: Callable[[], Awaitable[Any]]) -> Any:
+        import trio
+
+        async def stoppable() -> Any:
+            token = trio.lowlevel.current_trio_token()
+            signals = _stop_signals()
+            with _restoring(signals):
+                for number in signals:
+                    # run_sync_soon is the one trio call a signal handler may make
+                    signal.signal(number, lambda *_: token.run_sync_soon(self._stop))
+                return await self.until_stopped_trio(main)
+
+        result = trio.run(stoppable)
+        return _unless_stopped(result)
+
+    async def until_stopped_trio(self, wait: Callable[[], Awaitable[_T]]) -> _T | _Stopped:
+        import trio
+
+        with trio.CancelScope() as scope, self._cancelling(_Cancel(scope.cancel)):
+            return await wait()
+        return _STOPPED
+
+    def run_asyncio(self, runner: Callable[[Coroutine[Any, Any, Any]], Any],
+                    main: Callable[[], Awaitable[Any]]) -> Any:
+        import asyncio
+
+        async def stoppable() -> Any:
+            loop = asyncio.get_running_loop()
+            signals = _stop_signals()
+            with _restoring(signals):
+                for number in signals:
+                    loop.add_signal_handler(number, self._stop)
+                try:
+                    return await self.until_stopped_asyncio(main)
+                finally:
+                    for number in signals:
+                        loop.remove_signal_handler(number)
+
+        return _unless_stopped(runner(stoppable()))
+
+    async def until_stopped_asyncio(self, wait: Callable[[], Awaitable[_T]]
+                                    ) -> _T | _Stopped:
+        import asyncio
+
+        task = asyncio.current_task()
+        assert task is not None
+        with self._cancelling(_Cancel(task.cancel)) as cancel:
+            try:
+                return await wait()
+            except asyncio.CancelledError:
+                if not cancel.called:
+                    raise
+        return _STOPPED
+
+
+class _Cancel:
+    """A cancellation a stop signal may call, which remembers that it was called."""
+
+    def __init__(self, call: Callable[[], object]) -> None:
+        self._call = call
+        self.called = False
+
+    def cancel(self) -> None:
+        self.called = True
+        self._call()
+
+
+class _Stopped:
+    """What ``until_stopped`` returns when a stop signal ended the wait."""
+
+
+_STOPPED = _Stopped()
+
+
+def _unless_stopped(result: Any) -> Any:
+    if isinstance(result, _Stopped):
+        raise KeyboardInterrupt
+    return result
+
+
+def _stop_signals() -> list[signal.Signals]:
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        return [signal.SIGTERM]
+    return [signal.SIGTERM, signal.SIGINT]
+
+
+@contextmanager
+def _restoring(signals: list[signal.Signals]) -> Iterator[None]:
+    """Put the handlers of ``signals`` back on leaving: asyncio's remove_signal_handler
+    would leave SIGTERM at its default, which kills the process without a word."""
+    saved = [(number, signal.getsignal(number)) for number in signals]
+    try:
+        yield
+    finally:
+        for number, handler in saved:
+            signal.signal(number, handler)
 
 
 async def _asyncio_thread(call: Callable[[], _T]) -> _T:
@@ -537,12 +663,18 @@ def cmd_listen(args: argparse.Namespace, output: _Output) -> int:
                                             output)
                 served.set()
 
-        with sf.serve(handle, args.host, args.port, ssl=args.server_tls) as server:
-            output.say(f"listening on {address_text((args.host, server.port))}")
-            if args.keep_open:
-                _until_stopped(server.serve_forever)
-            else:
-                served.wait()
+        def serve() -> None:
+            with sf.serve(handle, args.host, args.port, ssl=args.server_tls) as server:
+                output.say(f"listening on {address_text((args.host, server.port))}")
+                if args.keep_open:
+                    server.serve_forever()
+                else:
+                    served.wait()
+
+        if args.keep_open:  # stopped normally also before serve_forever waits: a client
+            _until_stopped(serve)  # may be served before this thread gets there
+        else:
+            serve()
         return status[0]
     loop = _async_loop(args.loop)
 
@@ -562,7 +694,7 @@ def cmd_listen(args: argparse.Namespace, output: _Output) -> int:
         async with loop.sf.serve(handle, args.host, args.port, ssl=args.server_tls) as server:
             output.say(f"listening on {address_text((args.host, server.port))}")
             if args.keep_open:
-                await server.serve_forever()
+                await loop.until_stopped(server.serve_forever)
             else:
                 await served.wait()
         return status[0]
@@ -633,9 +765,12 @@ def cmd_relay(args: argparse.Namespace, output: _Output) -> int:
             up.close(args.close_timeout)
             _report_relay(args, output, peer, upstream, result, down, up)
 
-        with sf.serve(handle, args.bind, args.port, ssl=args.server_tls) as server:
-            output.say(f"relaying {address_text((args.bind, server.port))} to {upstream}")
-            _until_stopped(server.serve_forever)
+        def serve() -> None:
+            with sf.serve(handle, args.bind, args.port, ssl=args.server_tls) as server:
+                output.say(f"relaying {address_text((args.bind, server.port))} to {upstream}")
+                server.serve_forever()
+
+        _until_stopped(serve)
         return 0
     loop = _async_loop(args.loop)
 
@@ -666,7 +801,7 @@ def cmd_relay(args: argparse.Namespace, output: _Output) -> int:
         async with loop.sf.serve(handle_async, args.bind, args.port,
                                  ssl=args.server_tls) as server:
             output.say(f"relaying {address_text((args.bind, server.port))} to {upstream}")
-            await server.serve_forever()
+            await loop.until_stopped(server.serve_forever)
         return 0
 
     return _until_stopped(partial(loop.run, main)) or 0
@@ -684,19 +819,8 @@ def _until_stopped(serve: Callable[[], _T]) -> _T | None:
     """Run ``serve`` until Ctrl-C or SIGTERM, which stop a relay normally (status 0)."""
     try:
         return serve()
-    except BaseException as exc:
-        if not _interrupted(exc):
-            raise
+    except KeyboardInterrupt:
         return None
-
-
-def _interrupted(exc: BaseException) -> bool:
-    """Whether ``exc`` is a KeyboardInterrupt, alone or in exception groups (trio's nurseries
-    gather what their tasks raised)."""
-    if isinstance(exc, KeyboardInterrupt):
-        return True
-    inner = getattr(exc, "exceptions", None)
-    return isinstance(inner, tuple) and all(_interrupted(e) for e in inner)
 
 
 # -- demo ---------------------------------------------------------------------------------
@@ -1009,13 +1133,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _stop(*_: object) -> None:
-    """SIGTERM stops a relay or a listener as Ctrl-C does: it becomes a SIGINT, which each
-    event loop (trio's above all) turns into KeyboardInterrupt where that is safe. A shell
-    starts background jobs with SIGINT ignored, though: then it raises here."""
-    if callable(signal.getsignal(signal.SIGINT)):
-        signal.raise_signal(signal.SIGINT)
-    else:
-        raise KeyboardInterrupt
+    """SIGTERM stops the command as Ctrl-C does: a KeyboardInterrupt, which the socket loop's
+    main thread takes where it waits. An event loop is stopped in its own way while it runs
+    (``_Stops``)."""
+    raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1038,9 +1159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # a connect or a listen failed: it names the address
         output.say(_failure_text(exc))
         return 1
-    except BaseException as exc:
-        if not _interrupted(exc):
-            raise
+    except KeyboardInterrupt:
         output.say("interrupted")
         return 1
     return status

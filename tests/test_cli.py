@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import coverage
@@ -131,9 +132,13 @@ def upstream(behaviour: Callable[[socket.socket], None]) -> Iterator[int]:
 class Running:
     """A ``sansflow`` that serves (relay, listen) in the background."""
 
-    def __init__(self, *args: str, stdin: int | None = subprocess.DEVNULL) -> None:
+    def __init__(self, *args: str, stdin: int | None = subprocess.DEVNULL,
+                 ignoring_sigint: bool = False) -> None:
+        # ignoring_sigint: as a shell starts a background job
+        ignore = partial(signal.signal, signal.SIGINT, signal.SIG_IGN) if ignoring_sigint else None
         self.process = subprocess.Popen([*SANSFLOW, *args], stdin=stdin, env=ENV,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        preexec_fn=ignore)
         assert self.process.stderr is not None
         first = self.process.stderr.readline().decode()
         match = re.search(r"127\.0\.0\.1:(\d+)", first)
@@ -365,6 +370,29 @@ def test_listen_keep_open_serves_each_client_in_turn(loop: str) -> None:
     assert listening.stdout == b"onetwo"
     assert listening.stderr.count("client: peer sent EOF") == 2
     assert listening.stderr.count("stdin -> client: 0 bytes read") == 2
+
+
+@pytest.mark.parametrize("loop", ["socket", "asyncio", "trio"])
+@pytest.mark.parametrize(("stop", "ignoring_sigint"), [(signal.SIGTERM, True),
+                                                       (signal.SIGINT, False)],
+                         ids=["SIGTERM-in-background", "SIGINT"])
+def test_a_signal_stops_listen_keep_open_cleanly(loop: str, stop: signal.Signals,
+                                                 ignoring_sigint: bool) -> None:
+    """SIGTERM to a background job (SIGINT ignored, as a shell starts it), or Ctrl-C: the
+    status is the last connection's, with no traceback."""
+    listening = Running("listen", "--keep-open", "--stats", "--loop", loop, "0",
+                        ignoring_sigint=ignoring_sigint)
+    with socket.create_connection(("127.0.0.1", listening.port)) as client:
+        client.sendall(b"one")
+        client.shutdown(socket.SHUT_WR)
+        assert client.recv(10) == b""
+    listening.wait_for("client -> stdout:")  # that connection is over
+    time.sleep(0.2)  # the listener waits again: in trio's core, a KeyboardInterrupt broke it
+    listening.process.send_signal(stop)
+    assert listening.stop(signalled=False) == 0
+    assert listening.stdout == b"one"
+    assert "Traceback" not in listening.stderr
+    assert listening.stderr.count("\n") == 3  # listening, and the connection's two lines
 
 
 @pytest.mark.parametrize("loop", ["socket", "uvloop"])
