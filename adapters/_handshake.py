@@ -95,7 +95,7 @@ def handshake_failed(error: FlowError | None, where: str, timeout: float | None 
     ``where`` and ``error_message``, the cause is chained, and the ssl module's attributes
     (``verify_message``, ``reason``...) are kept."""
     if error is None:
-        return TimeoutError(f"{where}: TLS handshake timed out after {timeout} s")
+        return TimeoutError(f"{where}: TLS handshake timed out after {timeout:g} s")
     text = f"{where}: {error_message(error)}"
     cause = error.cause
     exc: OSError

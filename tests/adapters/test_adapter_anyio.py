@@ -675,15 +675,19 @@ def test_silent_peers_time_the_handshake_out(backend: str, server_ctx: ssl.SSLCo
                 await sf.connect(HOST, port, ssl=client_ctx, timeout=0.2)
         async with sf.serve(echo, HOST, 0, ssl=server_ctx, handshake_timeout=0.1) as server:
             silent = await sf.connect(HOST, server.port)  # plain TCP: never says hello
+            clients.append(silent.sockname[1])
             result = await silent.read()
             assert isinstance(result, Error)
             assert result.error.kind is ErrorKind.RESET
             await silent.close()
 
+    clients: list[int] = []
     with caplog.at_level(logging.WARNING, logger="sansflow"):
         run(backend, main)
     assert [r.levelname for r in caplog.records] == ["WARNING"]
-    assert "TLS handshake timed out after 0.1 s" in caplog.records[0].getMessage()
+    assert caplog.records[0].getMessage() == (
+        f"sansflow: TLS handshake failed: 127.0.0.1:{clients[0]}: "
+        "TLS handshake timed out after 0.1 s")
 
 
 # -- copy and proxy ------------------------------------------------------------------------

@@ -223,7 +223,9 @@ def test_a_silent_client_is_dropped_after_the_handshake_timeout(
         assert result.error.kind is ErrorKind.RESET
     assert handled == []
     assert [r.levelname for r in caplog.records] == ["WARNING"]
-    assert "TLS handshake timed out after 0.1 s" in caplog.records[0].getMessage()
+    assert caplog.records[0].getMessage() == (
+        f"sansflow: TLS handshake failed: 127.0.0.1:{silent.sockname[1]}: "
+        "TLS handshake timed out after 0.1 s")
 
 
 def test_bad_tls_arguments(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> None:
