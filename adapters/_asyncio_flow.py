@@ -30,6 +30,9 @@ Where the bytes sit:
   calls (``mmap``, ``mremap``, ``munmap``) per small read in a process that has not yet
   raised glibc's mmap threshold. When the core's receive buffer reaches its limit, reading
   from the transport pauses until the application reads; it may overshoot by one read.
+  A read that waits is handed what arrives with its wake-up (when it fits the read's
+  ``max_bytes``), past the core, which would only take it in and give it back; a read
+  cancelled at that moment puts it back in front of the core's buffer (``Flow.unread``).
 """
 
 from __future__ import annotations
