@@ -156,6 +156,14 @@ class TlsLayer:
         """What the handshake settled on; ``None`` until it completed."""
         return self._info
 
+    @property
+    def ssl_object(self) -> ssl.SSLObject:
+        """The session's ``ssl.SSLObject``, for inspection: ``getpeercert()``,
+        ``get_channel_binding()``, ``shared_ciphers()``. Never for ``read``, ``write``,
+        ``do_handshake`` or ``unwrap``: they would move the session behind the layer's back,
+        and the layer's state would no longer match it."""
+        return self._ssl
+
     def __repr__(self) -> str:
         side = "server" if self._ssl.server_side else "client"
         phase = "established" if self._handshake_done else "handshaking"

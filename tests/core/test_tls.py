@@ -129,6 +129,24 @@ def test_a_layer_starts_handshaking_and_touches_nothing() -> None:
     assert repr(layer) == f"<TlsLayer client handshaking outer={layer.outer!r} inner={inner!r}>"
 
 
+def test_the_ssl_object_is_there_to_inspect_the_session() -> None:
+    pair = link()
+    client = pair.client.ssl_object
+    assert isinstance(client, ssl.SSLObject)
+    assert client is pair.client.ssl_object  # the session itself, not a copy
+    assert (client.server_side, pair.server.ssl_object.server_side) == (False, True)
+    assert client.cipher() is None  # before the handshake
+    pair.settle()
+    peer = client.getpeercert()
+    assert peer is not None
+    assert peer["subjectAltName"] == (("DNS", "localhost"),)
+    assert pair.client.tls is not None
+    assert client.cipher() == pair.server.ssl_object.cipher()
+    assert client.version() == pair.client.tls.version
+    with pytest.raises(AttributeError):
+        pair.client.ssl_object = pair.server.ssl_object  # type: ignore[misc]
+
+
 def test_the_outer_flow_takes_the_sizes() -> None:
     layer = TlsLayer(Flow(), server_context(), server_side=True, high_water=10, low_water=3,
                      receive_limit=7)
