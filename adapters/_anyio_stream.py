@@ -234,7 +234,7 @@ def _tls_attributes(flow: AsyncFlow) -> dict[Any, Callable[[], Any]]:
     if tls is None:
         return {}
     assert isinstance(flow, AdapterFlow)  # FlowByteStream takes no other
-    ssl_object = flow._layers[-1]._ssl  # the session the application talks through
+    ssl_object = flow._layers[-1].ssl_object  # the session the application talks through
     return {
         TLSAttribute.alpn_protocol: lambda: tls.alpn_protocol,
         TLSAttribute.channel_binding_tls_unique:

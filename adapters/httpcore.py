@@ -112,9 +112,8 @@ class FlowNetworkStream(AsyncNetworkStream):
         ``"server_addr"``, ``"socket"``, and ``"is_readable"``: whether the server sent
         anything (data, its end, a reset) that no read took yet."""
         flow = self._flow
-        if info == "ssl_object":
-            # The outermost TLS layer's session; TlsLayer keeps it as _ssl.
-            return flow._layers[-1]._ssl if flow._layers else None
+        if info == "ssl_object":  # the outermost TLS layer's session
+            return flow._layers[-1].ssl_object if flow._layers else None
         if info == "client_addr":
             return flow.sockname
         if info == "server_addr":
