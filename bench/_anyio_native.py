@@ -1,11 +1,11 @@
-"""The anyio peer on its asyncio backend: ``connect_tcp`` and ``create_tcp_listener`` streams."""
+"""The anyio peers, on its asyncio and trio backends: ``connect_tcp`` and
+``create_tcp_listener`` streams."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from functools import partial
 from time import perf_counter, perf_counter_ns
-from typing import Any
 
 import anyio
 from anyio.abc import SocketAttribute, SocketStream, TaskGroup
@@ -24,8 +24,9 @@ from ._common import (
     pingpong_result,
     small_writes_result,
 )
+from ._scale import SCALE, ScaleMeasurement, ScaleRun
 
-__all__ = ["stack"]
+__all__ = ["asyncio_stack", "trio_stack"]
 
 Handler = Callable[[SocketStream], Awaitable[None]]
 
@@ -77,13 +78,15 @@ def _echo(tally: list[int]) -> Handler:
     return handler
 
 
-def _run(main: Callable[[Params], Awaitable[Measurement]], p: Params) -> Measurement:
+def _run(
+    backend: str, main: Callable[[Params], Awaitable[Measurement]], p: Params
+) -> Measurement:
     async def bounded() -> Measurement:
         with anyio.fail_after(p.timeout):
             return await main(p)
 
-    result: Any = anyio.run(bounded, backend="asyncio")
-    return result  # type: ignore[no-any-return]
+    result: Measurement = anyio.run(bounded, backend=backend)
+    return result
 
 
 async def _stream(chunk: bytes, count: int) -> tuple[float, int]:
@@ -166,10 +169,66 @@ async def _connections(p: Params) -> Measurement:
     return connections_result(p, elapsed, sum(tally), sum(received))
 
 
-def stack() -> Stack:
+async def _scale(p: Params) -> ScaleMeasurement:
+    run = ScaleRun(p)
+    served: list[int] = []
+    echo = _echo(served)
+    streams: list[SocketStream] = []
+    echoed: list[int] = []
+
+    async def handler(stream: SocketStream) -> None:
+        run.accepted()
+        await echo(stream)
+
+    async def open_one(port: int) -> None:
+        streams.append(await anyio.connect_tcp(HOST, port))
+
+    async def exchange(stream: SocketStream) -> None:
+        async with stream:
+            await stream.send(run.data)
+            await stream.send_eof()
+            got = 0
+            while data := await _receive(stream):
+                got = run.echoed(got, data)
+            echoed.append(got)
+
+    async with anyio.create_task_group() as group:
+        port = await _serve(group, handler)
+        try:
+            run.start()
+            for wave in run.waves():
+                accepted = anyio.Event()
+                run.expect_accepts(wave, accepted.set)
+                async with anyio.create_task_group() as clients:
+                    for _ in range(wave):
+                        clients.start_soon(open_one, port)
+                await accepted.wait()
+            run.established()
+            async with anyio.create_task_group() as clients:
+                for stream in streams:
+                    clients.start_soon(exchange, stream)
+            measurement = run.finished(served, echoed)
+        finally:
+            with anyio.CancelScope(shield=True):
+                for stream in streams:  # those a failed run left open
+                    await stream.aclose()
+        group.cancel_scope.cancel()
+    return measurement
+
+
+def _stack(backend: str) -> Stack:
     return {
-        "bulk": partial(_run, _bulk),
-        "pingpong": partial(_run, _pingpong),
-        "small_writes": partial(_run, _small),
-        "connections": partial(_run, _connections),
+        "bulk": partial(_run, backend, _bulk),
+        "pingpong": partial(_run, backend, _pingpong),
+        "small_writes": partial(_run, backend, _small),
+        "connections": partial(_run, backend, _connections),
+        SCALE: partial(_run, backend, _scale),
     }
+
+
+def asyncio_stack() -> Stack:
+    return _stack("asyncio")
+
+
+def trio_stack() -> Stack:
+    return _stack("trio")

@@ -37,6 +37,7 @@ from ._common import (
     pingpong_result,
     small_writes_result,
 )
+from ._scale import SCALE, ScaleMeasurement, ScaleRun
 from ._tls import client_options, server_options
 
 __all__ = [
@@ -296,6 +297,17 @@ class _Ping(_Endpoint):
             self.done.set_exception(exc or ConnectionError("connection lost mid round trip"))
 
 
+class _Echoed(_Endpoint, asyncio.Protocol):
+    """A scale client: checks its echo as it arrives (``ScaleRun.echoed``)."""
+
+    def __init__(self, registry: list[_Endpoint], run: ScaleRun) -> None:
+        super().__init__(registry)
+        self.run = run
+
+    def data_received(self, data: bytes) -> None:
+        self.received = self.run.echoed(self.received, data)
+
+
 class _PingPlain(_Ping, asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.received += len(data)
@@ -445,6 +457,42 @@ async def _proto_connections(kinds: _Kinds, p: Params) -> Measurement:
         check(len(tally) == p.connections, "a server connection did not see EOF")
         check(all(r == p.connection_bytes for r in received), "an echo came back short")
         return connections_result(p, elapsed, sum(tally), sum(received))
+    finally:
+        await _close_server(server)
+        _abort_all(registry)
+
+
+async def _proto_scale(p: Params) -> ScaleMeasurement:
+    run = ScaleRun(p)
+    registry: list[_Endpoint] = []
+    served: list[int] = []
+
+    def accept() -> _Endpoint:
+        run.accepted()
+        return _EchoPlain(registry, served)
+
+    server = await _server(accept, False)
+    port = _port(server)
+    clients: list[tuple[asyncio.Transport, _Echoed]] = []
+
+    async def open_one() -> None:
+        clients.append(await _connect(lambda: _Echoed(registry, run), port, False))
+
+    try:
+        run.start()
+        for wave in run.waves():
+            accepted = asyncio.Event()
+            run.expect_accepts(wave, accepted.set)
+            await asyncio.gather(*(open_one() for _ in range(wave)))
+            await accepted.wait()
+        run.established()
+        # Callbacks all the way: no task per connection. 4 KiB never fills a transport's
+        # buffer, and write_eof sends the FIN once it has left.
+        for transport, _client in clients:
+            transport.write(run.data)
+            transport.write_eof()
+        await asyncio.gather(*(client.lost for _transport, client in clients))
+        return run.finished(served, [client.received for _transport, client in clients])
     finally:
         await _close_server(server)
         _abort_all(registry)
@@ -635,11 +683,55 @@ async def _streams_connections(p: Params) -> Measurement:
         writers.abort()
 
 
+async def _streams_scale(p: Params) -> ScaleMeasurement:
+    run = ScaleRun(p)
+    writers = _Writers()
+    served: list[int] = []
+    echo = _echo_handler(served, writers)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        run.accepted()
+        await echo(reader, writer)
+
+    server = await _start(handler, False)
+    port = _port(server)
+    opened: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def open_one() -> None:
+        reader, writer = await _open(port, False)
+        opened.append((reader, writers.add(writer)))
+
+    async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
+        writer.write(run.data)
+        await writer.drain()
+        writer.write_eof()
+        got = 0
+        while data := await reader.read(READ_SIZE):
+            got = run.echoed(got, data)
+        await _finish(writer)
+        return got
+
+    try:
+        run.start()
+        for wave in run.waves():
+            accepted = asyncio.Event()
+            run.expect_accepts(wave, accepted.set)
+            await asyncio.gather(*(open_one() for _ in range(wave)))
+            await accepted.wait()
+        run.established()
+        echoed = await asyncio.gather(*(exchange(reader, writer) for reader, writer in opened))
+        return run.finished(served, echoed)
+    finally:
+        await _close_server(server)
+        writers.abort()
+
+
 _STREAMS: dict[str, AsyncScenario] = {
     "bulk": _streams_bulk,
     "pingpong": _streams_pingpong,
     "small_writes": _streams_small,
     "connections": _streams_connections,
+    SCALE: _streams_scale,
 }
 
 
@@ -653,7 +745,7 @@ def uvloop_factory() -> LoopFactory:
 
 
 def protocol_stack() -> Stack:
-    return _stack(asyncio.new_event_loop, _bind(_PLAIN))
+    return _stack(asyncio.new_event_loop, {**_bind(_PLAIN), SCALE: _proto_scale})
 
 
 def buffered_stack() -> Stack:
@@ -665,7 +757,7 @@ def streams_stack() -> Stack:
 
 
 def uvloop_protocol_stack() -> Stack:
-    return _stack(uvloop_factory(), _bind(_PLAIN))
+    return _stack(uvloop_factory(), {**_bind(_PLAIN), SCALE: _proto_scale})
 
 
 def uvloop_streams_stack() -> Stack:

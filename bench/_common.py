@@ -37,7 +37,7 @@ SCENARIOS = ("bulk", "pingpong", "small_writes", "connections")
 
 @dataclass(frozen=True)
 class Params:
-    """Sizes of the four scenarios, and the bound on any one run."""
+    """Sizes of the four scenarios and of the scale scenario, and the bound on any one run."""
 
     bulk_bytes: int = 256 * 1024 * 1024
     bulk_write: int = 64 * 1024
@@ -47,6 +47,10 @@ class Params:
     small_size: int = 100
     connections: int = 500
     connection_bytes: int = 64 * 1024
+    scale_connections: int = 10_000
+    """The scale scenario (``--scale``, not in the default run): connections open at once."""
+    scale_bytes: int = 4 * 1024
+    """What each of them sends, and reads back, once all are open."""
     timeout: float = 120.0
     tls: bool = False
     """The TLS variants: every connection over TLS 1.3 (``_tls``), a handshake each."""

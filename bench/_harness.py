@@ -22,6 +22,9 @@ from ._common import PROFILES, SCENARIOS, Params, Profile
 from ._registry import (
     GROUPS,
     PAIRS,
+    SCALE_GOAL,
+    SCALE_PAIRS,
+    SCALE_STACKS,
     STACKS,
     TLS_GOALS,
     TLS_PAIRS,
@@ -29,8 +32,10 @@ from ._registry import (
     NotInstalled,
     StackSpec,
     Unavailable,
+    by_name,
     load_stack,
 )
+from ._scale import FD_MARGIN, SCALE
 from ._worker import IDLE_SUBJECTS, WARMING, JobResult, idle_bytes, run_scenario
 
 __all__ = ["PROFILES", "Profile", "format_report", "main", "run_suite"]
@@ -142,6 +147,77 @@ def _summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "rss_peak_kib": _median(r["rss_peak_kib"] for r in runs),
         "bytes_expected": measured[0]["bytes_expected"] if measured else None,
         "verified": bool(runs) and len(good) == len(runs),
+    }
+
+
+def _per_connection(kib: float | None, base: float | None, connections: int) -> float | None:
+    return None if kib is None or base is None else (kib - base) / connections
+
+
+def _summarise_scale(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the scale scenario adds to a summary: medians of its phases and of the memory one
+    connection (both of its ends) holds. Memory only from runs in a process of their own:
+    in-process, the high-water mark is the whole suite's, and the allocator reuses what
+    earlier runs freed."""
+    good = [r for r in runs if r["ok"]]
+    ms = [r["measurement"] for r in good]
+    own = [m for r, m in zip(good, ms, strict=True) if r["rss_peak_kib"] is not None]
+    return {
+        "connections": min((m["connections"] for m in ms), default=None),
+        "connections_wanted": next((m["connections_wanted"] for m in ms), None),
+        "nofile_limit": next((m["nofile_limit"] for m in ms), None),
+        "nofile_hard": next((m["nofile_hard"] for m in ms), None),
+        "established_s": _median(m["established_s"] for m in ms),
+        "finished_s": _median(m["finished_s"] for m in ms),
+        "idle_kib_per_connection": _median(
+            _per_connection(m["rss_idle_kib"], m["rss_base_kib"], m["connections"])
+            for m in own),
+        "peak_kib_per_connection": _median(
+            _per_connection(m["rss_peak_kib"], m["rss_base_kib"], m["connections"])
+            for m in own),
+        "echoes_verified": sum(m["echoes_verified"] for m in ms),
+    }
+
+
+def _quotient(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _scale_ratios(results: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per ``SCALE_PAIRS``: memory per connection, sansflow's over the peer's (below 1: sansflow
+    holds less); the phases' times, the peer's over sansflow's (above 1: sansflow is faster)."""
+    ratios = []
+    for ours, peer in SCALE_PAIRS:
+        a = results.get(ours, {}).get(SCALE)
+        b = results.get(peer, {}).get(SCALE)
+        if a is None or b is None:
+            continue
+        ratios.append({
+            "sansflow": ours, "peer": peer,
+            "peak_memory": _quotient(a["peak_kib_per_connection"], b["peak_kib_per_connection"]),
+            "idle_memory": _quotient(a["idle_kib_per_connection"], b["idle_kib_per_connection"]),
+            "establish": _quotient(b["established_s"], a["established_s"]),
+            "finish": _quotient(b["finished_s"], a["finished_s"]),
+        })
+    return ratios
+
+
+def _judge_scale(ratios: list[dict[str, Any]]) -> dict[str, Any]:
+    """``SCALE_GOAL`` over the pairs whose peer is a protocol (the limit group): it holds when
+    each was measured and none is above it."""
+    wanted = [(ours, peer) for ours, peer in SCALE_PAIRS if by_name(peer).group == "limit"]
+    found = {(r["sansflow"], r["peer"]): r["peak_memory"] for r in ratios}
+    measured = [(pair, found[pair]) for pair in wanted if found.get(pair) is not None]
+    highest = max(measured, key=lambda item: item[1], default=None)
+    complete = bool(measured) and len(measured) == len(wanted)
+    return {
+        "goal": f"peak memory per connection at most {SCALE_GOAL:g}x the native protocol's",
+        "at_most": SCALE_GOAL,
+        "holds": (highest is not None and highest[1] <= SCALE_GOAL) if complete else None,
+        "highest": None if highest is None else {
+            "sansflow": highest[0][0], "peer": highest[0][1], "ratio": highest[1]},
+        "measured": len(measured),
+        "wanted": len(wanted),
     }
 
 
@@ -288,7 +364,10 @@ def run_suite(
         for scenario in own:
             mine = [r for r in runs if r["stack"] == spec.name and r["scenario"] == scenario]
             if mine:
-                results.setdefault(spec.name, {})[scenario] = _summarise(mine)
+                summary = _summarise(mine)
+                if scenario == SCALE:
+                    summary.update(_summarise_scale(mine))
+                results.setdefault(spec.name, {})[scenario] = summary
 
     idle_memory: dict[str, Any] = {}
     if idle:
@@ -298,6 +377,15 @@ def run_suite(
 
     problems = setup_problems + _problems(stack_rows, runs, idle_memory)
     ratios = _ratios(results)
+    scale: dict[str, Any] = {}
+    if SCALE in scenarios:
+        scale_ratios = _scale_ratios(results)
+        scale = {"connections_wanted": params.scale_connections,
+                 "bytes": params.scale_bytes,
+                 "fd_margin": FD_MARGIN,
+                 "process": "client and server in one process, on one event loop",
+                 "ratios": scale_ratios,
+                 "goal": _judge_scale(scale_ratios)}
     return {
         "schema": SCHEMA,
         "profile": profile.name,
@@ -313,6 +401,7 @@ def run_suite(
         "results": results,
         "ratios": ratios,
         "goals": [_judge(goal, ratios) for goal in TLS_GOALS] if tls else [],
+        "scale": scale,
         "idle_memory": idle_memory,
         "ok": not problems,
         "problems": problems,
@@ -411,6 +500,67 @@ def _scenario_rows(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
     return lines
 
 
+def _count(value: int | None) -> str:
+    return "unlimited" if value is None else f"{value:,}"
+
+
+def _scale_lines(
+    report: dict[str, Any], group_of: dict[str, str | None],
+    sections: Sequence[tuple[str | None, str]],
+) -> list[str]:
+    scale = report["scale"]
+    rows = [(name, per[SCALE]) for name, per in report["results"].items() if SCALE in per]
+    ran = [s for _, s in rows if s["connections"] is not None]
+    counts = sorted({s["connections"] for s in ran})
+    wanted = scale["connections_wanted"]
+    lines = ["", f"scale: {' or '.join(f'{n:,}' for n in counts) or 'no'} connections at once "
+             f"({wanted:,} asked), all open and idle, then each sends "
+             f"{scale['bytes'] / 1024:g} KiB, half-closes and reads the echo to EOF; "
+             f"{scale['process']}"]
+    if ran:
+        limit, hard = ran[0]["nofile_limit"], ran[0]["nofile_hard"]
+        fits = "" if counts[0] >= wanted else (
+            f": {wanted:,} would need {2 * wanted + scale['fd_margin']:,} (two per connection, "
+            f"{scale['fd_margin']} kept for the rest), so as many ran as fit")
+        lines.append(f"RLIMIT_NOFILE in the run, raised as far as allowed: {_count(limit)} "
+                     f"(hard limit {_count(hard)}){fits}")
+    lines.append(f"  {'stack':<24} {'establish s':>11} {'finish s':>9} {'idle KiB':>9} "
+                 f"{'peak KiB':>9} {'peak RSS':>9} {'echoes':>9} {'ok':>5}")
+    for group, heading in sections:
+        mine = [(name, s) for name, s in rows if group_of.get(name) == group]
+        if not mine:
+            continue
+        lines.append(f"  -- {heading}")
+        for name, s in mine:
+            lines.append(
+                f"  {name:<24} {_fmt(s['established_s'], 2):>11} {_fmt(s['finished_s'], 2):>9} "
+                f"{_fmt(s['idle_kib_per_connection']):>9} "
+                f"{_fmt(s['peak_kib_per_connection']):>9} {_mib(s['rss_peak_kib']):>9} "
+                f"{s['echoes_verified']:>9,} {s['runs'] - s['failures']:>3}/{s['runs']}")
+            lines += [f"      error: {error}" for error in s["errors"]]
+    if scale["ratios"]:
+        lines += ["", "ratio sansflow / peer at scale (memory per connection: below 1, sansflow "
+                  "holds less; establish and finish: the peer's time over sansflow's, above 1, "
+                  "sansflow is faster)",
+                  f"  {'sansflow':<24} {'peer':<20} {'peak mem':>9} {'idle mem':>9} "
+                  f"{'establish':>10} {'finish':>8}"]
+        for r in scale["ratios"]:
+            lines.append(f"  {r['sansflow']:<24} {r['peer']:<20} {_fmt(r['peak_memory'], 2):>9} "
+                         f"{_fmt(r['idle_memory'], 2):>9} {_fmt(r['establish'], 2):>10} "
+                         f"{_fmt(r['finish'], 2):>8}")
+    goal = scale["goal"]
+    verdict = {True: "holds", False: "DOES NOT HOLD", None: "not measured"}[goal["holds"]]
+    highest = goal["highest"]
+    where = ("" if highest is None else f": highest {highest['ratio']:.3f} "
+             f"({highest['sansflow']} / {highest['peer']})")
+    lines += ["", "goal (ratios of this run)", f"  {verdict:<14} {goal['goal']}{where}",
+              "idle KiB, peak KiB: resident memory per connection (both of its ends), once all "
+              "are open and at the high-water mark after the echoes, over the RSS before the "
+              "first connect; only with a process per run. echoes: every byte checked, "
+              "over all runs."]
+    return lines
+
+
 def format_report(report: dict[str, Any]) -> str:
     """The report as tables for a person to read."""
     env = report["environment"]
@@ -436,7 +586,7 @@ def format_report(report: dict[str, Any]) -> str:
     for scenario in report["scenarios"]:
         rows = [(name, per[scenario]) for name, per in report["results"].items()
                 if scenario in per]
-        if not rows:
+        if not rows or scenario == SCALE:
             continue
         lines += ["", _title(scenario, report["params"]), header]
         for group, heading in sections:
@@ -467,6 +617,8 @@ def format_report(report: dict[str, Any]) -> str:
                      f"{lowest['scenario']})")
             verdict = {True: "holds", False: "DOES NOT HOLD", None: "not measured"}[goal["holds"]]
             lines.append(f"  {verdict:<14} {goal['goal']}{where}")
+    if report["scale"]:
+        lines += _scale_lines(report, group_of, sections)
     if report["idle_memory"]:
         count = next(iter(report["idle_memory"].values()))["count"]
         lines += ["", f"bytes per idle flow ({count:,} alive at once, tracemalloc)"]
@@ -504,12 +656,21 @@ def _select(only: Sequence[str]) -> tuple[list[StackSpec], list[str]]:
     return stacks, scenarios
 
 
-def _with_peers(stacks: list[StackSpec]) -> list[StackSpec]:
+def _with_peers(
+    stacks: list[StackSpec], pairs: Sequence[tuple[str, str]] = PAIRS
+) -> list[StackSpec]:
     names = {s.name for s in stacks}
-    for ours, peer in PAIRS:
+    for ours, peer in pairs:
         if ours in names or peer in names:
             names |= {ours, peer}
     return [s for s in STACKS if s.name in names]
+
+
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -537,6 +698,13 @@ def _parser() -> argparse.ArgumentParser:
                         help="add the ratio partners of the stacks --only selects")
     parser.add_argument("--reps", type=int, help="repetitions (default: the profile's)")
     parser.add_argument("--timeout", type=float, help="seconds allowed for one run")
+    parser.add_argument("--scale", nargs="?", type=_at_least_one, metavar="N",
+                        const=Params().scale_connections,
+                        help="instead of the four scenarios, the scale scenario on the event "
+                             "loops' stacks: N connections at once (default %(const)s, fewer if "
+                             "RLIMIT_NOFILE cannot be raised that far), idle, then each echoes "
+                             "4 KiB; memory per connection and the time to establish and to "
+                             "finish")
     parser.add_argument("--tls", action="store_true",
                         help="the TLS variants (TLS 1.3, a test CA made with trustme, which they "
                              "need) of the stacks that have one, and the goals they aim at")
@@ -567,13 +735,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.reps is not None and args.reps < 1:
         raise SystemExit("--reps must be at least 1")
     stacks, scenarios = _select(args.only)
-    if args.with_peers:
+    if args.scale is not None:
+        if args.tls:
+            raise SystemExit("--scale has no TLS variant: leave out --tls")
+        profile = replace(profile, params=replace(profile.params,
+                                                  scale_connections=args.scale))
+        scenarios = [SCALE]
+        stacks = [s for s in SCALE_STACKS if s in stacks]
+        if args.with_peers:
+            stacks = _with_peers(stacks, SCALE_PAIRS)
+    elif args.with_peers:
         stacks = _with_peers(stacks)
     report = run_suite(
         profile, stacks, scenarios, reps=args.reps, isolate=not args.in_process,
         warmed=not args.cold, tls=args.tls,
-        # Bytes per idle flow are the same with or without TLS: the plain run measures them.
-        idle=not args.no_idle and not args.tls, log=None if args.quiet else sys.stderr,
+        # Bytes per idle flow are the same with or without TLS, and at scale: the plain run
+        # measures them.
+        idle=not args.no_idle and not args.tls and args.scale is None,
+        log=None if args.quiet else sys.stderr,
     )
     print(format_report(report))
     if args.json is not None:

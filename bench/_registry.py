@@ -13,8 +13,9 @@ from typing import Literal
 
 from ._common import SCENARIOS, Stack
 
-__all__ = ["GROUPS", "PAIRS", "STACKS", "TLS_GOALS", "TLS_PAIRS", "Goal", "NotInstalled",
-           "StackSpec", "Unavailable", "by_name", "load_stack"]
+__all__ = ["GROUPS", "PAIRS", "SCALE_GOAL", "SCALE_PAIRS", "SCALE_STACKS", "STACKS", "TLS_GOALS",
+           "TLS_PAIRS", "Goal", "NotInstalled", "StackSpec", "Unavailable", "by_name",
+           "load_stack"]
 
 Kind = Literal["sansflow", "native", "core"]
 Group = Literal["model", "limit"]
@@ -67,8 +68,8 @@ STACKS: tuple[StackSpec, ...] = (
     StackSpec("asyncio-streams", "native", "_asyncio_native:streams_stack", "asyncio Streams",
               "model",
               tls="asyncio Streams with ssl= (open_connection, start_server)"),
-    StackSpec("anyio-asyncio", "native", "_anyio_native:stack", "anyio streams on asyncio",
-              "model", ("anyio",)),
+    StackSpec("anyio-asyncio", "native", "_anyio_native:asyncio_stack",
+              "anyio streams on asyncio", "model", ("anyio",)),
     StackSpec("sansflow-asyncio-uvloop", "sansflow", "_sansflow:asyncio_uvloop_stack",
               "sansflow asyncio adapter on uvloop", None, ("uvloop",),
               tls="sansflow asyncio adapter on uvloop, TLS (its TlsLayer)"),
@@ -84,6 +85,12 @@ STACKS: tuple[StackSpec, ...] = (
     StackSpec("trio-socketstream", "native", "_trio_native:stack", "trio SocketStream",
               "model", ("trio",),
               tls="trio SSLStream over SocketStream"),
+    StackSpec("sansflow-anyio-asyncio", "sansflow", "_sansflow:anyio_asyncio_stack",
+              "sansflow anyio adapter on anyio's asyncio backend", None, ("anyio",)),
+    StackSpec("sansflow-anyio-trio", "sansflow", "_sansflow:anyio_trio_stack",
+              "sansflow anyio adapter on anyio's trio backend", None, ("anyio", "trio")),
+    StackSpec("anyio-trio", "native", "_anyio_native:trio_stack", "anyio streams on trio",
+              "model", ("anyio", "trio")),
     StackSpec("sansflow-socket", "sansflow", "_sansflow:socket_stack",
               "sansflow blocking-socket adapter",
               tls="sansflow blocking-socket adapter, TLS (its TlsLayer)"),
@@ -104,6 +111,8 @@ PAIRS: tuple[tuple[str, str], ...] = (
     ("sansflow-asyncio-uvloop", "uvloop-protocol"),
     ("sansflow-asyncio-uvloop", "uvloop-streams"),
     ("sansflow-trio", "trio-socketstream"),
+    ("sansflow-anyio-asyncio", "anyio-asyncio"),
+    ("sansflow-anyio-trio", "anyio-trio"),
     ("sansflow-socket", "blocking-sendall"),
     ("sansflow-socket", "blocking-sendmsg"),
 )
@@ -115,6 +124,27 @@ TLS_PAIRS: tuple[tuple[str, str], ...] = tuple(
     if all(spec.tls is not None for spec in STACKS if spec.name in (ours, peer))
 )
 """The pairs the TLS variants compare: both stacks have one."""
+
+
+SCALE_PAIRS: tuple[tuple[str, str], ...] = (
+    ("sansflow-asyncio", "asyncio-protocol"),
+    ("sansflow-asyncio", "asyncio-streams"),
+    ("sansflow-asyncio-uvloop", "uvloop-protocol"),
+    ("sansflow-asyncio-uvloop", "uvloop-streams"),
+    ("sansflow-trio", "trio-socketstream"),
+    ("sansflow-anyio-asyncio", "anyio-asyncio"),
+    ("sansflow-anyio-trio", "anyio-trio"),
+)
+"""The pairs the scale scenario (``--scale``) compares: the event loops' stacks, each of which
+can hold thousands of connections in one thread. Each has the scenario in its mapping."""
+
+SCALE_STACKS: tuple[StackSpec, ...] = tuple(
+    spec for spec in STACKS if any(spec.name in pair for pair in SCALE_PAIRS)
+)
+
+SCALE_GOAL = 1.5
+"""At scale, sansflow's peak memory per connection is at most this many times its native
+protocol peer's (``asyncio-protocol``, ``uvloop-protocol``)."""
 
 
 @dataclass(frozen=True)

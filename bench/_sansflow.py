@@ -10,10 +10,11 @@ import importlib
 import inspect
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager
+from functools import partial
 from time import perf_counter, perf_counter_ns
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from ._blocking_native import Watchdog
 from ._common import (
@@ -32,9 +33,13 @@ from ._common import (
     small_writes_result,
 )
 from ._registry import Unavailable
+from ._scale import SCALE, ScaleMeasurement, ScaleRun
 from ._tls import client_options, server_options
 
-__all__ = ["asyncio_stack", "asyncio_uvloop_stack", "core_stack", "socket_stack", "trio_stack"]
+__all__ = ["anyio_asyncio_stack", "anyio_trio_stack", "asyncio_stack", "asyncio_uvloop_stack",
+           "core_stack", "socket_stack", "trio_stack"]
+
+T = TypeVar("T")
 
 
 def _import(name: str) -> ModuleType:
@@ -184,12 +189,18 @@ def core_stack() -> Stack:
 
 # -- the adapters -----------------------------------------------------------------------------
 #
-# The same four scenarios for every adapter, written once against the shared flow API (read,
+# The same scenarios for every adapter, written once against the shared flow API (read,
 # write, shutdown, close, abort). What differs between event loops (how to serve, how to run
-# many clients at once, how to bound a run) is an ``_AsyncLoop``.
+# many clients at once, how to wait for an event, how to bound a run) is an ``_AsyncLoop``.
 
 
 Handler = Callable[[Any], Awaitable[None]]
+
+
+class _Event(Protocol):
+    def set(self) -> None: ...
+
+    async def wait(self) -> Any: ...
 
 
 class FlowFailed(ConnectionError):
@@ -210,10 +221,17 @@ class _AsyncLoop:
     def __init__(self, sf: ModuleType) -> None:
         self.sf = sf
 
-    def serving(self, handler: Handler, tls: bool) -> AbstractAsyncContextManager[int]:
+    @asynccontextmanager
+    async def serving(self, handler: Handler, tls: bool) -> AsyncIterator[int]:
+        # The adapters whose ``serve`` is an async context manager; trio's is a task.
+        async with self.sf.serve(handler, HOST, 0, backlog=BACKLOG,
+                                 **server_options(tls)) as server:
+            yield int(server.port)
+
+    async def gather(self, fns: list[Callable[[], Awaitable[T]]]) -> list[T]:
         raise NotImplementedError
 
-    async def gather(self, fns: list[Callable[[], Awaitable[int]]]) -> list[int]:
+    def event(self) -> _Event:
         raise NotImplementedError
 
     def run(self, main: Callable[[], Awaitable[Measurement]], timeout: float) -> Measurement:
@@ -225,16 +243,15 @@ class _AsyncioLoop(_AsyncLoop):
         super().__init__(sf)
         self.factory = factory
 
-    @asynccontextmanager
-    async def serving(self, handler: Handler, tls: bool) -> AsyncIterator[int]:
-        async with self.sf.serve(handler, HOST, 0, backlog=BACKLOG,
-                                 **server_options(tls)) as server:
-            yield int(server.port)
-
-    async def gather(self, fns: list[Callable[[], Awaitable[int]]]) -> list[int]:
+    async def gather(self, fns: list[Callable[[], Awaitable[T]]]) -> list[T]:
         import asyncio
 
         return list(await asyncio.gather(*(fn() for fn in fns)))
+
+    def event(self) -> _Event:
+        import asyncio
+
+        return asyncio.Event()
 
     def run(self, main: Callable[[], Awaitable[Measurement]], timeout: float) -> Measurement:
         from ._asyncio_native import run_in_loop
@@ -259,18 +276,23 @@ class _TrioLoop(_AsyncLoop):
         await self.sf.serve(handler, HOST, 0, backlog=BACKLOG, task_status=task_status,
                             **server_options(tls))
 
-    async def gather(self, fns: list[Callable[[], Awaitable[int]]]) -> list[int]:
+    async def gather(self, fns: list[Callable[[], Awaitable[T]]]) -> list[T]:
         import trio
 
-        results: list[int] = []
+        results: list[T] = []
 
-        async def one(fn: Callable[[], Awaitable[int]]) -> None:
+        async def one(fn: Callable[[], Awaitable[T]]) -> None:
             results.append(await fn())
 
         async with trio.open_nursery() as nursery:
             for fn in fns:
                 nursery.start_soon(one, fn)
         return results
+
+    def event(self) -> _Event:
+        import trio
+
+        return trio.Event()
 
     def run(self, main: Callable[[], Awaitable[Measurement]], timeout: float) -> Measurement:
         import trio
@@ -280,6 +302,42 @@ class _TrioLoop(_AsyncLoop):
                 return await main()
 
         return trio.run(bounded)
+
+
+class _AnyioLoop(_AsyncLoop):
+    """anyio's task groups, on the backend named."""
+
+    def __init__(self, sf: ModuleType, backend: str) -> None:
+        super().__init__(sf)
+        self.backend = backend
+
+    async def gather(self, fns: list[Callable[[], Awaitable[T]]]) -> list[T]:
+        import anyio
+
+        results: list[T] = []
+
+        async def one(fn: Callable[[], Awaitable[T]]) -> None:
+            results.append(await fn())
+
+        async with anyio.create_task_group() as group:
+            for fn in fns:
+                group.start_soon(one, fn)
+        return results
+
+    def event(self) -> _Event:
+        import anyio
+
+        return anyio.Event()
+
+    def run(self, main: Callable[[], Awaitable[Measurement]], timeout: float) -> Measurement:
+        import anyio
+
+        async def bounded() -> Measurement:
+            with anyio.fail_after(timeout):
+                return await main()
+
+        result: Measurement = anyio.run(bounded, backend=self.backend)
+        return result
 
 
 async def _maybe(value: Any) -> None:
@@ -429,6 +487,48 @@ class _AsyncFlows(_Results):
         check(all(r == p.connection_bytes for r in received), "an echo came back short")
         return connections_result(p, elapsed, sum(tally), sum(received))
 
+    async def scale(self, p: Params) -> ScaleMeasurement:
+        run = ScaleRun(p)
+        served: list[int] = []
+        echo = self.echo(served)
+        flows: list[Any] = []
+
+        async def handler(flow: Any) -> None:
+            run.accepted()
+            await echo(flow)
+
+        async def open_one(port: int) -> None:
+            flows.append(await self.sf.connect(HOST, port))
+
+        async def exchange(flow: Any) -> int:
+            result = await flow.write(run.data)
+            if not isinstance(result, self.Ok):
+                raise FlowFailed(f"write: {result!r}")
+            await _maybe(flow.shutdown(self.WRITE))
+            got = 0
+            while isinstance(result := await flow.read(READ_SIZE), self.Ok):
+                got = run.echoed(got, result.value)
+            if not isinstance(result, self.Eof):
+                raise FlowFailed(f"read: {result!r}")
+            await flow.close()
+            return got
+
+        async with self.loop.serving(handler, False) as port:
+            try:
+                run.start()
+                for wave in run.waves():
+                    accepted = self.loop.event()
+                    run.expect_accepts(wave, accepted.set)
+                    await self.loop.gather([partial(open_one, port)] * wave)
+                    await accepted.wait()
+                run.established()
+                echoed = await self.loop.gather([partial(exchange, flow) for flow in flows])
+                return run.finished(served, echoed)
+            except BaseException:
+                for flow in flows:
+                    await _maybe(flow.abort())
+                raise
+
     def stack(self) -> Stack:
         def bind(scenario: Callable[[Params], Awaitable[Measurement]]) -> ScenarioFn:
             def run(p: Params) -> Measurement:
@@ -442,6 +542,7 @@ class _AsyncFlows(_Results):
             "pingpong": bind(self.pingpong),
             "small_writes": bind(self.small_writes),
             "connections": bind(self.connections),
+            SCALE: bind(self.scale),
         }
 
 
@@ -462,6 +563,16 @@ def asyncio_uvloop_stack() -> Stack:
 def trio_stack() -> Stack:
     sf = _import("sansflow.adapters.trio")
     return _AsyncFlows(_TrioLoop(sf)).stack()
+
+
+def anyio_asyncio_stack() -> Stack:
+    sf = _import("sansflow.adapters.anyio")
+    return _AsyncFlows(_AnyioLoop(sf, "asyncio")).stack()
+
+
+def anyio_trio_stack() -> Stack:
+    sf = _import("sansflow.adapters.anyio")
+    return _AsyncFlows(_AnyioLoop(sf, "trio")).stack()
 
 
 class _SocketFlows(_Results):

@@ -27,6 +27,7 @@ from ._common import (
     pingpong_result,
     small_writes_result,
 )
+from ._scale import SCALE, ScaleMeasurement, ScaleRun
 from ._tls import SERVER_NAME, contexts
 
 __all__ = ["stack"]
@@ -211,10 +212,58 @@ async def _connections(p: Params) -> Measurement:
     return connections_result(p, elapsed, sum(tally.counts), sum(received))
 
 
+async def _scale(p: Params) -> ScaleMeasurement:
+    run = ScaleRun(p)
+    tally = _Tally(run.connections)
+    echo = _echo(tally)
+    streams: list[trio.SocketStream] = []
+    echoed: list[int] = []
+
+    async def handler(stream: trio.abc.Stream) -> None:
+        run.accepted()
+        await echo(stream)
+
+    async def open_one(port: int) -> None:
+        streams.append(await trio.open_tcp_stream(HOST, port))
+
+    async def exchange(stream: trio.SocketStream) -> None:
+        async with stream:
+            await stream.send_all(run.data)
+            await stream.send_eof()
+            got = 0
+            while data := await stream.receive_some(READ_SIZE):
+                got = run.echoed(got, data)
+            echoed.append(got)
+
+    async with trio.open_nursery() as nursery:
+        port = await _serve(nursery, handler, False)
+        try:
+            run.start()
+            for wave in run.waves():
+                accepted = trio.Event()
+                run.expect_accepts(wave, accepted.set)
+                async with trio.open_nursery() as clients:
+                    for _ in range(wave):
+                        clients.start_soon(open_one, port)
+                await accepted.wait()
+            run.established()
+            async with trio.open_nursery() as clients:
+                for stream in streams:
+                    clients.start_soon(exchange, stream)
+            await tally.complete.wait()
+            measurement = run.finished(tally.counts, echoed)
+        finally:
+            for stream in streams:  # those a failed run left open
+                stream.socket.close()
+        nursery.cancel_scope.cancel()
+    return measurement
+
+
 def stack() -> Stack:
     return {
         "bulk": partial(_run, _bulk),
         "pingpong": partial(_run, _pingpong),
         "small_writes": partial(_run, _small),
         "connections": partial(_run, _connections),
+        SCALE: partial(_run, _scale),
     }

@@ -35,7 +35,7 @@ UNITS = {"bulk": "MiB/s", "pingpong": "round trips/s", "small_writes": "writes/s
          "connections": "connections/s"}
 
 SANSFLOW_MODULES = ("sansflow.adapters.asyncio", "sansflow.adapters.trio",
-                    "sansflow.adapters.socket", "sansflow.testing")
+                    "sansflow.adapters.anyio", "sansflow.adapters.socket", "sansflow.testing")
 
 
 @pytest.fixture(scope="module")
@@ -420,3 +420,192 @@ def test_tls_without_trustme_fails_and_says_why(
     out = capsys.readouterr().out
     assert status != 0
     assert "the TLS variants need trustme" in out.splitlines()[-1]
+
+
+# -- the scale scenario ------------------------------------------------------------------------
+
+SCALE_N = 50  # the scenario's shape at its smallest: structure and byte counts, no figures
+SCALE_KEYS = MEASUREMENT_KEYS | {
+    "connections", "connections_wanted", "nofile_limit", "nofile_hard", "established_s",
+    "finished_s", "rss_base_kib", "rss_idle_kib", "rss_peak_kib", "echoes_verified"}
+
+
+@pytest.fixture(scope="module")
+def scale_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:
+    """One in-process scale run of every stack that has the scenario; and its table."""
+    path = tmp_path_factory.mktemp("scale") / "report.json"
+    status = bench.main(["--scale", str(SCALE_N), "--in-process", "--quiet", "--reps", "1",
+                         "--json", str(path)])
+    assert status == 0
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data, _harness.format_report(data)
+
+
+def test_scale_runs_every_event_loop_stack_and_checks_every_echo(
+    scale_report: tuple[dict[str, Any], str],
+) -> None:
+    from bench import _scale
+
+    report, table = scale_report
+    assert report["ok"] is True, report["problems"]
+    assert report["scenarios"] == [_scale.SCALE]
+    assert report["idle_memory"] == {}
+    names = [s.name for s in bench._registry.SCALE_STACKS]
+    assert [s["name"] for s in report["stacks"]] == names
+    assert {ours for ours, _ in bench._registry.SCALE_PAIRS} == {
+        "sansflow-asyncio", "sansflow-asyncio-uvloop", "sansflow-trio",
+        "sansflow-anyio-asyncio", "sansflow-anyio-trio"}
+    assert {(r["stack"], r["scenario"]) for r in report["runs"]} == {
+        (name, _scale.SCALE) for name in names}
+    for run in report["runs"]:
+        assert run["ok"], run["error"]
+        m = run["measurement"]
+        assert set(m) == SCALE_KEYS
+        assert m["connections"] == m["connections_wanted"] == m["ops"] == SCALE_N
+        assert m["echoes_verified"] == SCALE_N
+        assert m["bytes_verified"] == m["bytes_expected"] == 2 * SCALE_N * 4096
+        assert m["unit"] == "connections/s"
+    for name in names:
+        summary = report["results"][name][_scale.SCALE]
+        assert summary["verified"]
+        assert summary["echoes_verified"] == SCALE_N
+        # In-process, memory says nothing about one run: none is reported.
+        assert summary["idle_kib_per_connection"] is None
+        assert summary["peak_kib_per_connection"] is None
+        assert any(line.split()[:1] == [name] for line in table.splitlines())
+    assert [(r["sansflow"], r["peer"]) for r in report["scale"]["ratios"]] == list(
+        bench._registry.SCALE_PAIRS)
+    assert report["scale"]["goal"]["holds"] is None
+    assert f"scale: {SCALE_N} connections at once ({SCALE_N} asked)" in table
+    assert "client and server in one process, on one event loop" in table
+    assert "not measured   peak memory per connection at most 1.5x" in table
+    assert table.splitlines()[-1] == "all byte counts verified"
+
+
+def test_scale_in_processes_of_their_own_measures_memory_per_connection(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "report.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--scale", str(SCALE_N), "--reps", "1", "--quiet",
+         "--only", "sansflow-asyncio", "--with-peers", "--json", str(path)],
+        capture_output=True, text=True, timeout=120, check=False, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(path.read_text())
+    assert [s["name"] for s in report["stacks"]] == [
+        "sansflow-asyncio", "asyncio-protocol", "asyncio-streams"]
+    for per in report["results"].values():
+        summary = per["scale"]
+        assert summary["peak_kib_per_connection"] is not None
+        assert summary["idle_kib_per_connection"] is not None
+    ratios = report["scale"]["ratios"]
+    assert [r["peer"] for r in ratios] == ["asyncio-protocol", "asyncio-streams"]
+    assert all(r["peak_memory"] > 0 for r in ratios)
+    goal = report["scale"]["goal"]
+    # The asyncio pair was measured; uvloop's protocol pair was not selected.
+    assert (goal["measured"], goal["wanted"]) == (1, 2)
+    assert goal["holds"] is None
+    assert goal["highest"]["peer"] == "asyncio-protocol"
+
+
+def test_scale_runs_as_many_connections_as_the_descriptor_limit_allows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from bench import _scale
+
+    monkeypatch.setattr(_scale, "raise_nofile", lambda wanted: (200, 200))
+    profile = bench.Profile("scale-test", bench.Params(scale_connections=1000), 1, 0, "")
+    report = _harness.run_suite(profile, [bench._registry.by_name("asyncio-protocol")],
+                                [_scale.SCALE], isolate=False, idle=False)
+    assert report["ok"] is True, report["problems"]
+    fit = (200 - _scale.FD_MARGIN) // 2
+    m = report["runs"][0]["measurement"]
+    assert (m["connections"], m["connections_wanted"]) == (fit, 1000)
+    assert (m["nofile_limit"], m["nofile_hard"]) == (200, 200)
+    assert m["echoes_verified"] == fit
+    assert m["bytes_verified"] == m["bytes_expected"] == 2 * fit * 4096
+    table = _harness.format_report(report)
+    assert f"scale: {fit} connections at once (1,000 asked)" in table
+    assert ("RLIMIT_NOFILE in the run, raised as far as allowed: 200 (hard limit 200): 1,000 "
+            "would need 2,064") in table
+    monkeypatch.setattr(_scale, "raise_nofile", lambda wanted: (65, 65))
+    with pytest.raises(OSError, match="RLIMIT_NOFILE 65 leaves room for no connection"):
+        _scale.ScaleRun(bench.Params(scale_connections=10))
+
+
+def test_raise_nofile_raises_the_soft_limit_up_to_the_hard_one() -> None:
+    # In a process of its own: the test run's limits stay as they are.
+    code = (
+        "import resource\n"
+        "from bench._scale import raise_nofile\n"
+        "limit = resource.RLIMIT_NOFILE\n"
+        "hard = resource.getrlimit(limit)[1]\n"
+        "resource.setrlimit(limit, (64, hard))\n"
+        "print(raise_nofile(32), resource.getrlimit(limit)[0])\n"
+        "print(raise_nofile(1000), resource.getrlimit(limit)[0])\n"
+        "print(None if hard == resource.RLIM_INFINITY else hard)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=False, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    first, second, hard = proc.stdout.splitlines()
+    assert first == f"(64, {hard}) 64"  # never lowered
+    soft = 1000 if hard == "None" else min(1000, int(hard))
+    assert second == f"({soft}, {hard}) {soft}"
+
+
+def test_scale_run_checks_every_byte_and_counts_every_connection() -> None:
+    from bench import _common, _scale
+
+    run = _scale.ScaleRun(bench.Params(scale_connections=3, scale_bytes=100))
+    run.start()
+    run.established()
+    data = _common.payload(100)
+    assert run.echoed(0, data[:40]) == 40
+    assert run.echoed(40, memoryview(data)[40:]) == 100
+    with pytest.raises(_common.VerificationError, match="differs"):
+        run.echoed(40, data[:60])  # the right length, the wrong bytes
+    with pytest.raises(_common.VerificationError, match="differs"):
+        run.echoed(90, data[90:] + b"!")  # more than was sent
+    with pytest.raises(_common.VerificationError, match="1 of 3 server ends did not see EOF"):
+        run.finished([100, 100], [100, 100, 100])
+    with pytest.raises(_common.VerificationError, match="1 of 3 clients did not finish"):
+        run.finished([100, 100, 100], [100, 100])
+    with pytest.raises(_common.VerificationError, match="1 of 3 echoes came back short"):
+        run.finished([100, 100, 100], [100, 99, 100])
+    m = run.finished([100, 100, 100], [100, 100, 100])
+    assert (m["echoes_verified"], m["bytes_verified"], m["bytes_expected"]) == (3, 600, 600)
+
+
+def test_scale_goal_holds_only_when_every_protocol_pair_is_within_it() -> None:
+    def ratio(ours: str, peer: str, peak: float) -> dict[str, Any]:
+        return {"sansflow": ours, "peer": peer, "peak_memory": peak}
+
+    asyncio_pair = ratio("sansflow-asyncio", "asyncio-protocol", 1.5)
+    uvloop_pair = ratio("sansflow-asyncio-uvloop", "uvloop-protocol", 1.2)
+    streams_pair = ratio("sansflow-asyncio", "asyncio-streams", 9.0)  # not a protocol: no goal
+    judged = _harness._judge_scale([asyncio_pair, uvloop_pair, streams_pair])
+    assert judged["holds"] is True
+    assert judged["highest"] == {"sansflow": "sansflow-asyncio", "peer": "asyncio-protocol",
+                                 "ratio": 1.5}
+    judged = _harness._judge_scale([{**asyncio_pair, "peak_memory": 1.51}, uvloop_pair])
+    assert judged["holds"] is False
+    judged = _harness._judge_scale([asyncio_pair, {**uvloop_pair, "peak_memory": None}])
+    assert judged["holds"] is None
+    assert (judged["measured"], judged["wanted"]) == (1, 2)
+
+
+def test_scale_options_are_checked(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit, match="--scale has no TLS variant"):
+        bench.main(["--scale", "5", "--tls", "--in-process"])
+    with pytest.raises(SystemExit):
+        bench.main(["--scale", "0"])
+    assert "must be at least 1, not 0" in capsys.readouterr().err
+    from bench import _scale
+
+    with pytest.raises(ValueError, match="scale_connections must be at least 1, not 0"):
+        _scale.ScaleRun(bench.Params(scale_connections=0))
+    stacks, _ = _harness._select(["sansflow-anyio-trio"])
+    names = [s.name for s in _harness._with_peers(stacks, bench._registry.SCALE_PAIRS)]
+    assert names == ["sansflow-anyio-trio", "anyio-trio"]
