@@ -199,7 +199,7 @@ class AnyioFlow(AsyncDriverFlow):
         """Whatever is due (queued data, then EOF) is sent by the sender, woken or started."""
         self._step()
         wire = self._wire
-        if (wire.queued or wire.eof_due) and not self._released:
+        if (wire.queued or wire.eof_due or self._send_waits_for_peer()) and not self._released:
             idle = self._sender_idle
             if idle is not None:
                 self._sender_idle = None
@@ -257,6 +257,13 @@ class AnyioFlow(AsyncDriverFlow):
             elif wire.eof_due:
                 await self._send_eof()
                 return
+            elif self._send_waits_for_peer():
+                # A renegotiation holds what the application wrote until the peer's answer
+                # is received: receive it, unless a reader (or close) is receiving already.
+                if self._receiving:
+                    await self._wait_change()
+                else:
+                    await self._receive()
             elif wire.send_state is _SEND_OPEN and not self._released:
                 idle = self._sender_idle = anyio.Event()
                 await idle.wait()
@@ -286,6 +293,14 @@ class AnyioFlow(AsyncDriverFlow):
         self._wake()
         if wire.state is _CLOSED:
             await self._release(graceful=wire.error is None)
+
+    def _send_waits_for_peer(self) -> bool:
+        """A TLS layer holds queued plaintext until the peer's handshake messages are
+        received (a renegotiation), and the flow can receive them."""
+        wire = self._wire
+        return (bool(self._layers) and not self._released and wire.receive_state in RECEIVING
+                and not wire.reading_paused
+                and any(layer.send_waits_for_peer for layer in self._layers))
 
     # -- receiving -----------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from loopback import needs_openssl
 
 from sansflow import AsyncFlow, Eof, Error, ErrorKind, Ok, Shutdown
+from sansflow.adapters import anyio as sf_anyio
 from sansflow.adapters import asyncio as sf_asyncio
 from sansflow.adapters import socket as sf_socket
 from sansflow.adapters import trio as sf_trio
@@ -110,6 +111,10 @@ ADAPTERS: dict[str, tuple[Any, dict[str, Any]]] = {
     "trio": (sf_trio, {"backend": "trio"}),
     "socket": (ThreadedSocketAdapter, {"backend": "asyncio"}),
 }
+# The anyio adapter on each backend, for the tests that name it: it receives only for a
+# reader, as trio and the socket adapter do.
+ANYIO = {f"anyio-{backend}": (sf_anyio, {"backend": backend}) for backend in ("asyncio", "trio")}
+_ALL = {**ADAPTERS, **ANYIO}
 
 
 @pytest.fixture(params=list(ADAPTERS))
@@ -120,7 +125,7 @@ def adapter(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def sf(adapter: str) -> Any:
     """The adapter under test, with the async adapters' ``connect`` and ``serve``."""
-    return ADAPTERS[adapter][0]
+    return _ALL[adapter][0]
 
 
 @pytest.fixture
@@ -130,7 +135,7 @@ def run(adapter: str) -> Callable[[Callable[[], Awaitable[None]]], None]:
             with anyio.fail_after(30):
                 await main()
 
-        anyio.run(bounded, **ADAPTERS[adapter][1])
+        anyio.run(bounded, **_ALL[adapter][1])
 
     return runner
 
@@ -252,6 +257,7 @@ def handshake_failures(caplog: pytest.LogCaptureFixture) -> list[str]:
     # k: the server updates its keys; K: and asks us to update ours, which our KeyUpdate does.
     ("-tls1_3", ["k", "K"], "KeyUpdate", ["KeyUpdate"]),
 ], ids=["renegotiation", "key-update"])
+@pytest.mark.parametrize("adapter", [*ADAPTERS, *ANYIO])
 def test_openssl_s_server_renegotiates_or_updates_keys_mid_stream(
         run: Any, sf: Any, client_ctx: ssl.SSLContext, pems: dict[str, str], version: str,
         commands: list[str], sent: str, answers: list[str]) -> None:
@@ -259,7 +265,7 @@ def test_openssl_s_server_renegotiates_or_updates_keys_mid_stream(
     handshake message and send what the session answers, and the data that follows arrives
     intact, both ways. The server's log (``-msg``) shows what it received.
 
-    Where the flow receives only for a reader (trio, socket), the server's line comes with
+    Where the flow receives only for a reader (trio, anyio, socket), the server's line comes with
     its HelloRequest, and our write that follows waits for the rest of the renegotiation:
     the flow receives it for the writer, although nobody reads."""
     async def main() -> None:
