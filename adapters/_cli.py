@@ -395,6 +395,7 @@ class _AsyncLoop:
     run: Callable[[Callable[[], Awaitable[Any]]], Any]
     # await until_stopped(wait): what a stop signal ends first, in main (a server's wait).
     until_stopped: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]
+    cancelled: type[BaseException]  # what a cancelled task gets
 
 
 def _async_loop(name: str) -> _AsyncLoop:
@@ -408,7 +409,7 @@ def _async_loop(name: str) -> _AsyncLoop:
             return await trio.to_thread.run_sync(call, abandon_on_cancel=True)
 
         return _AsyncLoop(sf_trio, _copy.proxy_trio, trio_thread, trio.Lock, trio.Event,
-                          stops.run_trio, stops.until_stopped_trio)
+                          stops.run_trio, stops.until_stopped_trio, trio.Cancelled)
     import asyncio
 
     from . import asyncio as sf_asyncio
@@ -421,7 +422,7 @@ def _async_loop(name: str) -> _AsyncLoop:
         runner = asyncio.run
     return _AsyncLoop(sf_asyncio, _copy.proxy_asyncio, _asyncio_thread, asyncio.Lock,
                       asyncio.Event, partial(stops.run_asyncio, runner),
-                      stops.until_stopped_asyncio)
+                      stops.until_stopped_asyncio, asyncio.CancelledError)
 
 
 class _Stops:
@@ -687,8 +688,16 @@ def cmd_listen(args: argparse.Namespace, output: _Output) -> int:
                 if served.is_set() and not args.keep_open:
                     await flow.abort()
                     return
-                status[0] = await _stdio_async(args, loop, AsyncWatched(flow, "client", output),
-                                               output)
+                watched = AsyncWatched(flow, "client", output)
+                try:
+                    status[0] = await _stdio_async(args, loop, watched, output)
+                except loop.cancelled:
+                    # The server stopped, and its grace passed: the connection was reset, a
+                    # failure, reported as the socket loop's stop, which aborts it, reports it.
+                    status[0] = 1
+                    output.say(f"{error_message(FlowError(ErrorKind.ABORTED))} after "
+                               f"{watched.received} bytes received")
+                    raise
                 served.set()
 
         async with loop.sf.serve(handle, args.host, args.port, ssl=args.server_tls) as server:

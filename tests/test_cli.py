@@ -395,6 +395,32 @@ def test_a_signal_stops_listen_keep_open_cleanly(loop: str, stop: signal.Signals
     assert listening.stderr.count("\n") == 3  # listening, and the connection's two lines
 
 
+@pytest.mark.slow
+def test_a_connection_the_stop_cuts_short_is_reset_and_reported_on_every_loop() -> None:
+    """Stopped while a connection runs (stdin still open, the client never ends), listen
+    gives it the servers' grace (5 s), then resets it: status 1, one line, as on the socket
+    loop. The loops run at once, so the test waits for one grace."""
+    loops = ["socket", "asyncio", "trio"]
+    listeners = {loop: Running("listen", "-k", "-v", "--loop", loop, "0", stdin=subprocess.PIPE)
+                 for loop in loops}
+    clients = {}
+    for loop, listening in listeners.items():
+        clients[loop] = socket.create_connection(("127.0.0.1", listening.port))
+        clients[loop].sendall(b"one")
+        listening.wait_for("client: connected")
+    for listening in listeners.values():
+        listening.process.send_signal(signal.SIGTERM)
+    for loop, listening in listeners.items():
+        with clients[loop], pytest.raises(ConnectionResetError):
+            clients[loop].recv(10)
+        assert listening.process.wait(TIMEOUT) == 1, loop
+        listening.stop(signalled=False)
+        assert listening.stdout == b"one", loop
+        assert listening.stderr.endswith(
+            "sansflow: connection aborted locally after 3 bytes received\n"), listening.stderr
+        assert "Traceback" not in listening.stderr
+
+
 @pytest.mark.parametrize("loop", ["socket", "uvloop"])
 def test_relay_stats_and_verbose_lines(loop: str) -> None:
     with upstream(partial_then_reset) as port, relay("--loop", loop, "--stats", "-v", "0",
