@@ -6,7 +6,9 @@ every byte count verified; each run in a process of its own, warmed as a long-ru
 medians of interleaved repetitions, the ratio sansflow / peer per pair in two groups of peer
 (the same programming model; raw callbacks, the limit), peak RSS per run and bytes per idle
 flow. ``--tls``: the TLS variants of the same scenarios (TLS 1.3, a test CA made at run time
-with trustme) and the goals they aim at. Not part of the wheel: it ships the library only.
+with trustme) and the goals they aim at. ``--scale``: instead, 10,000 connections at once on
+each event loop's stacks (``_scale``), idle, then each echoing 4 KiB: memory per connection and
+the time to establish and to finish. Not part of the wheel: it ships the library only.
 """
 
 from __future__ import annotations

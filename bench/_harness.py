@@ -703,8 +703,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="instead of the four scenarios, the scale scenario on the event "
                              "loops' stacks: N connections at once (default %(const)s, fewer if "
                              "RLIMIT_NOFILE cannot be raised that far), idle, then each echoes "
-                             "4 KiB; memory per connection and the time to establish and to "
-                             "finish")
+                             f"{Params().scale_bytes // 1024} KiB; memory per connection and the "
+                             "time to establish and to finish")
     parser.add_argument("--tls", action="store_true",
                         help="the TLS variants (TLS 1.3, a test CA made with trustme, which they "
                              "need) of the stacks that have one, and the goals they aim at")
