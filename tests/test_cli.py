@@ -775,18 +775,61 @@ def test_the_cli_guide_has_runnable_examples() -> None:
     assert len(RUNNABLE) >= 4
 
 
+# What a `sleep 1` after starting servers in the background waits for, as a user waits: until
+# they listen. On a busy machine a second is not always enough, and a server that is not there
+# yet makes the example fail for a reason that is not the command's.
+WAIT_LISTENING = """wait_listening() {
+    "$SANSFLOW_TEST_PYTHON" - "$@" <<'PY'
+import sys, time
+wanted, deadline = {int(port) for port in sys.argv[1:]}, time.monotonic() + 20
+def listening():
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as lines:
+            ports |= {int(f[1].rsplit(":", 1)[1], 16) for f in map(str.split, list(lines)[1:])
+                      if f[3] == "0A"}
+    return ports
+while not wanted <= listening() and time.monotonic() < deadline:
+    time.sleep(0.02)
+PY
+}
+"""
+PORT = re.compile(r"\b(47\d\d\d|9000)\b")
+
+
+def wait_instead_of_sleeping(block: str) -> str:
+    """``block`` with each ``sleep 1`` waiting for the ports of the commands started in the
+    background (lines ending in ``&``) since the last one."""
+    lines, started = [], set()
+    for line in block.replace("\\\n", " ").splitlines():
+        if line.strip() == "sleep 1":
+            line = line.replace("sleep 1", "wait_listening " + " ".join(sorted(started)))
+            started = set()
+        elif line.split("#")[0].rstrip().endswith("&"):
+            started |= set(PORT.findall(line))
+        lines.append(line)
+    return WAIT_LISTENING + "\n".join(lines) + "\n"
+
+
 @pytest.mark.parametrize("block", RUNNABLE, ids=[f"example{i}" for i in range(len(RUNNABLE))])
 def test_the_cli_guide_examples_run(block: str, tmp_path: Path) -> None:
     ports: dict[str, str] = {}
-    script = re.sub(r"\b(47\d\d\d|9000)\b", lambda m: ports.setdefault(m.group(), str(free_port())),
-                    block)
+    script = PORT.sub(lambda m: ports.setdefault(m.group(), str(free_port())),
+                      wait_instead_of_sleeping(block))
     bin_dir = str(Path(SANSFLOW[0]).parent) if SANSFLOW[0] != sys.executable else ""
     done = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, capture_output=True,
         timeout=TIMEOUT, check=False,
-        env={**ENV, "PATH": os.pathsep.join(p for p in (bin_dir, os.environ["PATH"])
-                                                   if p)})
+        env={**ENV, "SANSFLOW_TEST_PYTHON": sys.executable,
+             "PATH": os.pathsep.join(p for p in (bin_dir, os.environ["PATH"]) if p)})
     assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
+
+
+def test_the_examples_wait_for_what_they_started() -> None:
+    assert wait_instead_of_sleeping(
+        "a 47001 > x &\nsleep 1\nb 47001\nc 47002 \\\n  47003 &\n  sleep 1\n").endswith(
+        "a 47001 > x &\nwait_listening 47001\nb 47001\nc 47002    47003 &\n"
+        "  wait_listening 47002 47003\n")
 
 
 @pytest.mark.parametrize(("stats", "expected"), [
