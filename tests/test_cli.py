@@ -800,7 +800,8 @@ PORT = re.compile(r"\b(47\d\d\d|9000)\b")
 def wait_instead_of_sleeping(block: str) -> str:
     """``block`` with each ``sleep 1`` waiting for the ports of the commands started in the
     background (lines ending in ``&``) since the last one."""
-    lines, started = [], set()
+    lines: list[str] = []
+    started: set[str] = set()
     for line in block.replace("\\\n", " ").splitlines():
         if line.strip() == "sleep 1":
             line = line.replace("sleep 1", "wait_listening " + " ".join(sorted(started)))
