@@ -158,10 +158,22 @@ class _Sink(_Endpoint):
     def __init__(self, registry: list[_Endpoint], tally: list[int]) -> None:
         super().__init__(registry)
         self.tally = tally
+        self.ended = False
 
     def eof_received(self) -> bool | None:
-        self.tally.append(self.received)
+        self._end()
         return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # Python 3.10's TLS transport ends at the peer's close_notify without eof_received.
+        if exc is None:
+            self._end()
+        super().connection_lost(exc)
+
+    def _end(self) -> None:
+        if not self.ended:
+            self.ended = True
+            self.tally.append(self.received)
 
 
 class _SinkPlain(_Sink, asyncio.Protocol):
@@ -189,7 +201,10 @@ class _Echo(_Sink):
 
     def resume_writing(self) -> None:
         assert self.transport is not None
-        self.transport.resume_reading()
+        # Also called by connection_lost, when a closed transport has nothing to resume
+        # (Python 3.10's TLS transport raises for it).
+        if not self.transport.is_closing():
+            self.transport.resume_reading()
 
 
 class _EchoPlain(_Echo, asyncio.Protocol):
