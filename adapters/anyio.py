@@ -206,7 +206,7 @@ async def _connected(stream: SocketStream, core: Flow, context: ssl_.SSLContext 
     if context is not None:
         flow._add_layer(new_layer(core, context, server_hostname=server_hostname))
         left = None if timeout is None else timeout - (anyio.current_time() - started)
-        await _handshaken(flow, where, left)
+        await _handshaken(flow, where, left, stated=timeout)
     return flow
 
 
@@ -249,9 +249,11 @@ async def wrap_tls(flow: AnyioFlow, ssl_context: ssl_.SSLContext, *, server_side
     return flow
 
 
-async def _handshaken(flow: AnyioFlow, where: str, timeout: float | None) -> None:
-    """Return once ``flow``'s handshake is done; else end the connection (the alert goes out
-    first) and raise what ``handshake_failed`` says."""
+async def _handshaken(flow: AnyioFlow, where: str, timeout: float | None, *,
+                     stated: float | None = None) -> None:
+    """Return once ``flow``'s handshake is done, within ``timeout``; else end the connection
+    (the alert goes out first) and raise what ``handshake_failed`` says (a timeout as the
+    caller ``stated`` it: connect's covers the connection too)."""
     done = await flow._handshake(timeout)
     if done and flow._layers[-1].handshake_done:
         return
@@ -263,7 +265,7 @@ async def _handshaken(flow: AnyioFlow, where: str, timeout: float | None) -> Non
         await flow._release(graceful=True)
     else:
         await flow._abort(HANDSHAKE_DEADLINE)
-    raise handshake_failed(error, where, timeout)
+    raise handshake_failed(error, where, timeout if stated is None else stated)
 
 
 def _has_peer(sock: _stdlib_socket.socket) -> bool:

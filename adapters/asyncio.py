@@ -141,7 +141,7 @@ async def _connected(sock: socket.socket, core: Flow, context: ssl_.SSLContext |
     layer = new_layer(core, context, server_hostname=server_hostname)
     flow = await _adopt(sock, core, layer)
     left = None if timeout is None else timeout - (asyncio.get_running_loop().time() - started)
-    await _handshaken(flow, where, left)
+    await _handshaken(flow, where, left, stated=timeout)
     return flow
 
 
@@ -169,9 +169,11 @@ async def wrap_tls(flow: AsyncioFlow, ssl_context: ssl_.SSLContext, *, server_si
     return flow
 
 
-async def _handshaken(flow: AsyncioFlow, where: str, timeout: float | None) -> None:
-    """Return once ``flow``'s handshake is done; else end the connection (the alert goes out
-    first) and raise what ``handshake_failed`` says."""
+async def _handshaken(flow: AsyncioFlow, where: str, timeout: float | None, *,
+                     stated: float | None = None) -> None:
+    """Return once ``flow``'s handshake is done, within ``timeout``; else end the connection
+    (the alert goes out first) and raise what ``handshake_failed`` says (a timeout as the
+    caller ``stated`` it: connect's covers the connection too)."""
     driver = flow._driver
     done = await driver._wait_handshake(timeout)
     if done and driver._layers[-1].handshake_done:
@@ -184,7 +186,7 @@ async def _handshaken(flow: AsyncioFlow, where: str, timeout: float | None) -> N
         if transport is not None:
             transport.close()  # after what it holds: the alert
     await driver._wait_lost()
-    raise handshake_failed(error, where, timeout)
+    raise handshake_failed(error, where, timeout if stated is None else stated)
 
 
 async def connect_unix(path: UnixPath, *, timeout: float | None = None,

@@ -151,7 +151,7 @@ def connect(host: str, port: int, *, timeout: float | None = None,
             flow = _adopt(sock, core)
             if context is not None:
                 layer = new_layer(core, context, server_hostname=server_hostname or host)
-                _handshaken(flow, layer, place, _remaining(deadline))
+                _handshaken(flow, layer, place, _remaining(deadline), stated=timeout)
             return flow
         if _passed(deadline):
             break
@@ -188,7 +188,7 @@ def connect_unix(path: UnixPath, *, timeout: float | None = None,
     flow = _adopt(sock, core)
     if context is not None:
         layer = new_layer(core, context, server_hostname=server_hostname)
-        _handshaken(flow, layer, os.fsdecode(path), _remaining(deadline))
+        _handshaken(flow, layer, os.fsdecode(path), _remaining(deadline), stated=timeout)
     return flow
 
 
@@ -278,9 +278,11 @@ def wrap_tls(flow: SocketFlow, ssl_context: ssl_.SSLContext, *, server_side: boo
     return flow
 
 
-def _handshaken(flow: SocketFlow, layer: TlsLayer, where: str, timeout: float | None) -> None:
-    """Put ``layer`` on ``flow`` and return once its handshake is done; else end the
-    connection (the alert goes out first) and raise what ``handshake_failed`` says."""
+def _handshaken(flow: SocketFlow, layer: TlsLayer, where: str, timeout: float | None, *,
+                stated: float | None = None) -> None:
+    """Put ``layer`` on ``flow`` and return once its handshake is done, within ``timeout``;
+    else end the connection (the alert goes out first) and raise what ``handshake_failed``
+    says (a timeout as the caller ``stated`` it: connect's covers the connection too)."""
     with flow._lock:
         flow._add_layer(layer)
         done = flow._handshake(timeout)
@@ -292,7 +294,7 @@ def _handshaken(flow: SocketFlow, layer: TlsLayer, where: str, timeout: float | 
             flow._abort(None)  # what the peer sends no longer matters
         else:
             flow._abort(HANDSHAKE_DEADLINE)
-    raise handshake_failed(error, where, timeout)
+    raise handshake_failed(error, where, timeout if stated is None else stated)
 
 
 _ALERT_TIMEOUT = 1.0  # how long a failed handshake's alert may take to leave

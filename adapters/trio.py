@@ -186,7 +186,7 @@ async def _connected(stream: trio.SocketStream, core: Flow, context: ssl_.SSLCon
     if context is not None:
         flow._add_layer(new_layer(core, context, server_hostname=server_hostname))
         left = None if timeout is None else timeout - (trio.current_time() - started)
-        await _handshaken(flow, where, left)
+        await _handshaken(flow, where, left, stated=timeout)
     return flow
 
 
@@ -210,9 +210,11 @@ async def wrap_tls(flow: TrioFlow, ssl_context: ssl_.SSLContext, *, server_side:
     return flow
 
 
-async def _handshaken(flow: TrioFlow, where: str, timeout: float | None) -> None:
-    """Return once ``flow``'s handshake is done; else end the connection (the alert goes out
-    first) and raise what ``handshake_failed`` says."""
+async def _handshaken(flow: TrioFlow, where: str, timeout: float | None, *,
+                     stated: float | None = None) -> None:
+    """Return once ``flow``'s handshake is done, within ``timeout``; else end the connection
+    (the alert goes out first) and raise what ``handshake_failed`` says (a timeout as the
+    caller ``stated`` it: connect's covers the connection too)."""
     done = await flow._handshake(timeout)
     if done and flow._layers[-1].handshake_done:
         return
@@ -224,7 +226,7 @@ async def _handshaken(flow: TrioFlow, where: str, timeout: float | None) -> None
         await flow._release(graceful=True)
     else:
         await flow._abort(HANDSHAKE_DEADLINE)
-    raise handshake_failed(error, where, timeout)
+    raise handshake_failed(error, where, timeout if stated is None else stated)
 
 
 async def connect_unix(path: UnixPath, *, timeout: float | None = None,

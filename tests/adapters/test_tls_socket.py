@@ -208,7 +208,8 @@ def test_curl_gets_a_page_from_a_tls_server(server_ctx: ssl.SSLContext, ca: trus
 def test_a_silent_server_times_the_handshake_out(client_ctx: ssl.SSLContext) -> None:
     with socket.create_server((HOST, 0)) as listener:  # accepts, never answers
         port = listener.getsockname()[1]
-        with pytest.raises(TimeoutError, match=f"{HOST}:{port}"):
+        expected = rf"^{HOST}:{port}: TLS handshake timed out after 0\.2 s$"
+        with pytest.raises(TimeoutError, match=expected):
             sf.connect(HOST, port, ssl=client_ctx, timeout=0.2)
 
 
