@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import logging
 import ssl as _ssl
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
 
 from sansflow import (
     AdapterFlow,
@@ -13,6 +16,7 @@ from sansflow import (
     FlowError,
     FlowState,
     ReceiveState,
+    SendState,
     TlsLayer,
     error_message,
 )
@@ -21,9 +25,9 @@ from sansflow._adapter import check_timeout
 from ._connect import address_text
 
 __all__ = [
-    "HANDSHAKE_DEADLINE", "HANDSHAKE_FAILED", "HANDSHAKE_TIMEOUT", "check_wrap_tls",
-    "handshake_failed", "log_failed_handshake", "new_layer", "peer_of", "step_layers",
-    "tls_context", "unix_tls_context",
+    "ALERT_TIMEOUT", "HANDSHAKE_DEADLINE", "HANDSHAKE_FAILED", "HANDSHAKE_TIMEOUT",
+    "check_wrap_tls", "handshake_failed", "handshaken", "log_failed_handshake", "new_layer",
+    "peer_of", "step_layers", "tls_context", "unix_tls_context",
 ]
 
 HANDSHAKE_FAILED = "sansflow: TLS handshake failed: %s"
@@ -35,6 +39,9 @@ HANDSHAKE_TIMEOUT = 60.0
 
 HANDSHAKE_DEADLINE = FlowError(ErrorKind.TIMED_OUT, detail="TLS handshake deadline passed")
 """The error a flow is aborted with when its handshake takes too long."""
+
+ALERT_TIMEOUT = 1.0
+"""Seconds a failed handshake's alert (and our FIN after it) may take to leave."""
 
 _log = logging.getLogger("sansflow")
 _DISCARDING = ReceiveState.DISCARDING
@@ -158,3 +165,44 @@ def check_wrap_tls(flow: object, flow_class: type[AdapterFlow], ssl_context: obj
     if not isinstance(ssl_context, _ssl.SSLContext):
         raise TypeError(f"wrap_tls() takes an ssl.SSLContext, not {ssl_context!r}")
     check_timeout(handshake_timeout)
+
+
+class _SenderTaskFlow(Protocol):
+    """What ``handshaken`` uses of the flows whose sends a task of theirs makes (the trio
+    and anyio adapters')."""
+
+    _layers: list[TlsLayer]
+    _wire: Flow
+    _released: bool
+
+    @property
+    def error(self) -> FlowError | None: ...
+
+    async def _handshake(self, timeout: float | None) -> bool: ...
+
+    async def _wait_flushed_wire(self) -> None: ...
+
+    async def _release(self, *, graceful: bool) -> None: ...
+
+    async def _abort(self, error: FlowError | None) -> None: ...
+
+
+async def handshaken(flow: _SenderTaskFlow, where: str, timeout: float | None,
+                     move_on_after: Callable[[float], AbstractContextManager[Any]], *,
+                     stated: float | None = None) -> None:
+    """Return once ``flow``'s handshake is done, within ``timeout``; else end the connection
+    (the alert goes out first, for at most ``ALERT_TIMEOUT`` seconds of the event loop's
+    ``move_on_after``) and raise what ``handshake_failed`` says, with the timeout as the
+    caller ``stated`` it (connect's covers the connection too)."""
+    done = await flow._handshake(timeout)
+    if done and flow._layers[-1].handshake_done:
+        return
+    error = flow.error if done else None
+    if done:
+        with move_on_after(ALERT_TIMEOUT):  # the alert, then our FIN
+            while flow._wire.send_state is SendState.EOF_QUEUED and not flow._released:
+                await flow._wait_flushed_wire()
+        await flow._release(graceful=True)
+    else:
+        await flow._abort(HANDSHAKE_DEADLINE)
+    raise handshake_failed(error, where, timeout if stated is None else stated)

@@ -61,7 +61,6 @@ from sansflow import (
     CopyStats,
     Flow,
     ProxyResult,
-    SendState,
 )
 from sansflow._adapter import check_timeout
 
@@ -79,10 +78,9 @@ from ._connect import (
 )
 from ._copy import AsyncEnd, _copy, _proxy
 from ._handshake import (
-    HANDSHAKE_DEADLINE,
     HANDSHAKE_TIMEOUT,
     check_wrap_tls,
-    handshake_failed,
+    handshaken,
     log_failed_handshake,
     new_layer,
     peer_of,
@@ -96,7 +94,6 @@ __all__ = [
     "serve_unix", "wrap", "wrap_tls",
 ]
 
-_ALERT_TIMEOUT = 1.0  # how long a failed handshake's alert may take to leave
 
 # The flows' module name is the one users import them from.
 AnyioFlow.__module__ = __name__
@@ -206,7 +203,7 @@ async def _connected(stream: SocketStream, core: Flow, context: ssl_.SSLContext 
     if context is not None:
         flow._add_layer(new_layer(core, context, server_hostname=server_hostname))
         left = None if timeout is None else timeout - (anyio.current_time() - started)
-        await _handshaken(flow, where, left, stated=timeout)
+        await handshaken(flow, where, left, anyio.move_on_after, stated=timeout)
     return flow
 
 
@@ -245,27 +242,8 @@ async def wrap_tls(flow: AnyioFlow, ssl_context: ssl_.SSLContext, *, server_side
     flow._add_layer(new_layer(flow._core, ssl_context, server_side=server_side,
                               server_hostname=server_hostname,
                               require_close_notify=require_close_notify))  # checks the rest
-    await _handshaken(flow, peer_of(flow), handshake_timeout)
+    await handshaken(flow, peer_of(flow), handshake_timeout, anyio.move_on_after)
     return flow
-
-
-async def _handshaken(flow: AnyioFlow, where: str, timeout: float | None, *,
-                     stated: float | None = None) -> None:
-    """Return once ``flow``'s handshake is done, within ``timeout``; else end the connection
-    (the alert goes out first) and raise what ``handshake_failed`` says (a timeout as the
-    caller ``stated`` it: connect's covers the connection too)."""
-    done = await flow._handshake(timeout)
-    if done and flow._layers[-1].handshake_done:
-        return
-    error = flow.error if done else None
-    if done:
-        with anyio.move_on_after(_ALERT_TIMEOUT):  # the alert, then our FIN
-            while flow._wire.send_state is SendState.EOF_QUEUED and not flow._released:
-                await flow._wait_flushed_wire()
-        await flow._release(graceful=True)
-    else:
-        await flow._abort(HANDSHAKE_DEADLINE)
-    raise handshake_failed(error, where, timeout if stated is None else stated)
 
 
 def _has_peer(sock: _stdlib_socket.socket) -> bool:
@@ -448,7 +426,8 @@ class Server(AsyncServerBase[Handler]):
             if self._tls is not None:
                 flow._add_layer(new_layer(flow._core, self._tls, server_side=True))
                 try:
-                    await _handshaken(flow, peer_of(flow), self._handshake_timeout)
+                    await handshaken(flow, peer_of(flow), self._handshake_timeout,
+                                     anyio.move_on_after)
                 except OSError as exc:
                     log_failed_handshake(exc)
                     return

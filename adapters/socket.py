@@ -77,6 +77,7 @@ from ._connect import (
 from ._copy import copy_blocking as copy
 from ._copy import proxy_blocking as proxy
 from ._handshake import (
+    ALERT_TIMEOUT,
     HANDSHAKE_DEADLINE,
     HANDSHAKE_TIMEOUT,
     check_wrap_tls,
@@ -290,14 +291,13 @@ def _handshaken(flow: SocketFlow, layer: TlsLayer, where: str, timeout: float | 
             return
         error = flow.error if done else None
         if done:
-            flow._send_until(flow._flushed, monotonic() + _ALERT_TIMEOUT)  # the alert, our FIN
+            flow._send_until(flow._flushed, monotonic() + ALERT_TIMEOUT)  # the alert, our FIN
             flow._abort(None)  # what the peer sends no longer matters
         else:
             flow._abort(HANDSHAKE_DEADLINE)
     raise handshake_failed(error, where, timeout if stated is None else stated)
 
 
-_ALERT_TIMEOUT = 1.0  # how long a failed handshake's alert may take to leave
 
 
 def _adopt(sock: socket.socket, core: Flow) -> SocketFlow:

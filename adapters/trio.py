@@ -79,10 +79,9 @@ from ._connect import (
 from ._copy import copy_trio as copy
 from ._copy import proxy_trio as proxy
 from ._handshake import (
-    HANDSHAKE_DEADLINE,
     HANDSHAKE_TIMEOUT,
     check_wrap_tls,
-    handshake_failed,
+    handshaken,
     log_failed_handshake,
     new_layer,
     peer_of,
@@ -97,7 +96,6 @@ __all__ = [
     "serve_unix", "wrap", "wrap_tls",
 ]
 
-_ALERT_TIMEOUT = 1.0  # how long a failed handshake's alert may take to leave
 
 # The flows' module name is the one users import them from.
 TrioFlow.__module__ = __name__
@@ -186,7 +184,7 @@ async def _connected(stream: trio.SocketStream, core: Flow, context: ssl_.SSLCon
     if context is not None:
         flow._add_layer(new_layer(core, context, server_hostname=server_hostname))
         left = None if timeout is None else timeout - (trio.current_time() - started)
-        await _handshaken(flow, where, left, stated=timeout)
+        await handshaken(flow, where, left, trio.move_on_after, stated=timeout)
     return flow
 
 
@@ -206,27 +204,8 @@ async def wrap_tls(flow: TrioFlow, ssl_context: ssl_.SSLContext, *, server_side:
     flow._add_layer(new_layer(flow._core, ssl_context, server_side=server_side,
                               server_hostname=server_hostname,
                               require_close_notify=require_close_notify))  # checks the rest
-    await _handshaken(flow, peer_of(flow), handshake_timeout)
+    await handshaken(flow, peer_of(flow), handshake_timeout, trio.move_on_after)
     return flow
-
-
-async def _handshaken(flow: TrioFlow, where: str, timeout: float | None, *,
-                     stated: float | None = None) -> None:
-    """Return once ``flow``'s handshake is done, within ``timeout``; else end the connection
-    (the alert goes out first) and raise what ``handshake_failed`` says (a timeout as the
-    caller ``stated`` it: connect's covers the connection too)."""
-    done = await flow._handshake(timeout)
-    if done and flow._layers[-1].handshake_done:
-        return
-    error = flow.error if done else None
-    if done:
-        with trio.move_on_after(_ALERT_TIMEOUT):  # the alert, then our FIN
-            while flow._wire.send_state is SendState.EOF_QUEUED and not flow._released:
-                await flow._wait_flushed_wire()
-        await flow._release(graceful=True)
-    else:
-        await flow._abort(HANDSHAKE_DEADLINE)
-    raise handshake_failed(error, where, timeout if stated is None else stated)
 
 
 async def connect_unix(path: UnixPath, *, timeout: float | None = None,
@@ -371,7 +350,8 @@ class Server(AsyncServerBase[Handler]):
             if self._tls is not None:
                 flow._add_layer(new_layer(flow._core, self._tls, server_side=True))
                 try:
-                    await _handshaken(flow, peer_of(flow), self._handshake_timeout)
+                    await handshaken(flow, peer_of(flow), self._handshake_timeout,
+                                     trio.move_on_after)
                 except OSError as exc:
                     log_failed_handshake(exc)
                     return
