@@ -14,6 +14,7 @@ is a truncation.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
 import select
@@ -558,11 +559,13 @@ async def _asyncio_thread(call: Callable[[], _T]) -> _T:
 
     def run() -> None:
         try:
-            value = call()
-        except BaseException as exc:
-            loop.call_soon_threadsafe(_settle, done, None, exc)
-        else:
-            loop.call_soon_threadsafe(_settle, done, value, None)
+            value, exc = call(), None
+        except BaseException as failure:
+            value, exc = None, failure
+        # The run may have ended meanwhile (a stop does not wait for stdin): then nobody
+        # waits for the outcome, and the closed loop refuses it.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_settle, done, value, exc)
 
     threading.Thread(target=run, name="sansflow stdio", daemon=True).start()
     return await done

@@ -404,21 +404,27 @@ def test_a_connection_the_stop_cuts_short_is_reset_and_reported_on_every_loop() 
     listeners = {loop: Running("listen", "-k", "-v", "--loop", loop, "0", stdin=subprocess.PIPE)
                  for loop in loops}
     clients = {}
-    for loop, listening in listeners.items():
-        clients[loop] = socket.create_connection(("127.0.0.1", listening.port))
-        clients[loop].sendall(b"one")
-        listening.wait_for("client: connected")
-    for listening in listeners.values():
-        listening.process.send_signal(signal.SIGTERM)
-    for loop, listening in listeners.items():
-        with clients[loop], pytest.raises(ConnectionResetError):
-            clients[loop].recv(10)
-        assert listening.process.wait(TIMEOUT) == 1, loop
-        listening.stop(signalled=False)
-        assert listening.stdout == b"one", loop
-        assert listening.stderr.endswith(
-            "sansflow: connection aborted locally after 3 bytes received\n"), listening.stderr
-        assert "Traceback" not in listening.stderr
+    try:
+        for loop, listening in listeners.items():
+            clients[loop] = socket.create_connection(("127.0.0.1", listening.port))
+            clients[loop].sendall(b"one")
+            listening.wait_for("client: connected")
+        for listening in listeners.values():
+            listening.process.send_signal(signal.SIGTERM)
+        for loop, listening in listeners.items():
+            with clients[loop], pytest.raises(ConnectionResetError):
+                clients[loop].recv(10)
+            assert listening.process.wait(TIMEOUT) == 1, loop
+            listening.stop(signalled=False)
+            assert listening.stdout == b"one", loop
+            assert listening.stderr.endswith(
+                "sansflow: connection aborted locally after 3 bytes received\n"), listening.stderr
+            assert "Traceback" not in listening.stderr
+    finally:  # a failure leaves no process running, nor its pipes open
+        for listening in listeners.values():
+            listening.stop()
+        for client in clients.values():
+            client.close()
 
 
 @pytest.mark.parametrize("loop", ["socket", "uvloop"])
@@ -845,3 +851,28 @@ def test_the_examples_wait_for_what_they_started() -> None:
 ])
 def test_stats_lines(stats: CopyStats, expected: str) -> None:
     assert _cli.describe_stats("a", stats) == expected
+
+
+def test_a_stdio_call_that_outlives_the_asyncio_run_ends_quietly() -> None:
+    """A stop ends the run without waiting for a blocked read of stdin; when that read
+    returns, its outcome has nowhere to go, and must not raise on the closed loop."""
+    import asyncio
+
+    release = threading.Event()
+
+    async def main() -> None:
+        waiting = asyncio.ensure_future(_cli._asyncio_thread(release.wait))
+        await asyncio.sleep(0.05)  # the thread runs and blocks
+        waiting.cancel()
+
+    asyncio.run(main())
+    (thread,) = [t for t in threading.enumerate() if t.name == "sansflow stdio"]
+    failures: list[BaseException | None] = []
+    previous, threading.excepthook = threading.excepthook, lambda args: failures.append(
+        args.exc_value)
+    try:
+        release.set()
+        thread.join(TIMEOUT)
+    finally:
+        threading.excepthook = previous
+    assert failures == []
