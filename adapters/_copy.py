@@ -9,7 +9,8 @@ timer. Neither function closes the flows: that stays with whoever opened them (`
 ``async with``); after a clean proxy both flows are CLOSED already.
 
 The async loop is written once over the public ``AsyncFlow`` API: asyncio (uvloop alike) and
-trio differ only in how tasks are started and in their clock (``_Runtime``). The blocking loop
+trio (and anyio) differ only in how tasks are started and in their clock (``_Runtime``; trio and
+anyio share one, over task groups). The blocking loop
 runs each direction in a thread. A direction reads at most the destination's high-water mark
 at a time, so it holds one read's data plus what the destination queues: about two
 high-water marks.
@@ -17,6 +18,7 @@ high-water marks.
 
 from __future__ import annotations
 
+import importlib
 import threading
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -35,8 +37,8 @@ from sansflow import (
 )
 
 __all__ = [
-    "AsyncEnd", "BlockingEnd", "copy_asyncio", "copy_blocking", "copy_trio", "proxy_asyncio",
-    "proxy_blocking", "proxy_trio",
+    "ANYIO", "AsyncEnd", "BlockingEnd", "copy_asyncio", "copy_blocking", "copy_trio",
+    "proxy_asyncio", "proxy_blocking", "proxy_trio",
 ]
 
 _BytesLike = bytes | bytearray | memoryview
@@ -132,23 +134,33 @@ class _Asyncio:
             await asyncio.gather(*others, return_exceptions=True)
 
 
-class _Trio:
-    def now(self) -> float:
-        import trio
+class _TaskGroups:
+    """trio's and anyio's runtime: the jobs run in a task group (a nursery), the watcher in
+    one around it. The library is imported on first use, so that neither is needed by the
+    other's users."""
 
-        return trio.current_time()
+    def __init__(self, library: str, open_group: str) -> None:
+        self._library = library
+        self._open_group = open_group
+        self._module: Any = None
+
+    @property
+    def _lib(self) -> Any:
+        if self._module is None:
+            self._module = importlib.import_module(self._library)
+        return self._module
+
+    def now(self) -> float:
+        return float(self._lib.current_time())
 
     async def sleep_until(self, deadline: float) -> None:
-        import trio
-
-        await trio.sleep_until(deadline)
+        await self._lib.sleep_until(deadline)
 
     async def run(self, jobs: list[Callable[[], Awaitable[None]]],
                   watcher: Callable[[], Awaitable[None]] | None) -> None:
-        import trio
-
+        open_group = getattr(self._lib, self._open_group)
         # A job's exception comes out bare, as from asyncio's gather and the blocking proxy,
-        # not in the exception group a nursery would wrap it in.
+        # not in the exception group a task group would wrap it in.
         failures: list[Exception] = []
 
         async def guarded(job: Callable[[], Awaitable[None]]) -> None:
@@ -158,10 +170,10 @@ class _Trio:
                 failures.append(exc)
                 outer.cancel_scope.cancel()  # nothing may outlive the failed job
 
-        async with trio.open_nursery() as outer:
+        async with open_group() as outer:
             if watcher is not None:
-                outer.start_soon(watcher)
-            async with trio.open_nursery() as inner:
+                outer.start_soon(guarded, watcher)
+            async with open_group() as inner:
                 for job in jobs:
                     inner.start_soon(guarded, job)
             outer.cancel_scope.cancel()
@@ -208,7 +220,9 @@ async def _proxy(runtime: _Runtime, a: AsyncEnd, b: AsyncEnd,
 
 
 _ASYNCIO = _Asyncio()
-_TRIO = _Trio()
+_TRIO = _TaskGroups("trio", "open_nursery")
+ANYIO = _TaskGroups("anyio", "create_task_group")
+"""anyio's runtime, for the anyio adapter's ``copy`` and ``proxy``."""
 
 
 async def copy_asyncio(src: AsyncEnd, dst: AsyncEnd) -> CopyStats:

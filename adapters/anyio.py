@@ -76,7 +76,7 @@ from ._connect import (
     connect_timed_out,
     where,
 )
-from ._copy import AsyncEnd, _copy, _proxy
+from ._copy import ANYIO, AsyncEnd, _copy, _proxy
 from ._handshake import (
     HANDSHAKE_TIMEOUT,
     check_wrap_tls,
@@ -291,43 +291,15 @@ _ENDED = _Ended()
 # -- copy and proxy --------------------------------------------------------------------------
 
 
-class _Anyio:
-    """``copy`` and ``proxy``'s runtime (``adapters/_copy.py``) in anyio's terms."""
-
-    def now(self) -> float:
-        return anyio.current_time()
-
-    async def sleep_until(self, deadline: float) -> None:
-        await anyio.sleep_until(deadline)
-
-    async def run(self, jobs: list[Callable[[], Awaitable[None]]],
-                  watcher: Callable[[], Awaitable[None]] | None) -> None:
-        async with anyio.create_task_group() as outer:
-            if watcher is not None:
-                outer.start_soon(_await, watcher)
-            async with anyio.create_task_group() as inner:
-                for job in jobs:
-                    inner.start_soon(_await, job)
-            outer.cancel_scope.cancel()
-
-
-async def _await(job: Callable[[], Awaitable[None]]) -> None:
-    """``job()``, as a coroutine for ``start_soon``."""
-    await job()
-
-
-_ANYIO = _Anyio()
-
-
 async def copy(src: AsyncEnd, dst: AsyncEnd) -> CopyStats:
     """Copy src to dst until src ends, then pass its end on: src's EOF becomes dst's
     ``shutdown(WRITE)``, a failure of src ``dst.abort()``. Returns the direction's stats."""
-    return await _copy(_ANYIO, src, dst)
+    return await _copy(ANYIO, src, dst)
 
 
 async def proxy(a: AsyncEnd, b: AsyncEnd, *, idle_timeout: float | None = None) -> ProxyResult:
     """Copy a to b and b to a at once until both ended (``sansflow.adapters._copy``)."""
-    return await _proxy(_ANYIO, a, b, idle_timeout)
+    return await _proxy(ANYIO, a, b, idle_timeout)
 
 
 # -- serving ---------------------------------------------------------------------------------

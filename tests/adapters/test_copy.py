@@ -29,6 +29,7 @@ from sansflow import (
     Shutdown,
     WriteResult,
 )
+from sansflow.adapters import anyio as sf_anyio
 from sansflow.adapters import asyncio as sf_asyncio
 from sansflow.adapters import socket as sf_socket
 from sansflow.adapters import trio as sf_trio
@@ -333,9 +334,10 @@ def test_a_blocking_proxy_raises_what_a_direction_raised() -> None:
     assert "abort" in b.calls
 
 
-@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize(("adapter", "backend"), [
+    ("asyncio", "asyncio"), ("trio", "trio"), ("anyio", "asyncio"), ("anyio", "trio")])
 def test_an_async_proxy_raises_what_a_direction_raised_and_cancels_the_other(
-        backend: str) -> None:
+        adapter: str, backend: str) -> None:
     """Bare, as the blocking proxy raises it: never in an exception group on one adapter
     and bare on another."""
     cancelled: list[bool] = []
@@ -350,7 +352,7 @@ def test_an_async_proxy_raises_what_a_direction_raised_and_cancels_the_other(
                 raise
             raise AssertionError("unreachable")
 
-    proxy = sf_asyncio.proxy if backend == "asyncio" else sf_trio.proxy
+    proxy = {"asyncio": sf_asyncio, "trio": sf_trio, "anyio": sf_anyio}[adapter].proxy
     with pytest.raises(IndexError):  # the one direction's read finds no script
         anyio.run(proxy, Stuck(), AsyncScriptedEnd(), backend=backend)
     assert cancelled == [True]
