@@ -8,9 +8,11 @@ import select
 import shutil
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
+import anyio
 import pytest
 
 HOST = "127.0.0.1"
@@ -67,3 +69,17 @@ def has_ipv6_loopback() -> bool:
     except OSError:
         return False
     return True
+
+
+def bounded_runner(options: dict[str, Any], timeout: float = 30
+                   ) -> Callable[[Callable[[], Awaitable[None]]], None]:
+    """What runs a scenario on an adapter: ``anyio.run`` with ``options`` (the backend and its
+    options), failing after ``timeout`` seconds instead of hanging."""
+    def runner(main: Callable[[], Awaitable[None]]) -> None:
+        async def bounded() -> None:
+            with anyio.fail_after(timeout):
+                await main()
+
+        anyio.run(bounded, **options)
+
+    return runner

@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 import pytest
 import trustme
-from loopback import needs_curl, needs_openssl
+from loopback import bounded_runner, needs_curl, needs_openssl
 
 from sansflow import AdapterFlow, AsyncFlow, Eof, Error, ErrorKind, Flow, FlowError, Ok, Shutdown
 from sansflow.adapters import asyncio as sf_asyncio
@@ -57,14 +57,7 @@ def sf(adapter: str) -> Any:
 
 @pytest.fixture
 def run(adapter: str) -> Callable[[Callable[[], Awaitable[None]]], None]:
-    def runner(main: Callable[[], Awaitable[None]]) -> None:
-        async def bounded() -> None:
-            with anyio.fail_after(30):
-                await main()
-
-        anyio.run(bounded, **ADAPTERS[adapter][1])
-
-    return runner
+    return bounded_runner(ADAPTERS[adapter][1])
 
 
 async def read_all(flow: AsyncFlow) -> tuple[bytes, object]:

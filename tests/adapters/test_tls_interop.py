@@ -25,7 +25,7 @@ import pytest
 import trustme
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
-from loopback import needs_openssl
+from loopback import bounded_runner, needs_openssl
 
 from sansflow import AsyncFlow, Eof, Error, ErrorKind, Ok, Shutdown
 from sansflow.adapters import anyio as sf_anyio
@@ -130,14 +130,7 @@ def sf(adapter: str) -> Any:
 
 @pytest.fixture
 def run(adapter: str) -> Callable[[Callable[[], Awaitable[None]]], None]:
-    def runner(main: Callable[[], Awaitable[None]]) -> None:
-        async def bounded() -> None:
-            with anyio.fail_after(30):
-                await main()
-
-        anyio.run(bounded, **_ALL[adapter][1])
-
-    return runner
+    return bounded_runner(_ALL[adapter][1])
 
 
 # -- openssl -----------------------------------------------------------------------------
