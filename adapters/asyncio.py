@@ -47,7 +47,6 @@ from sansflow import (
     LOW_WATER,
     RECEIVE_LIMIT,
     Flow,
-    TlsLayer,
 )
 from sansflow._adapter import check_timeout
 
@@ -125,24 +124,40 @@ async def connect(host: str, port: int, *, timeout: float | None = None,
     check_timeout(timeout)
     context = tls_context(ssl, server_hostname)
     core = Flow(high_water=high_water, low_water=low_water, receive_limit=receive_limit)
+    driver = _client_driver(core, context, server_hostname or host)
+    return await _connected(_open_tcp(driver, host, port), where(host, port), timeout)
+
+
+def _client_driver(core: Flow, context: ssl_.SSLContext | None,
+                   server_hostname: str | None) -> _Driver:
+    """The driver a connect opens its connection with: TLS from the first byte when there is
+    a ``context``."""
+    driver = _new_driver(core, asyncio.get_running_loop())
+    if context is not None:
+        driver._add_layer(new_layer(core, context, server_hostname=server_hostname))
+    return driver
+
+
+async def _connected(opening: Awaitable[AsyncioFlow | list[OSError]], where: str,
+                     timeout: float | None) -> AsyncioFlow:
+    """The flow ``opening`` connected within ``timeout``, once its TLS handshake (if it has a
+    layer) is done within what is left of it; or the exception that says why not.
+
+    ``opening`` answers its errors instead of raising them, so that a ``TimeoutError`` here is
+    always the deadline (a kernel's ``ETIMEDOUT`` is also a ``TimeoutError``)."""
     started = asyncio.get_running_loop().time()
-    sock = await _opened(_open_tcp(host, port), where(host, port), timeout)
-    return await _connected(sock, core, context, server_hostname or host, where(host, port),
-                            timeout, started)
-
-
-async def _connected(sock: socket.socket, core: Flow, context: ssl_.SSLContext | None,
-                     server_hostname: str | None, where: str, timeout: float | None,
-                     started: float) -> AsyncioFlow:
-    """The flow over the socket a connect opened, with TLS once its handshake is done when
-    there is a ``context``, within what is left of ``timeout`` since ``started``."""
-    if context is None:
-        return await _adopt(sock, core)
-    layer = new_layer(core, context, server_hostname=server_hostname)
-    flow = await _adopt(sock, core, layer)
-    left = None if timeout is None else timeout - (asyncio.get_running_loop().time() - started)
-    await _handshaken(flow, where, left, stated=timeout)
-    return flow
+    try:
+        opened = await asyncio.wait_for(opening, timeout)
+    except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
+        assert timeout is not None
+        raise connect_timed_out(where, timeout) from None
+    if isinstance(opened, list):
+        raise connect_failed(where, opened)
+    if opened._layers:
+        left = None if timeout is None else timeout - (asyncio.get_running_loop().time()
+                                                       - started)
+        await _handshaken(opened, where, left, stated=timeout)
+    return opened
 
 
 async def wrap_tls(flow: AsyncioFlow, ssl_context: ssl_.SSLContext, *, server_side: bool = False,
@@ -206,10 +221,8 @@ async def connect_unix(path: UnixPath, *, timeout: float | None = None,
     check_timeout(timeout)
     context = unix_tls_context(ssl, server_hostname)
     core = Flow(high_water=high_water, low_water=low_water, receive_limit=receive_limit)
-    started = asyncio.get_running_loop().time()
-    sock = await _opened(_open_unix(path), os.fsdecode(path), timeout)
-    return await _connected(sock, core, context, server_hostname, os.fsdecode(path), timeout,
-                            started)
+    driver = _client_driver(core, context, server_hostname)
+    return await _connected(_open_unix(driver, path), os.fsdecode(path), timeout)
 
 
 async def wrap(sock: socket.socket, *, high_water: int = HIGH_WATER, low_water: int = LOW_WATER,
@@ -226,7 +239,7 @@ async def wrap(sock: socket.socket, *, high_water: int = HIGH_WATER, low_water: 
     ended = check_connected(sock)
     if ended:
         receive_ended(sock, core)
-    flow = await _adopt(sock, core)
+    flow = await _adopt(sock, _new_driver(core, asyncio.get_running_loop()))
     if ended:
         flow._driver._update()  # the flow is CLOSED: let go of the transport now
     return flow
@@ -237,32 +250,12 @@ ATTEMPT_DELAY = 0.25
 recommended delay, trio's default)."""
 
 
-async def _opened(opening: Awaitable[socket.socket | list[OSError]], where: str,
-                  timeout: float | None) -> socket.socket:
-    """The socket ``opening`` connected within ``timeout``, or the exception that says why not.
-
-    ``opening`` answers its errors instead of raising them, so that a ``TimeoutError`` here is
-    always the deadline (a kernel's ``ETIMEDOUT`` is also a ``TimeoutError``)."""
-    try:
-        opened = await asyncio.wait_for(opening, timeout)
-    except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
-        assert timeout is not None
-        raise connect_timed_out(where, timeout) from None
-    if isinstance(opened, list):
-        raise connect_failed(where, opened)
-    return opened
-
-
-async def _adopt(sock: socket.socket, core: Flow, layer: TlsLayer | None = None
-                 ) -> AsyncioFlow:
-    """The flow over the connected ``sock``; its transport owns the socket from now on."""
-    loop = asyncio.get_running_loop()
-    driver = _new_driver(core, loop)
-    if layer is not None:
-        driver._add_layer(layer)
+async def _adopt(sock: socket.socket, driver: _Driver) -> AsyncioFlow:
+    """The flow ``driver`` carries over the connected ``sock``; its transport owns the socket
+    from now on."""
     # Works for every stream family on asyncio's loop and on uvloop; asyncio's own TLS
     # (its ssl argument) is not used: TLS is the driver's layer.
-    await loop.connect_accepted_socket(lambda: driver, sock)
+    await asyncio.get_running_loop().connect_accepted_socket(lambda: driver, sock)
     return AsyncioFlow(driver._app, driver)
 
 
@@ -270,18 +263,23 @@ async def _resolve(host: str | None, port: int, flags: int = 0
                    ) -> list[tuple[Any, Any, int, str, Any]]:
     """``getaddrinfo`` for stream sockets; a numeric address without the resolver's thread."""
     try:
-        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+        # As bytes: a str host goes through the Python-level IDNA codec on every call, and
+        # one that is not ASCII is no numeric address.
+        numeric = host.encode("ascii") if host is not None else None
+        return socket.getaddrinfo(numeric, port, type=socket.SOCK_STREAM,
                                   flags=flags | socket.AI_NUMERICHOST)
-    except socket.gaierror:
+    except (socket.gaierror, UnicodeEncodeError):
         loop = asyncio.get_running_loop()
         return await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=flags)
 
 
-async def _open_tcp(host: str, port: int) -> socket.socket | list[OSError]:
-    """A socket connected to the first of ``host``'s addresses that answers, or the error of
-    each address in order (a ``gaierror`` alone if the name does not resolve).
+async def _open_tcp(driver: _Driver, host: str, port: int) -> AsyncioFlow | list[OSError]:
+    """``driver``'s flow over a connection to the first of ``host``'s addresses that
+    answers, or the error of each address in order (a ``gaierror`` alone if the name does not
+    resolve).
 
-    Each address gets its own task; the next starts when the last one failed or
+    A single address is the loop's own connect, which on uvloop makes the transport without a
+    Python step between. Several each get a task; the next starts when the last one failed or
     ``ATTEMPT_DELAY`` after it started, and the attempts still running when one connects are
     cancelled."""
     try:
@@ -289,6 +287,14 @@ async def _open_tcp(host: str, port: int) -> socket.socket | list[OSError]:
     except socket.gaierror as exc:
         return [exc]
     loop = asyncio.get_running_loop()
+    if len(addresses) == 1 and addresses[0][4][2:] in ((), (0, 0)):  # no IPv6 flow or scope
+        family, _, proto, _, (address, port, *_) = addresses[0]
+        try:
+            await loop.create_connection(lambda: driver, address, port, family=family,
+                                         proto=proto)
+        except OSError as exc:
+            return [exc]
+        return AsyncioFlow(driver._app, driver)
     errors: list[OSError | None] = [None] * len(addresses)
     attempts: dict[asyncio.Task[socket.socket], int] = {}
     try:
@@ -301,9 +307,11 @@ async def _open_tcp(host: str, port: int) -> socket.socket | list[OSError]:
                 for task in done:
                     tried = attempts.pop(task)
                     try:
-                        return task.result()
+                        sock = task.result()
                     except OSError as exc:
                         errors[tried] = exc
+                    else:
+                        return await _adopt(sock, driver)
                 if more:
                     break  # failed, or took too long: the next address now
     finally:
@@ -317,12 +325,13 @@ async def _open_tcp(host: str, port: int) -> socket.socket | list[OSError]:
     return [error for error in errors if error is not None]
 
 
-async def _open_unix(path: UnixPath
-                     ) -> socket.socket | list[OSError]:
+async def _open_unix(driver: _Driver, path: UnixPath) -> AsyncioFlow | list[OSError]:
+    # Not the loop's create_unix_connection: uvloop's cuts an abstract name at its first NUL.
     try:
-        return await _attempt(socket.AF_UNIX, socket.SOCK_STREAM, 0, path)
+        sock = await _attempt(socket.AF_UNIX, socket.SOCK_STREAM, 0, path)
     except OSError as exc:
         return [exc]
+    return await _adopt(sock, driver)
 
 
 async def _attempt(family: int, kind: int, proto: int, address: Any) -> socket.socket:
