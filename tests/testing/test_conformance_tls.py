@@ -24,6 +24,7 @@ from typing import Any
 import anyio
 import pytest
 import trustme
+from test_conformance import LIMITED, WIRE
 
 from sansflow import Flow, TlsLayer
 from sansflow.adapters._handshake import new_layer
@@ -163,18 +164,20 @@ class Setup:
 # Limits far below the defaults and below one TLS record (16 KiB of plaintext): a record is
 # encrypted only while the flow below takes more, so writers wait on both flows' marks.
 SMALL = {"high_water": 4096, "low_water": 1024, "receive_limit": 4096}
-# The checks about waiting and limits, as test_conformance.py runs them with small limits.
-LIMITED = ("duplex", "close_waits_for_peer", "state_half_closed_remote", "large_backlog",
-           "water_marks", "write_returns_when_queued", "shutdown_during_write", "many_buffers",
-           "abort_wakes_waiters", "cancelled_write", "writable_buffer_reuse")
-
+# Every check runs over TLS on every adapter and on the in-memory pair; each variant runs what
+# it can change, as in test_conformance.py. Limits below one TLS record change when a flow
+# waits: the checks about waiting and limits (test_conformance.LIMITED). uvloop changes the
+# transport under the same TLS layer and adapter code: the checks of what crosses the wire
+# and when (test_conformance.WIRE).
 SETUPS = [
     Setup("memory", "trio", memory_tls_pair),
     Setup("memory-small-limits", "asyncio",
           partial(memory_tls_pair, capacity=500,
-                  limits={"high_water": 2000, "low_water": 0, "receive_limit": 1000})),
+                  limits={"high_water": 2000, "low_water": 0, "receive_limit": 1000}),
+          only=LIMITED),
     Setup("asyncio", "asyncio", partial(async_tls_pair, "asyncio")),
-    Setup("uvloop", "asyncio", partial(async_tls_pair, "asyncio"), {"use_uvloop": True}),
+    Setup("uvloop", "asyncio", partial(async_tls_pair, "asyncio"), {"use_uvloop": True},
+          only=WIRE),
     Setup("trio", "trio", partial(async_tls_pair, "trio")),
     Setup("socket", "asyncio", socket_tls_pair, cancellation=False),
     Setup("asyncio-small-limits", "asyncio", partial(async_tls_pair, "asyncio", limits=SMALL),
