@@ -277,11 +277,12 @@ class _Driver(asyncio.Protocol):
                     step_layers(layers)  # plaintext in and out, records to send
                 if not (core.queued or core.eof_due):
                     break
+                # The layers stop only at the wire's high-water mark: what waits in them for
+                # room (plaintext, a close_notify) can move once the transport takes records.
+                held = layers and not core.write_ready
                 before = core.queued
                 self._pull_out()
-                # The transport took records at once: the layers may encrypt more now, or
-                # hand over what waited for room (a close_notify, with nothing queued above).
-                if not (layers and core.queued < before):
+                if not (held and core.queued < before):
                     break
             if self._read_paused and not core.reading_paused:
                 self._resume_reading()
@@ -640,8 +641,11 @@ class AsyncioFlow(AsyncDriverFlow):
             finally:
                 self._reading = False
                 driver._read_waiter = None
-        if driver._read_paused or driver._layers:
-            driver._update()  # room to receive (or to decrypt) more
+        if driver._read_paused or (driver._layers and type(result) is Ok
+                                   and core.buffered + len(result.value) >= core.receive_limit):
+            # Room to receive more, or, the plaintext at its limit before this read, to
+            # decrypt more (the layers stop there).
+            driver._update()
         return result
 
     async def write(self, data: bytes | bytearray | memoryview) -> WriteResult:

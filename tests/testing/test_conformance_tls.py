@@ -168,7 +168,8 @@ SMALL = {"high_water": 4096, "low_water": 1024, "receive_limit": 4096}
 # it can change, as in test_conformance.py. Limits below one TLS record change when a flow
 # waits: the checks about waiting and limits (test_conformance.LIMITED). uvloop changes the
 # transport under the same TLS layer and adapter code: the checks of what crosses the wire
-# and when (test_conformance.WIRE).
+# and when (test_conformance.WIRE); so does the anyio adapter's second backend, under the
+# same adapter code.
 SETUPS = [
     Setup("memory", "trio", memory_tls_pair),
     Setup("memory-small-limits", "asyncio",
@@ -179,6 +180,8 @@ SETUPS = [
     Setup("uvloop", "asyncio", partial(async_tls_pair, "asyncio"), {"use_uvloop": True},
           only=WIRE),
     Setup("trio", "trio", partial(async_tls_pair, "trio")),
+    Setup("anyio", "asyncio", partial(async_tls_pair, "anyio")),
+    Setup("anyio-trio", "trio", partial(async_tls_pair, "anyio"), only=WIRE),
     Setup("socket", "asyncio", socket_tls_pair, cancellation=False),
     Setup("asyncio-small-limits", "asyncio", partial(async_tls_pair, "asyncio", limits=SMALL),
           only=LIMITED),
