@@ -198,9 +198,8 @@ class SocketFlow(BlockingDriverFlow):
                 self._reading = True  # the lock is released while waiting
                 try:
                     while result is WOULD_WAIT:
-                        # (A due EOF is sent by whoever made it due.) Under TLS, also decrypt
-                        # what the flow below holds: records the receive limit left there.
-                        if core.queued or self._layers:
+                        # (A due EOF is sent by whoever made it due.)
+                        if core.queued:
                             self._send()
                             # A send that failed ended the flow, and let go of the socket.
                             result = core.read(max_bytes)
@@ -217,6 +216,11 @@ class SocketFlow(BlockingDriverFlow):
                         result = core.read(max_bytes)
                 finally:
                     self._reading = False
+            if (self._layers and type(result) is Ok
+                    and core.buffered + len(result.value) >= core.receive_limit):
+                # The plaintext was at its limit, where the layers stop decrypting: the
+                # records they hold come in now, before a read waits for the network.
+                self._send()
             if self._waiters:  # a close() may be waiting for room below the receive limit
                 self._changed.notify_all()
             return result
@@ -407,12 +411,15 @@ class SocketFlow(BlockingDriverFlow):
             if not core.queued:
                 break
             assert sock is not None  # data is queued only while the flow is not CLOSED
+            # The layers stop only at the wire's high-water mark: what waits in them for room
+            # (plaintext, a close_notify) can move once the kernel takes records.
+            held = self._layers and not core.write_ready
             failure = send_queued(core, lambda buffers: sock.sendmsg(buffers, (), _SEND_FLAGS))
             if failure is not None:
                 self._fail(failure)
                 return
-            if core.queued or not self._layers:
-                break  # the kernel's buffer is full, or there is nothing to encrypt
+            if core.queued or not held:
+                break  # the kernel's buffer is full, or nothing waits to be encrypted
         if core.eof_due:
             assert sock is not None  # EOF is due only while the flow is not CLOSED
             try:
