@@ -67,7 +67,7 @@ from ._common import (
     receive_kept,
     set_linger_zero,
 )
-from ._handshake import step_layers
+from ._handshake import held_by_reader, held_by_wire, step_layers
 
 __all__ = ["AsyncioFlow"]
 
@@ -277,9 +277,7 @@ class _Driver(asyncio.Protocol):
                     step_layers(layers)  # plaintext in and out, records to send
                 if not (core.queued or core.eof_due):
                     break
-                # The layers stop only at the wire's high-water mark: what waits in them for
-                # room (plaintext, a close_notify) can move once the transport takes records.
-                held = layers and not core.write_ready
+                held = held_by_wire(layers, core)
                 before = core.queued
                 self._pull_out()
                 if not (held and core.queued < before):
@@ -641,11 +639,8 @@ class AsyncioFlow(AsyncDriverFlow):
             finally:
                 self._reading = False
                 driver._read_waiter = None
-        if driver._read_paused or (driver._layers and type(result) is Ok
-                                   and core.buffered + len(result.value) >= core.receive_limit):
-            # Room to receive more, or, the plaintext at its limit before this read, to
-            # decrypt more (the layers stop there).
-            driver._update()
+        if driver._read_paused or held_by_reader(driver._layers, core, result):
+            driver._update()  # room to receive, or to decrypt, more
         return result
 
     async def write(self, data: bytes | bytearray | memoryview) -> WriteResult:

@@ -15,18 +15,21 @@ from sansflow import (
     Flow,
     FlowError,
     FlowState,
+    Ok,
     ReceiveState,
     SendState,
     TlsLayer,
     error_message,
 )
 from sansflow._adapter import check_timeout
+from sansflow._results import ReadResult
 
 from ._connect import address_text
 
 __all__ = [
     "ALERT_TIMEOUT", "HANDSHAKE_DEADLINE", "HANDSHAKE_FAILED", "HANDSHAKE_TIMEOUT",
-    "check_wrap_tls", "handshake_failed", "handshaken", "log_failed_handshake", "new_layer",
+    "check_wrap_tls", "handshake_failed", "handshaken", "held_by_reader", "held_by_wire",
+    "log_failed_handshake", "new_layer",
     "peer_of", "step_layers", "tls_context", "unix_tls_context",
 ]
 
@@ -154,6 +157,25 @@ def step_layers(layers: list[TlsLayer]) -> None:
         outer = layers[0].outer
         if outer.state is _CLOSED and outer.error is None:
             inner.receive_eof()
+
+
+# A layer moves everything it can in one step, and stops only at a limit: encrypting at the
+# wire's high-water mark (what waits then: plaintext, a close_notify), decrypting at the
+# plaintext's receive limit. So a driver steps again only once such a limit gave way; a step
+# after every send and every read found nothing to do almost every time.
+
+
+def held_by_wire(layers: list[TlsLayer], wire: Flow) -> bool:
+    """Before the wire's queue goes out: the layers may have stopped at its high-water mark,
+    so they have more to encrypt or hand over once it is sent."""
+    return bool(layers) and not wire.write_ready
+
+
+def held_by_reader(layers: list[TlsLayer], app: Flow, result: ReadResult) -> bool:
+    """After a read of ``app``: it took data while the plaintext was at its receive limit, so
+    the layers may hold records (or decrypted data) that come in now."""
+    return (bool(layers) and isinstance(result, Ok)
+            and app.buffered + len(result.value) >= app.receive_limit)
 
 
 def check_wrap_tls(flow: object, flow_class: type[AdapterFlow], ssl_context: object,

@@ -83,7 +83,7 @@ from ._common import (
     send_queued,
     set_linger_zero,
 )
-from ._handshake import step_layers
+from ._handshake import held_by_reader, held_by_wire, step_layers
 
 __all__ = ["FLUSH_DELAY", "SocketFlow"]
 
@@ -216,11 +216,8 @@ class SocketFlow(BlockingDriverFlow):
                         result = core.read(max_bytes)
                 finally:
                     self._reading = False
-            if (self._layers and type(result) is Ok
-                    and core.buffered + len(result.value) >= core.receive_limit):
-                # The plaintext was at its limit, where the layers stop decrypting: the
-                # records they hold come in now, before a read waits for the network.
-                self._send()
+            if held_by_reader(self._layers, core, result):
+                self._send()  # decrypt what the layers hold, before a read waits for more
             if self._waiters:  # a close() may be waiting for room below the receive limit
                 self._changed.notify_all()
             return result
@@ -411,9 +408,7 @@ class SocketFlow(BlockingDriverFlow):
             if not core.queued:
                 break
             assert sock is not None  # data is queued only while the flow is not CLOSED
-            # The layers stop only at the wire's high-water mark: what waits in them for room
-            # (plaintext, a close_notify) can move once the kernel takes records.
-            held = self._layers and not core.write_ready
+            held = held_by_wire(self._layers, core)
             failure = send_queued(core, lambda buffers: sock.sendmsg(buffers, (), _SEND_FLAGS))
             if failure is not None:
                 self._fail(failure)
