@@ -277,7 +277,7 @@ class _Driver(asyncio.Protocol):
                     step_layers(layers)  # plaintext in and out, records to send
                 if not (core.queued or core.eof_due):
                     break
-                held = held_by_wire(layers, core)
+                held = layers and held_by_wire(core)
                 before = core.queued
                 self._pull_out()
                 if not (held and core.queued < before):
@@ -639,7 +639,7 @@ class AsyncioFlow(AsyncDriverFlow):
             finally:
                 self._reading = False
                 driver._read_waiter = None
-        if driver._read_paused or held_by_reader(driver._layers, core, result):
+        if driver._read_paused or (driver._layers and held_by_reader(core, result)):
             driver._update()  # room to receive, or to decrypt, more
         return result
 

@@ -165,17 +165,16 @@ def step_layers(layers: list[TlsLayer]) -> None:
 # after every send and every read found nothing to do almost every time.
 
 
-def held_by_wire(layers: list[TlsLayer], wire: Flow) -> bool:
-    """Before the wire's queue goes out: the layers may have stopped at its high-water mark,
-    so they have more to encrypt or hand over once it is sent."""
-    return bool(layers) and not wire.write_ready
+def held_by_wire(wire: Flow) -> bool:
+    """Before the wire's queue goes out, after a step: the layers stopped at its high-water
+    mark, so they may have more to encrypt or hand over once it is sent."""
+    return not wire.write_ready
 
 
-def held_by_reader(layers: list[TlsLayer], app: Flow, result: ReadResult) -> bool:
+def held_by_reader(app: Flow, result: ReadResult) -> bool:
     """After a read of ``app``: it took data while the plaintext was at its receive limit, so
     the layers may hold records (or decrypted data) that come in now."""
-    return (bool(layers) and isinstance(result, Ok)
-            and app.buffered + len(result.value) >= app.receive_limit)
+    return isinstance(result, Ok) and app.buffered + len(result.value) >= app.receive_limit
 
 
 def check_wrap_tls(flow: object, flow_class: type[AdapterFlow], ssl_context: object,

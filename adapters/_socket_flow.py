@@ -216,7 +216,7 @@ class SocketFlow(BlockingDriverFlow):
                         result = core.read(max_bytes)
                 finally:
                     self._reading = False
-            if held_by_reader(self._layers, core, result):
+            if self._layers and held_by_reader(core, result):
                 self._send()  # decrypt what the layers hold, before a read waits for more
             if self._waiters:  # a close() may be waiting for room below the receive limit
                 self._changed.notify_all()
@@ -408,7 +408,7 @@ class SocketFlow(BlockingDriverFlow):
             if not core.queued:
                 break
             assert sock is not None  # data is queued only while the flow is not CLOSED
-            held = held_by_wire(self._layers, core)
+            held = self._layers and held_by_wire(core)
             failure = send_queued(core, lambda buffers: sock.sendmsg(buffers, (), _SEND_FLAGS))
             if failure is not None:
                 self._fail(failure)
