@@ -397,7 +397,7 @@ class SocketFlow(BlockingDriverFlow):
         TLS, the layers encrypt what the application queued as the kernel takes records."""
         core = self._wire
         sock = self._sock
-        if self._send_waits_for_peer():
+        if self._layers and self._send_waits_for_peer():
             # A renegotiation holds what the application wrote until the peer's answer is
             # in, and no reader is receiving: take what the kernel holds, without waiting
             # (the flusher comes back while the plaintext stays queued).
@@ -428,8 +428,8 @@ class SocketFlow(BlockingDriverFlow):
     def _send_waits_for_peer(self) -> bool:
         """A TLS layer holds queued plaintext until the peer's handshake messages are
         received, and no other thread is receiving them."""
-        return (not self._receiving and self._wants_input()
-                and any(layer.send_waits_for_peer for layer in self._layers))
+        return (any(layer.send_waits_for_peer for layer in self._layers)
+                and not self._receiving and self._wants_input())
 
     def _flushed(self) -> bool:
         app, wire = self._core, self._wire
