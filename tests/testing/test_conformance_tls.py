@@ -7,7 +7,8 @@ Each pair is a client and a server that completed a handshake: over loopback TCP
 from ``connect(ssl=...)`` and the server from ``wrap_tls(server_side=True)`` on the accepted
 socket; in memory, a ``TlsLayer`` on each end of ``memory_flow_pair``, stepped whenever the
 wire moves, as an adapter steps its layers. The checks about waiting and limits run again with
-limits below one TLS record. One event loop per adapter, and no pairs of different adapters
+limits below one TLS record. One event loop per adapter (the anyio adapter's second backend and
+uvloop run the checks of what crosses the wire), and no pairs of different adapters
 (test_conformance.py runs those without TLS), so that the file stays quick.
 """
 
