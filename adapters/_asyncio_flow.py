@@ -62,7 +62,6 @@ from sansflow._tls import TlsLayer
 from ._common import (
     READ_SIZE,
     RECEIVING,
-    addresses,
     eof_failure,
     receive_kept,
     set_linger_zero,
@@ -589,7 +588,10 @@ class AsyncioFlow(AsyncDriverFlow):
     def __init__(self, core: Flow, driver: _Driver) -> None:
         transport = driver._transport
         assert transport is not None  # made once connected
-        super().__init__(core, **addresses(transport.get_extra_info("socket")))
+        # The transport's own record, as addresses() would have them (None where the socket
+        # has none): asyncio's transports took them once already.
+        super().__init__(core, peername=transport.get_extra_info("peername"),
+                         sockname=transport.get_extra_info("sockname"))
         self._driver = driver
         self._layers = driver._layers  # the same list: the driver steps them
 
