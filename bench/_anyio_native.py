@@ -183,6 +183,11 @@ async def _scale(p: Params) -> ScaleMeasurement:
     async def open_one(port: int) -> None:
         streams.append(await anyio.connect_tcp(HOST, port))
 
+    async def open_wave(wave: int) -> None:
+        async with anyio.create_task_group() as clients:
+            for _ in range(wave):
+                clients.start_soon(open_one, port)
+
     async def exchange(stream: SocketStream) -> None:
         async with stream:
             await stream.send(run.data)
@@ -195,15 +200,7 @@ async def _scale(p: Params) -> ScaleMeasurement:
     async with anyio.create_task_group() as group:
         port = await _serve(group, handler)
         try:
-            run.start()
-            for wave in run.waves():
-                accepted = anyio.Event()
-                run.expect_accepts(wave, accepted.set)
-                async with anyio.create_task_group() as clients:
-                    for _ in range(wave):
-                        clients.start_soon(open_one, port)
-                await accepted.wait()
-            run.established()
+            await run.open_all(open_wave, anyio.Event)
             async with anyio.create_task_group() as clients:
                 for stream in streams:
                     clients.start_soon(exchange, stream)

@@ -494,13 +494,8 @@ async def _proto_scale(p: Params) -> ScaleMeasurement:
         clients.append(await _connect(lambda: _Echoed(registry, run), port, False))
 
     try:
-        run.start()
-        for wave in run.waves():
-            accepted = asyncio.Event()
-            run.expect_accepts(wave, accepted.set)
-            await asyncio.gather(*(open_one() for _ in range(wave)))
-            await accepted.wait()
-        run.established()
+        await run.open_all(lambda wave: asyncio.gather(*(open_one() for _ in range(wave))),
+                           asyncio.Event)
         # Callbacks all the way: no task per connection. 4 KiB never fills a transport's
         # buffer, and write_eof sends the FIN once it has left.
         for transport, _client in clients:
@@ -727,13 +722,8 @@ async def _streams_scale(p: Params) -> ScaleMeasurement:
         return got
 
     try:
-        run.start()
-        for wave in run.waves():
-            accepted = asyncio.Event()
-            run.expect_accepts(wave, accepted.set)
-            await asyncio.gather(*(open_one() for _ in range(wave)))
-            await accepted.wait()
-        run.established()
+        await run.open_all(lambda wave: asyncio.gather(*(open_one() for _ in range(wave))),
+                           asyncio.Event)
         echoed = await asyncio.gather(*(exchange(reader, writer) for reader, writer in opened))
         return run.finished(served, echoed)
     finally:

@@ -515,13 +515,8 @@ class _AsyncFlows(_Results):
 
         async with self.loop.serving(handler, False) as port:
             try:
-                run.start()
-                for wave in run.waves():
-                    accepted = self.loop.event()
-                    run.expect_accepts(wave, accepted.set)
-                    await self.loop.gather([partial(open_one, port)] * wave)
-                    await accepted.wait()
-                run.established()
+                await run.open_all(lambda wave: self.loop.gather([partial(open_one, port)] * wave),
+                                   self.loop.event)
                 echoed = await self.loop.gather([partial(exchange, flow) for flow in flows])
                 return run.finished(served, echoed)
             except BaseException:

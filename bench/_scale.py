@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import gc
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from time import perf_counter
+from typing import Protocol
 
 from ._common import BACKLOG, Measurement, Params, check, payload
 from ._worker import current_rss_kib, peak_rss_kib
@@ -82,12 +83,19 @@ def raise_nofile(wanted: int) -> tuple[int | None, int | None]:
     return (None if soft == infinity else soft), (None if hard == infinity else hard)
 
 
+class _Event(Protocol):
+    """An event of any of the loops: asyncio's, trio's, anyio's."""
+
+    def set(self) -> object: ...
+
+    async def wait(self) -> object: ...
+
+
 class ScaleRun:
     """One scale run's plan, clock, memory readings and echo checks.
 
-    A stack calls ``start`` once its server listens; opens ``waves()`` of connections one after
-    the other, each once ``expect_accepts`` has the means to wake it; calls ``accepted`` as its
-    server accepts each, ``established`` once the last wave is in, ``echoed`` for each piece of
+    A stack, once its server listens, calls ``open_all`` with its way to open a wave of
+    connections; calls ``accepted`` as its server accepts each, ``echoed`` for each piece of
     echo a client reads, and ``finished`` with what each server end and each client counted.
     """
 
@@ -109,6 +117,19 @@ class ScaleRun:
         self._accepted = 0
         self._awaited = 0
         self._wake: Callable[[], object] | None = None
+
+    async def open_all(self, open_wave: Callable[[int], Awaitable[object]],
+                       new_event: Callable[[], _Event]) -> None:
+        """Open every connection: ``open_wave(n)`` opens ``n`` at once, and each wave is
+        accepted before the next starts; timed and measured from ``start`` to
+        ``established``."""
+        self.start()
+        for wave in self.waves():
+            accepted = new_event()
+            self.expect_accepts(wave, accepted.set)
+            await open_wave(wave)
+            await accepted.wait()
+        self.established()
 
     def waves(self) -> list[int]:
         """How many connects to start in each wave (``CONNECT_WAVE``)."""

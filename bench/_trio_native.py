@@ -226,6 +226,11 @@ async def _scale(p: Params) -> ScaleMeasurement:
     async def open_one(port: int) -> None:
         streams.append(await trio.open_tcp_stream(HOST, port))
 
+    async def open_wave(wave: int) -> None:
+        async with trio.open_nursery() as clients:
+            for _ in range(wave):
+                clients.start_soon(open_one, port)
+
     async def exchange(stream: trio.SocketStream) -> None:
         async with stream:
             await stream.send_all(run.data)
@@ -238,15 +243,7 @@ async def _scale(p: Params) -> ScaleMeasurement:
     async with trio.open_nursery() as nursery:
         port = await _serve(nursery, handler, False)
         try:
-            run.start()
-            for wave in run.waves():
-                accepted = trio.Event()
-                run.expect_accepts(wave, accepted.set)
-                async with trio.open_nursery() as clients:
-                    for _ in range(wave):
-                        clients.start_soon(open_one, port)
-                await accepted.wait()
-            run.established()
+            await run.open_all(open_wave, trio.Event)
             async with trio.open_nursery() as clients:
                 for stream in streams:
                     clients.start_soon(exchange, stream)
