@@ -1,6 +1,7 @@
-"""Plain loopback sockets that the adapter tests set against the flows: a peer's reset, a port
-that refuses, a port whose connects hang, and whether IPv6 loopback exists here; and whether
-the programs some tests talk to (openssl, curl) are installed."""
+"""Plain loopback sockets that the adapter tests set against the flows: a peer's reset, a peer
+that reads to the end, a port that refuses, a port whose connects hang, and whether IPv6
+loopback exists here; and whether the programs some tests talk to (openssl, curl) are
+installed."""
 
 from __future__ import annotations
 
@@ -24,6 +25,18 @@ def reset(sock: socket.socket) -> None:
     """Close ``sock`` with an RST (``SO_LINGER`` 0), as a peer's abort does."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     sock.close()
+
+
+def read_to_end(sock: socket.socket) -> bytes | OSError:
+    """What a blocking ``sock`` receives until the peer's FIN, or the error that cut it short
+    (a reset)."""
+    received = bytearray()
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except OSError as exc:
+        return exc
+    return bytes(received)
 
 
 @contextmanager

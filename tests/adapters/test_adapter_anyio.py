@@ -20,7 +20,7 @@ from typing import Any
 
 import anyio
 import pytest
-from loopback import reset
+from loopback import read_to_end, reset
 
 from sansflow import (
     AsyncFlow,
@@ -386,19 +386,10 @@ def test_a_detached_flow_with_input_unread_still_delivers_what_it_sent(backend: 
         theirs.sendall(b"never read")
         data = bytes(range(256)) * (16 * 1024)  # 4 MiB: far more than the kernel's buffers
 
-        def read_to_end() -> bytes | OSError:
-            received = bytearray()
-            try:
-                while chunk := theirs.recv(65536):
-                    received += chunk
-            except OSError as exc:
-                return exc
-            return bytes(received)
-
         got: list[bytes | OSError] = []
 
         async def peer() -> None:
-            got.append(await anyio.to_thread.run_sync(read_to_end))
+            got.append(await anyio.to_thread.run_sync(read_to_end, theirs))
 
         async with anyio.create_task_group() as group:
             group.start_soon(peer)

@@ -27,7 +27,7 @@ import anyio
 import pytest
 import trio
 import trio.testing
-from loopback import full_backlog_port, has_ipv6_loopback
+from loopback import full_backlog_port, has_ipv6_loopback, read_to_end
 
 from sansflow import (
     AsyncAdapterFlow,
@@ -1887,20 +1887,11 @@ def test_flow_stream_aclose_with_input_unread_still_delivers_what_it_sent(
         theirs.sendall(b"never read")
         data = payload(4 * 1024 * 1024)  # far more than the kernel's buffers hold
 
-        def read_to_end() -> bytes | OSError:
-            received = bytearray()
-            try:
-                while chunk := theirs.recv(65536):
-                    received += chunk
-            except OSError as exc:
-                return exc
-            return bytes(received)
-
         async with trio.open_nursery() as nursery:
             got: list[bytes | OSError] = []
 
             async def peer() -> None:
-                got.append(await trio.to_thread.run_sync(read_to_end))
+                got.append(await trio.to_thread.run_sync(read_to_end, theirs))
 
             nursery.start_soon(peer)
             await stream.send_all(data)
